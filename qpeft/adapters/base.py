@@ -1,0 +1,111 @@
+"""The one interface every method implements, and the shared hint-block machinery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from qpeft.backbone import Backbone
+from qpeft.config import AdapterConfig
+from qpeft.template import Batch, Segment, Template
+
+
+@dataclass
+class HintBlock:
+    """Hint vectors for a batch, aligned with the template's reserved hint slots.
+
+    `present` marks the entries that fill reserved slots (in order, row by row); `visible`
+    marks those the LM may attend to (Q-PEFT-R hides slots it found no token for).
+    """
+
+    vectors: torch.Tensor  # (B, S, d)
+    present: torch.Tensor  # (B, S) bool
+    visible: torch.Tensor  # (B, S) bool
+
+
+class Adapter(nn.Module):
+    """A method: how many hint slots it reserves, and what goes into them (or into P)."""
+
+    method: ClassVar[str]
+
+    def __init__(self, config: AdapterConfig, backbone: Backbone, template: Template):
+        super().__init__()
+        self.config = config
+
+    def hint_slots(self, query_len: int) -> int:
+        """Hint positions to reserve for a query of `query_len` tokens."""
+        return 0
+
+    def prompt_embeddings(self) -> torch.Tensor | None:
+        """Trainable vectors for the prompt P positions, or None to keep the hard prompt."""
+        return None
+
+    def hints(self, batch: Batch, frozen_embeds: torch.Tensor) -> HintBlock | None:
+        """Vectors for the hint slots, from the pair's query and frozen input embeddings."""
+        return None
+
+    def hyperparameters(self) -> dict:
+        """What `adapter_config.json` records to rebuild this adapter."""
+        return {"method": self.method}
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def key_mask(batch: Batch) -> torch.Tensor:
+    """Input tokens the QD module may look at: not padding, hint slots or the query label."""
+    seg = batch.segments
+    return (seg != Segment.PAD) & (seg != Segment.HINT) & (seg != Segment.LABEL)
+
+
+class QueryDependentAdapter(Adapter):
+    """Shared part of Q-PEFT-R and -A: the trainable embedding copy E' and the hint MLP.
+
+    The block is MLP([E'("hints: "); QD(q, d); E'("\\n")]); subclasses provide QD(q, d).
+    """
+
+    def __init__(self, config: AdapterConfig, backbone: Backbone, template: Template):
+        super().__init__(config, backbone, template)
+        frozen = backbone.input_embeddings.weight
+        dim = frozen.shape[1]
+        self.embed = nn.Embedding.from_pretrained(
+            frozen.detach().float().clone(), freeze=False
+        )  # E': trainable copy, initialised from the LM's input embeddings
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.register_buffer(
+            "hint_prefix_ids",
+            torch.tensor(template.hint_prefix_ids, dtype=torch.long),
+            persistent=False,
+        )
+        self.register_buffer(
+            "hint_suffix_ids",
+            torch.tensor(template.hint_suffix_ids, dtype=torch.long),
+            persistent=False,
+        )
+
+    def qd_slots(self, query_len: int) -> int:
+        raise NotImplementedError
+
+    def hint_slots(self, query_len: int) -> int:
+        return len(self.hint_prefix_ids) + self.qd_slots(query_len) + len(self.hint_suffix_ids)
+
+    def query_dependent(
+        self, batch: Batch, frozen_embeds: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """QD(q, d): vectors (B, Q, d), `present` (B, Q) and `visible` (B, Q)."""
+        raise NotImplementedError
+
+    def hints(self, batch: Batch, frozen_embeds: torch.Tensor) -> HintBlock:
+        qd, qd_present, qd_visible = self.query_dependent(batch, frozen_embeds)
+        n = qd.shape[0]
+        prefix = self.embed(self.hint_prefix_ids).unsqueeze(0).expand(n, -1, -1)
+        suffix = self.embed(self.hint_suffix_ids).unsqueeze(0).expand(n, -1, -1)
+        vectors = self.mlp(torch.cat([prefix, qd, suffix], dim=1))
+        ones_p = torch.ones(n, prefix.shape[1], dtype=torch.bool, device=qd.device)
+        ones_s = torch.ones(n, suffix.shape[1], dtype=torch.bool, device=qd.device)
+        present = torch.cat([ones_p, qd_present, ones_s], dim=1)
+        visible = torch.cat([ones_p, qd_visible, ones_s], dim=1)
+        return HintBlock(vectors=vectors, present=present, visible=visible)

@@ -1,0 +1,111 @@
+"""Adapter directories: `adapter_config.json` + `adapter_model.safetensors` (PEFT style).
+
+The directory is the one artifact passed from training to reranking, tuning and serving.
+It records the method, its hyperparameters, the template and the base model's name and
+shape, so loading onto another base model fails with a message instead of nonsense scores.
+Weights are safetensors only: loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from qpeft import __version__
+from qpeft.backbone import Backbone
+from qpeft.config import AdapterConfig, TemplateConfig, from_dict, to_dict
+from qpeft.model import QPeftModel
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT = "qpeft-adapter/1"
+
+
+class AdapterMismatchError(ValueError):
+    """The adapter directory does not belong to the loaded base model."""
+
+
+def save_adapter(model: QPeftModel, directory: str | Path, extra: dict | None = None) -> Path:
+    """Write the adapter directory atomically (a temporary sibling renamed into place)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    adapter = model.adapter
+    config = {
+        "format": FORMAT,
+        "qpeft_version": __version__,
+        "method": adapter.method,
+        "adapter": to_dict(adapter.config),
+        "hyperparameters": adapter.hyperparameters(),
+        "template": to_dict(model.template.config),
+        "base_model": model.backbone.shape(),
+        "trainable_parameters": adapter.num_trainable_parameters(),
+        **(extra or {}),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> dict:
+    """The parsed `adapter_config.json`, with errors that name the file."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no adapter config (is {directory} an adapter directory?)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON: {err}") from None
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
+    return config
+
+
+def check_base_model(saved: dict, backbone: Backbone, where: Path) -> None:
+    """Raise `AdapterMismatchError` naming every field where the base models differ."""
+    current = backbone.shape()
+    diffs = [
+        f"{key}: adapter has {saved.get(key)!r}, loaded model has {current[key]!r}"
+        for key in current
+        if saved.get(key) != current[key]
+    ]
+    if diffs:
+        raise AdapterMismatchError(
+            f"{where} was trained on base model {saved.get('name')!r} and cannot be loaded onto "
+            f"{current['name']!r}: " + "; ".join(diffs)
+        )
+
+
+def load_adapter(directory: str | Path, backbone: Backbone) -> QPeftModel:
+    """Rebuild the model an adapter directory describes on `backbone`, weights included."""
+    directory = Path(directory)
+    config = read_adapter_config(directory)
+    check_base_model(config["base_model"], backbone, directory)
+    model = QPeftModel.build(
+        backbone,
+        from_dict(TemplateConfig, config["template"], "template"),
+        from_dict(AdapterConfig, config["adapter"], "adapter"),
+    )
+    weights = directory / WEIGHTS_NAME
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: adapter weights missing")
+    state = load_file(str(weights), device=str(backbone.device))
+    missing, unexpected = model.adapter.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise AdapterMismatchError(
+            f"{weights}: weights do not match method {config['method']!r} "
+            f"(missing {missing}, unexpected {unexpected})"
+        )
+    return model

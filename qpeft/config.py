@@ -1,0 +1,255 @@
+"""Typed run configuration, read from YAML with `--set key=value` overrides.
+
+Every section is a dataclass. Loading is strict: an unknown key, a wrong type or an
+out-of-range value raises `ConfigError` naming the dotted key, so a typo in a 50-line YAML
+file fails before any model is loaded instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+METHODS = ("zero_shot", "soft_prompt", "qpeft_r", "qpeft_a")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """Which frozen causal LM to load and where it runs."""
+
+    name: str = "smollm2-135m"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    num_threads: int | None = None
+
+
+@dataclass
+class TemplateConfig:
+    """Text pieces of the (q, d) layout; DESIGN section 1 gives the default."""
+
+    prompt: str = "given the hints, please generate a question for the input passage"
+    passage_prefix: str = "Passage: "
+    passage_suffix: str = " \n"
+    hint_prefix: str = "hints: "
+    hint_suffix: str = "\n"
+    question: str = "Question: \n"
+    hint_position: Literal["suffix", "prefix"] = "suffix"
+    max_length: int = 300
+    max_doc_tokens: int | None = None
+    max_query_tokens: int = 64
+
+    def validate(self) -> None:
+        _require(self.max_length > 0, "template.max_length", "must be positive")
+        _require(self.max_query_tokens > 0, "template.max_query_tokens", "must be positive")
+        if self.max_doc_tokens is not None:
+            _require(self.max_doc_tokens >= 0, "template.max_doc_tokens", "must be >= 0")
+
+
+@dataclass
+class AdapterConfig:
+    """The QD module: method plus its hyperparameters (unused ones are ignored by a method)."""
+
+    method: Literal["zero_shot", "soft_prompt", "qpeft_r", "qpeft_a"] = "qpeft_a"
+    k: int = 10
+    similarity: Literal["cosine", "dot"] = "cosine"
+    drop_query_tokens: bool = False
+    stopwords: list[str] = field(default_factory=list)
+    heads: int = 2
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        _require(self.k > 0, "adapter.k", "must be positive")
+        _require(self.heads > 0, "adapter.heads", "must be positive")
+        _require(0.0 <= self.dropout < 1.0, "adapter.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class LossConfig:
+    """Training objective over each query's group (positive first, then negatives)."""
+
+    kind: Literal["pairwise", "listwise"] = "pairwise"
+    margin: float = 1.0
+    pointwise_weight: float = 1.0
+    in_batch_negatives: int = 1
+
+    def validate(self) -> None:
+        _require(self.margin >= 0, "loss.margin", "must be >= 0")
+        _require(self.in_batch_negatives >= 0, "loss.in_batch_negatives", "must be >= 0")
+
+
+@dataclass
+class ScoringConfig:
+    """Batching of the shared scorer."""
+
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        _require(self.batch_size > 0, "scoring.batch_size", "must be positive")
+
+
+@dataclass
+class QPeftConfig:
+    """The library's part of a run config; pipelines add their own sections beside it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+
+def _require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against the type hint `hint`, converting only where lossless."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        (item_hint,) = typing.get_args(hint)
+        return [_coerce(v, item_hint, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        # PyYAML reads `1e-4` as a string; accept any number or numeric string.
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {hint!r}")
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    where = prefix or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown key "
+            f"(valid keys: {', '.join(sorted(names))})"
+        )
+    kwargs = {
+        name: _coerce(value, hints[name], f"{prefix + '.' if prefix else ''}{name}")
+        for name, value in data.items()
+    }
+    obj = cls(**kwargs)
+    validate(obj)
+    return obj
+
+
+def validate(obj: Any) -> None:
+    """Run `validate()` on a config dataclass and on every nested section."""
+    for f in dataclasses.fields(obj):
+        child = getattr(obj, f.name)
+        if dataclasses.is_dataclass(child):
+            validate(child)
+    if hasattr(obj, "validate"):
+        obj.validate()
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings (value parsed as YAML) onto a nested mapping."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, naming the file in any error."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] = ()) -> Any:
+    """Load config dataclass `cls` from an optional YAML file plus `--set` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides))
+    try:
+        return from_dict(cls, data)
+    except ConfigError as err:
+        if path is not None:
+            raise ConfigError(f"{path}: {err}") from None
+        raise
+
+
+def to_dict(obj: Any) -> dict:
+    """Plain-dict form of a config, for JSON artifacts."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,93 @@
+"""Training objectives over query groups, and in-batch negatives.
+
+A group holds one query's candidates with the positive first. `group_pairs` turns a batch of
+training groups into the (query, doc) pairs to score, adding in-batch negatives (other
+queries' documents); `ranking_loss` takes the resulting (Q, G) matrix of mean NLLs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from qpeft.config import LossConfig
+
+
+@dataclass
+class TrainingGroup:
+    """One training query with its positive document and hard negatives (id, text)."""
+
+    query_id: str
+    query: str
+    positive: tuple[str, str]
+    negatives: list[tuple[str, str]]
+
+
+@dataclass
+class GroupedPairs:
+    """Flat pairs to score plus where each lands in the (Q, G) loss matrix."""
+
+    queries: list[str]
+    docs: list[str]
+    index: torch.Tensor  # (Q, G) long: row of each candidate in the flat pair list
+    valid: torch.Tensor  # (Q, G) bool: groups are ragged
+
+
+def group_pairs(groups: list[TrainingGroup], in_batch_negatives: int = 0) -> GroupedPairs:
+    """Pairs for each group: positive, its hard negatives, then up to `in_batch_negatives`
+    documents of the other groups in the batch (their positives first), skipping any
+    document the query already has."""
+    queries: list[str] = []
+    docs: list[str] = []
+    rows: list[list[int]] = []
+    for i, group in enumerate(groups):
+        candidates = [group.positive, *group.negatives]
+        seen = {doc_id for doc_id, _ in candidates}
+        others = [g for g in groups[i + 1 :] + groups[:i]]
+        pool = [g.positive for g in others] + [neg for g in others for neg in g.negatives]
+        extra = []
+        for doc_id, text in pool:
+            if len(extra) == in_batch_negatives:
+                break
+            if doc_id not in seen:
+                seen.add(doc_id)
+                extra.append((doc_id, text))
+        row = []
+        for _, text in candidates + extra:
+            row.append(len(docs))
+            queries.append(group.query)
+            docs.append(text)
+        rows.append(row)
+    width = max(len(r) for r in rows)
+    index = torch.zeros((len(rows), width), dtype=torch.long)
+    valid = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        index[i, : len(row)] = torch.tensor(row)
+        valid[i, : len(row)] = True
+    return GroupedPairs(queries, docs, index, valid)
+
+
+def pairwise_hinge(nll: torch.Tensor, valid: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean over (pos, neg) pairs of relu(L_pos - L_neg + margin)."""
+    hinge = F.relu(nll[:, :1] - nll[:, 1:] + margin)
+    mask = valid[:, 1:]
+    return (hinge * mask).sum() / mask.sum().clamp(min=1)
+
+
+def listwise_softmax(nll: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of the positive (column 0) against the query's whole group."""
+    logits = (-nll).masked_fill(~valid, float("-inf"))
+    target = torch.zeros(nll.shape[0], dtype=torch.long, device=nll.device)
+    return F.cross_entropy(logits, target)
+
+
+def ranking_loss(nll: torch.Tensor, valid: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    """The paper's objective: weight * mean(L_pos) + the pairwise hinge (or listwise CE)."""
+    pointwise = nll[:, 0].mean()
+    if config.kind == "listwise":
+        ranking = listwise_softmax(nll, valid)
+    else:
+        ranking = pairwise_hinge(nll, valid, config.margin)
+    return config.pointwise_weight * pointwise + ranking

@@ -1,0 +1,40 @@
+"""A reranker: the frozen backbone, the template and one adapter, built from config."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from qpeft.adapters import Adapter, build_adapter
+from qpeft.backbone import Backbone
+from qpeft.config import AdapterConfig, TemplateConfig
+from qpeft.template import PairLayout, Template
+
+
+class QPeftModel(nn.Module):
+    """Holds the parts that every scorer call needs; only `adapter` is trainable."""
+
+    def __init__(self, backbone: Backbone, template: Template, adapter: Adapter):
+        super().__init__()
+        self.backbone = backbone
+        self.template = template
+        self.adapter = adapter
+
+    @classmethod
+    def build(
+        cls, backbone: Backbone, template_config: TemplateConfig, adapter_config: AdapterConfig
+    ) -> QPeftModel:
+        template = Template(template_config, backbone.tokenizer)
+        return cls(backbone, template, build_adapter(adapter_config, backbone, template))
+
+    @property
+    def method(self) -> str:
+        return self.adapter.method
+
+    def encode(self, queries: list[str], docs: list[str]) -> list[PairLayout]:
+        """Tokenize and lay out pairs, reserving the adapter's hint slots for each."""
+        query_ids = self.template.tokenize_queries(queries)
+        doc_ids = self.template.tokenize_docs(docs)
+        return [
+            self.template.encode(q, d, self.adapter.hint_slots(len(q)))
+            for q, d in zip(query_ids, doc_ids, strict=True)
+        ]

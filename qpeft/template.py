@@ -1,0 +1,159 @@
+"""Token layout of a (query, document) pair and its collation into padded batches.
+
+Default layout (DESIGN section 1), hints as suffix:
+
+    <bos> P  "Passage: " d " \\n"  HINTS  "Question: \\n"  <bos> q <eos>
+
+or, as prefix, HINTS right after P. HINTS is a block of placeholder slots that the adapter
+fills with vectors after collation. Each token carries a `Segment` code, so the adapter can
+mask padding, hint slots and the query out of its keys, and the scorer can find the labels.
+
+Batches are left-padded and position ids are counted over attended tokens only, so a pair's
+score does not depend on what it is batched with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import IntEnum
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from qpeft.config import TemplateConfig
+
+
+class Segment(IntEnum):
+    PAD = 0
+    TEXT = 1  # <bos> and the fixed template strings
+    PROMPT = 2  # P: a fixed hard prompt, or replaced by a trainable soft prompt
+    DOC = 3
+    HINT = 4  # placeholder slots filled by the adapter's hint block
+    LABEL = 5  # <bos> q <eos>: the tokens whose likelihood is the score
+
+
+@dataclass
+class PairLayout:
+    """One encoded pair before padding."""
+
+    input_ids: list[int]
+    segments: list[int]
+    query_ids: list[int]
+    doc_tokens: int
+    doc_truncated: bool
+
+
+@dataclass
+class Batch:
+    """Left-padded tensors for a list of pairs (B pairs, T positions, Lq query tokens)."""
+
+    input_ids: torch.Tensor  # (B, T) long; pad id at padding and hint slots
+    attention_mask: torch.Tensor  # (B, T) long
+    segments: torch.Tensor  # (B, T) long Segment codes
+    query_ids: torch.Tensor  # (B, Lq) long, right-padded with 0
+    query_mask: torch.Tensor  # (B, Lq) bool
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class QueryTooLongError(ValueError):
+    """The query plus the fixed template does not fit in `max_length` tokens."""
+
+
+class Template:
+    """Encodes pairs into `PairLayout`s and collates them; tokenizes the template once."""
+
+    def __init__(self, config: TemplateConfig, tokenizer: PreTrainedTokenizerBase):
+        self.config = config
+        self.tokenizer = tokenizer
+        if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+            raise ValueError(
+                "the tokenizer needs both a bos and an eos token for the label <bos> q <eos>"
+            )
+        self.bos = tokenizer.bos_token_id
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self.prompt_ids = self._ids(config.prompt)
+        self.passage_prefix_ids = self._ids(config.passage_prefix)
+        self.passage_suffix_ids = self._ids(config.passage_suffix)
+        self.hint_prefix_ids = self._ids(config.hint_prefix)
+        self.hint_suffix_ids = self._ids(config.hint_suffix)
+        self.question_ids = self._ids(config.question)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def tokenize_queries(self, queries: list[str]) -> list[list[int]]:
+        return self.tokenizer(list(queries), add_special_tokens=False)["input_ids"]
+
+    def tokenize_docs(self, docs: list[str]) -> list[list[int]]:
+        return self.tokenizer(list(docs), add_special_tokens=False)["input_ids"]
+
+    def fixed_length(self, n_hint_slots: int, query_len: int) -> int:
+        """Tokens of a pair other than the document."""
+        return (
+            1
+            + len(self.prompt_ids)
+            + len(self.passage_prefix_ids)
+            + len(self.passage_suffix_ids)
+            + n_hint_slots
+            + len(self.question_ids)
+            + query_len
+            + 2
+        )
+
+    def encode(self, query_ids: list[int], doc_ids: list[int], n_hint_slots: int) -> PairLayout:
+        """Lay out one pair, cutting the document (never the query) to fit `max_length`."""
+        cfg = self.config
+        fixed = self.fixed_length(n_hint_slots, len(query_ids))
+        if fixed > cfg.max_length:
+            raise QueryTooLongError(
+                f"query of {len(query_ids)} tokens needs {fixed} tokens with the template, "
+                f"over template.max_length={cfg.max_length}"
+            )
+        budget = cfg.max_length - fixed
+        if cfg.max_doc_tokens is not None:
+            budget = min(budget, cfg.max_doc_tokens)
+        doc = doc_ids[:budget]
+        hints = [(self.pad, Segment.HINT)] * n_hint_slots
+        passage = (
+            [(t, Segment.TEXT) for t in self.passage_prefix_ids]
+            + [(t, Segment.DOC) for t in doc]
+            + [(t, Segment.TEXT) for t in self.passage_suffix_ids]
+        )
+        head = [(self.bos, Segment.TEXT)] + [(t, Segment.PROMPT) for t in self.prompt_ids]
+        body = hints + passage if cfg.hint_position == "prefix" else passage + hints
+        tail = [(t, Segment.TEXT) for t in self.question_ids] + [
+            (t, Segment.LABEL) for t in [self.bos, *query_ids, self.eos]
+        ]
+        tokens = head + body + tail
+        return PairLayout(
+            input_ids=[t for t, _ in tokens],
+            segments=[int(s) for _, s in tokens],
+            query_ids=list(query_ids),
+            doc_tokens=len(doc),
+            doc_truncated=len(doc) < len(doc_ids),
+        )
+
+    def collate(self, layouts: list[PairLayout]) -> Batch:
+        """Left-pad layouts into a `Batch` (labels end every row at the same position)."""
+        width = max(len(x.input_ids) for x in layouts)
+        qwidth = max(1, max(len(x.query_ids) for x in layouts))
+        n = len(layouts)
+        input_ids = torch.full((n, width), self.pad, dtype=torch.long)
+        segments = torch.zeros((n, width), dtype=torch.long)
+        query_ids = torch.zeros((n, qwidth), dtype=torch.long)
+        query_mask = torch.zeros((n, qwidth), dtype=torch.bool)
+        for row, layout in enumerate(layouts):
+            length = len(layout.input_ids)
+            input_ids[row, width - length :] = torch.tensor(layout.input_ids)
+            segments[row, width - length :] = torch.tensor(layout.segments)
+            qlen = len(layout.query_ids)
+            query_ids[row, :qlen] = torch.tensor(layout.query_ids, dtype=torch.long)
+            query_mask[row, :qlen] = True
+        attention_mask = (segments != Segment.PAD).long()
+        return Batch(input_ids, attention_mask, segments, query_ids, query_mask)

@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny random LLaMA with a word-level tokenizer (fast, offline)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qpeft.backbone import Backbone, tiny_backbone
+from qpeft.config import AdapterConfig, TemplateConfig
+from qpeft.model import QPeftModel
+
+WORDS = [
+    "given",
+    "the",
+    "hints",
+    "please",
+    "generate",
+    "a",
+    "question",
+    "for",
+    "input",
+    "passage",
+    "Passage:",
+    "hints:",
+    "Question:",
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "omicron",
+    "pi",
+    "rho",
+    "sigma",
+    "tau",
+    "upsilon",
+    "phi",
+    "chi",
+    "psi",
+    "omega",
+    "wing",
+    "flow",
+    "heat",
+    "boundary",
+    "layer",
+    "what",
+    "is",
+    "of",
+    "and",
+]
+
+# The tiny tokenizer splits on whitespace, so template pieces are plain words.
+TINY_TEMPLATE = dict(
+    prompt="given the hints please generate a question for the input passage",
+    passage_prefix="Passage:",
+    passage_suffix="",
+    hint_prefix="hints:",
+    hint_suffix="",
+    question="Question:",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Backbone:
+    return tiny_backbone(WORDS, hidden_size=32, num_layers=2, num_heads=4, seed=0)
+
+
+def build_model(
+    backbone: Backbone, method: str, seed: int = 0, template: dict | None = None, **adapter
+) -> QPeftModel:
+    torch.manual_seed(seed)
+    return QPeftModel.build(
+        backbone,
+        TemplateConfig(**{**TINY_TEMPLATE, **(template or {})}),
+        AdapterConfig(method=method, **adapter),
+    )

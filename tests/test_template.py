@@ -1,0 +1,70 @@
+import pytest
+
+from qpeft.config import TemplateConfig
+from qpeft.template import QueryTooLongError, Segment, Template
+from tests.conftest import TINY_TEMPLATE
+
+
+def make(tiny, **kw):
+    return Template(TemplateConfig(**{**TINY_TEMPLATE, **kw}), tiny.tokenizer)
+
+
+def words(tiny, ids):
+    return tiny.tokenizer.convert_ids_to_tokens(ids)
+
+
+def test_suffix_layout_follows_design(tiny):
+    t = make(tiny)
+    q, d = t.tokenize_queries(["what is flow"])[0], t.tokenize_docs(["wing flow heat"])[0]
+    layout = t.encode(q, d, n_hint_slots=2)
+    segs = layout.segments
+    assert words(tiny, layout.input_ids[:1]) == ["<s>"]
+    prompt = [i for i, s in zip(layout.input_ids, segs, strict=True) if s == Segment.PROMPT]
+    assert words(tiny, prompt) == TINY_TEMPLATE["prompt"].split()
+    doc_at = segs.index(Segment.DOC)
+    hint_at = segs.index(Segment.HINT)
+    question_at = layout.input_ids.index(tiny.tokenizer.convert_tokens_to_ids("Question:"))
+    assert doc_at < hint_at < question_at
+    assert segs.count(Segment.HINT) == 2
+    labels = [i for i, s in zip(layout.input_ids, segs, strict=True) if s == Segment.LABEL]
+    assert words(tiny, labels) == ["<s>", "what", "is", "flow", "</s>"]
+    assert segs[-len(labels) :] == [Segment.LABEL] * len(labels)
+
+
+def test_prefix_layout_puts_hints_after_prompt(tiny):
+    t = make(tiny, hint_position="prefix")
+    layout = t.encode([5], [6, 7], n_hint_slots=3)
+    segs = layout.segments
+    last_prompt = max(i for i, s in enumerate(segs) if s == Segment.PROMPT)
+    assert segs[last_prompt + 1 : last_prompt + 4] == [Segment.HINT] * 3
+    assert segs.index(Segment.HINT) < segs.index(Segment.DOC)
+
+
+def test_truncation_cuts_document_never_query(tiny):
+    t = make(tiny, max_length=40)
+    query = list(range(10, 20))
+    doc = list(range(20, 60)) * 3
+    layout = t.encode(query, doc, n_hint_slots=4)
+    assert len(layout.input_ids) == 40
+    assert layout.query_ids == query
+    assert layout.doc_truncated and layout.doc_tokens == 40 - t.fixed_length(4, len(query))
+    assert layout.input_ids[-len(query) - 1 : -1] == query
+
+
+def test_max_doc_tokens_and_too_long_query(tiny):
+    t = make(tiny, max_doc_tokens=3)
+    assert t.encode([5], [6] * 10, 0).doc_tokens == 3
+    with pytest.raises(QueryTooLongError, match="max_length=30"):
+        make(tiny, max_length=30).encode(list(range(5, 30)), [6], 0)
+
+
+def test_collate_left_pads_and_keeps_queries(tiny):
+    t = make(tiny)
+    a = t.encode([5, 6, 7], [8] * 5, 0)
+    b = t.encode([9], [8] * 2, 0)
+    batch = t.collate([a, b])
+    width = len(a.input_ids)
+    assert batch.input_ids.shape == (2, width)
+    pad = width - len(b.input_ids)
+    assert batch.attention_mask[1, :pad].sum() == 0 and batch.attention_mask[1, pad:].all()
+    assert batch.query_ids[1, 0] == 9 and batch.query_mask.sum(1).tolist() == [3, 1]
