@@ -94,6 +94,10 @@ class ScoringConfig:
     """Batching of the shared scorer."""
 
     batch_size: int = 8
+    # Reuse the shared prefix's keys/values across a batch. None = auto: on for CPU, where
+    # it saves ~8% of the FLOPs; off on GPUs, where the extra launches cost more
+    # (measurements in docs/benchmarks.md).
+    share_prefix: bool | None = None
 
     def validate(self) -> None:
         _require(self.batch_size > 0, "scoring.batch_size", "must be positive")

@@ -61,3 +61,14 @@ def test_inference_mode_for_scoring_and_gradients_for_training(tiny):
     trained = log_likelihood(model, batch)
     assert trained.requires_grad and trained.shape == (4,)
     assert torch.allclose(scored, trained.detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["zero_shot", "qpeft_r", "qpeft_a"])
+def test_shared_prefix_cache_equals_full_pass(tiny, method):
+    model = build_model(tiny, method, k=3)
+    model.adapter.eval()
+    batch = model.template.collate(model.encode(QUERIES, DOCS))
+    assert batch.shared_prefix > 0
+    cached = score_batch(model, batch)
+    full = score_batch(model, model.template.collate(model.encode(QUERIES, DOCS), False))
+    assert torch.allclose(cached, full, atol=1e-5)

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from qpeft.config import TemplateConfig
 from qpeft.template import QueryTooLongError, Segment, Template
@@ -63,8 +64,12 @@ def test_collate_left_pads_and_keeps_queries(tiny):
     a = t.encode([5, 6, 7], [8] * 5, 0)
     b = t.encode([9], [8] * 2, 0)
     batch = t.collate([a, b])
-    width = len(a.input_ids)
-    assert batch.input_ids.shape == (2, width)
+    width, shared = len(a.input_ids), len(t.shared_prefix_ids)
+    assert batch.input_ids.shape == (2, width) and batch.shared_prefix == shared
     pad = width - len(b.input_ids)
-    assert batch.attention_mask[1, :pad].sum() == 0 and batch.attention_mask[1, pad:].all()
+    # The shared prefix stays in front (every row identical), padding follows it.
+    assert (batch.input_ids[:, :shared] == torch.tensor(t.shared_prefix_ids)).all()
+    assert batch.attention_mask[1, shared : shared + pad].sum() == 0
+    assert batch.attention_mask[1, :shared].all() and batch.attention_mask[1, shared + pad :].all()
+    assert batch.input_ids[1, shared + pad :].tolist() == b.input_ids[shared:]
     assert batch.query_ids[1, 0] == 9 and batch.query_mask.sum(1).tolist() == [3, 1]

@@ -1,0 +1,55 @@
+"""`qpeft <step> --config FILE [--set key=value ...]`, equal to `python -m pipelines.<step>`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from qpeft.config import ConfigError
+
+STEPS = {
+    "demo": "pipelines.demo",
+}
+
+
+def step_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments every step takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML run config (defaults apply where omitted)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set adapter.k=5 (repeatable)",
+    )
+    return parser
+
+
+def run_step(main, argv: list[str] | None = None) -> int:
+    """Call a step's main, turning configuration errors into one clear line and exit code 2."""
+    try:
+        main(argv)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STEPS:
+        known = ", ".join(STEPS)
+        print(f"usage: qpeft <{'|'.join(STEPS)}> [--config FILE] [--set KEY=VALUE ...]")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown step {argv[0]!r} (known: {known})", file=sys.stderr)
+            return 2
+        return 0
+    module = importlib.import_module(STEPS[argv[0]])
+    return run_step(module.main, argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
