@@ -130,9 +130,10 @@ def convert_packaged(alias: str, cache_dir: Path) -> Path:
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():
+        if not (target / "config.json").exists():  # else another process converted it first
             raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
