@@ -49,7 +49,7 @@ def run_decoder(
     # Positions count attended tokens only: padding and hidden hint slots shift nothing.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     shared = batch.shared_prefix
-    if shared == 0 or model.adapter.prompt_embeddings() is not None:
+    if shared == 0 or model.adapter.trains_prompt:
         return decoder(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state

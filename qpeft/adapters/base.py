@@ -30,6 +30,9 @@ class Adapter(nn.Module):
     """A method: how many hint slots it reserves, and what goes into them (or into P)."""
 
     method: ClassVar[str]
+    # True where P's vectors are trainable: the shared prefix then differs from the frozen
+    # embeddings, and its keys/values cannot be reused across rows.
+    trains_prompt: ClassVar[bool] = False
 
     def __init__(self, config: AdapterConfig, backbone: Backbone, template: Template):
         super().__init__()

@@ -20,6 +20,7 @@ from qpeft.template import Template
 
 class SoftPrompt(Adapter):
     method = "soft_prompt"
+    trains_prompt = True
 
     def __init__(self, config: AdapterConfig, backbone: Backbone, template: Template):
         super().__init__(config, backbone, template)
