@@ -1,0 +1,197 @@
+"""Streaming readers for the file formats users bring, with errors that name `path:line`.
+
+Corpora and queries: JSONL, TSV and parquet. Judgments and first-stage results: TREC qrels
+and TREC run files. Open-domain QA: DPR/UPR-style JSON (`question`, `answers`, `ctxs`), where
+a context's relevance is its `has_answer`. Every reader yields records one at a time, so a
+corpus is never held in memory, and stops at the first malformed record with its location.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ID_FIELDS = ("id", "_id", "doc_id", "docid", "query_id", "qid")
+TEXT_FIELDS = ("text", "contents", "body", "query", "question")
+
+
+class InputFormatError(ValueError):
+    """A record does not have the expected shape; the message starts with `path:line`."""
+
+
+@dataclass
+class TextRecord:
+    """A document or a query: id, text and (documents only) an optional title."""
+
+    id: str
+    text: str
+    title: str = ""
+
+
+@dataclass
+class QAContext:
+    id: str
+    title: str
+    text: str
+    score: float | None
+    has_answer: bool
+
+
+@dataclass
+class QAExample:
+    question: str
+    answers: list[str]
+    contexts: list[QAContext]
+
+
+def _format_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix in (".tsv", ".txt"):
+        return "tsv"
+    if suffix == ".parquet":
+        return "parquet"
+    raise InputFormatError(f"{path}: unknown format {suffix!r} (expected .jsonl, .tsv or .parquet)")
+
+
+def _record_from_mapping(row: dict, where: str) -> TextRecord:
+    doc_id = next((row[f] for f in ID_FIELDS if row.get(f) is not None), None)
+    text = next((row[f] for f in TEXT_FIELDS if row.get(f) is not None), None)
+    if doc_id is None or text is None:
+        raise InputFormatError(
+            f"{where}: expected an id field (one of {', '.join(ID_FIELDS)}) and a text field "
+            f"(one of {', '.join(TEXT_FIELDS)}), got keys {sorted(row)}"
+        )
+    if not isinstance(text, str):
+        raise InputFormatError(f"{where}: text must be a string, got {type(text).__name__}")
+    return TextRecord(str(doc_id), text, str(row.get("title") or ""))
+
+
+def read_texts(path: str | Path) -> Iterator[TextRecord]:
+    """Documents or queries from JSONL (`{"id", "text", "title"?}`), TSV (`id<TAB>text` or
+    `id<TAB>title<TAB>text`, no header) or parquet (same columns as JSONL)."""
+    path = Path(path)
+    fmt = _format_of(path)
+    if fmt == "parquet":
+        row_number = 0
+        for batch in pq.ParquetFile(path).iter_batches():
+            for row in batch.to_pylist():
+                row_number += 1
+                yield _record_from_mapping(row, f"{path}: row {row_number}")
+        return
+    with path.open(encoding="utf-8") as handle:
+        if fmt == "jsonl":
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputFormatError(
+                        f"{path}:{line_number}: invalid JSON ({err.msg})"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise InputFormatError(f"{path}:{line_number}: expected a JSON object")
+                yield _record_from_mapping(row, f"{path}:{line_number}")
+            return
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for line_number, fields in enumerate(reader, 1):
+            if not fields:
+                continue
+            if len(fields) == 2:
+                yield TextRecord(fields[0], fields[1])
+            elif len(fields) == 3:
+                yield TextRecord(fields[0], fields[2], fields[1])
+            else:
+                raise InputFormatError(
+                    f"{path}:{line_number}: expected 2 (id, text) or 3 (id, title, text) "
+                    f"tab-separated fields, got {len(fields)}"
+                )
+
+
+def read_trec_qrels(path: str | Path) -> Iterator[tuple[str, str, int]]:
+    """(query_id, doc_id, relevance) from `qid iteration docid relevance` lines."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 4:
+                raise InputFormatError(
+                    f"{path}:{line_number}: expected 4 fields 'qid iter docid rel', "
+                    f"got {len(fields)}"
+                )
+            try:
+                relevance = int(fields[3])
+            except ValueError:
+                raise InputFormatError(
+                    f"{path}:{line_number}: relevance must be an integer, got {fields[3]!r}"
+                ) from None
+            yield fields[0], fields[2], relevance
+
+
+def read_trec_run(path: str | Path) -> Iterator[tuple[str, str, int, float]]:
+    """(query_id, doc_id, rank, score) from `qid Q0 docid rank score tag` lines."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 6:
+                raise InputFormatError(
+                    f"{path}:{line_number}: expected 6 fields 'qid Q0 docid rank score tag', "
+                    f"got {len(fields)}"
+                )
+            try:
+                rank, score = int(fields[3]), float(fields[4])
+            except ValueError:
+                raise InputFormatError(
+                    f"{path}:{line_number}: rank must be an integer and score a number, "
+                    f"got {fields[3]!r} and {fields[4]!r}"
+                ) from None
+            yield fields[0], fields[2], rank, score
+
+
+def _context(raw: object, where: str) -> QAContext:
+    if not isinstance(raw, dict) or "id" not in raw or "text" not in raw:
+        raise InputFormatError(f"{where}: expected an object with 'id' and 'text'")
+    has_answer = raw.get("has_answer", False)
+    if not isinstance(has_answer, bool):
+        raise InputFormatError(f"{where}.has_answer: expected true or false, got {has_answer!r}")
+    score = raw.get("score")
+    return QAContext(
+        id=str(raw["id"]),
+        title=str(raw.get("title") or ""),
+        text=str(raw["text"]),
+        score=float(score) if score is not None else None,
+        has_answer=has_answer,
+    )
+
+
+def read_dpr_json(path: str | Path) -> Iterator[QAExample]:
+    """Examples of a DPR/UPR retrieval file: a JSON list of `{question, answers, ctxs}`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputFormatError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    if not isinstance(data, list):
+        raise InputFormatError(f"{path}: expected a JSON list of examples")
+    for i, item in enumerate(data):
+        where = f"{path}: example {i}"
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+            raise InputFormatError(f"{where}: expected an object with a string 'question'")
+        answers = item.get("answers", [])
+        ctxs = item.get("ctxs", [])
+        if not isinstance(answers, list) or not isinstance(ctxs, list):
+            raise InputFormatError(f"{where}: 'answers' and 'ctxs' must be lists")
+        contexts = [_context(c, f"{where}.ctxs[{j}]") for j, c in enumerate(ctxs)]
+        yield QAExample(item["question"], [str(a) for a in answers], contexts)
