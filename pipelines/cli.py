@@ -9,6 +9,7 @@ import sys
 from qpeft.config import ConfigError
 
 STEPS = {
+    "prepare": "pipelines.prepare",
     "demo": "pipelines.demo",
 }
 

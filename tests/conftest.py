@@ -83,3 +83,21 @@ def build_model(
         TemplateConfig(**{**TINY_TEMPLATE, **(template or {})}),
         AdapterConfig(method=method, **adapter),
     )
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One Ray for the whole session (start-up costs ~10 s); 2 CPUs like CI."""
+    import ray
+
+    import pipelines.ray_setup  # noqa: F401  (sets Ray's environment defaults first)
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            object_store_memory=300 * 2**20,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()

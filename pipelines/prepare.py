@@ -1,0 +1,370 @@
+"""Prepare data with Ray Data: sources -> parquet shards of corpus, queries, qrels,
+first-stage candidates (with text) and training groups, plus counts.json.
+
+Every output directory is written under a temporary name and renamed when complete, and
+`_SUCCESS` is written last, so an interrupted run never leaves outputs that look finished;
+re-running resumes at the first missing step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from ray.data import ActorPoolStrategy, Datasource, ReadTask
+from ray.data.block import BlockMetadata
+from ray.data.expressions import col
+
+from pipelines.cli import run_step, step_arguments
+from pipelines.ray_setup import RaySection, init_ray
+from qpeft.config import ConfigError, load_config, to_dict
+from qpeft.data import schemas
+from qpeft.data.first_stage import FirstStage, FirstStageConfig, read_parquet_dir
+from qpeft.data.sources import Part, SourceConfig, parts
+from qpeft.data.splits import SPLITS, split_of
+
+RUN_SCHEMA = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+    ]
+)
+RAW_QUERIES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("answers", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+
+@dataclass
+class PrepareSection:
+    output_dir: str = "runs/prepare"
+    source: SourceConfig = field(default_factory=SourceConfig)
+    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
+    splits: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.6, "dev": 0.2, "test": 0.2}
+    )
+    split_seed: int = 13
+    missing_docs: Literal["fail", "warn"] = "fail"
+    block_rows: int = 2000
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        unknown = set(self.splits) - set(SPLITS)
+        if unknown:
+            raise ConfigError(f"prepare.splits: unknown split {sorted(unknown)[0]!r}")
+        if abs(sum(self.splits.values()) - 1.0) > 1e-6:
+            raise ConfigError(f"prepare.splits: fractions must sum to 1, got {self.splits}")
+
+
+@dataclass
+class PrepareConfig:
+    prepare: PrepareSection = field(default_factory=PrepareSection)
+    ray: RaySection = field(default_factory=RaySection)
+
+
+class PrepareError(RuntimeError):
+    """The inputs are inconsistent (e.g. judgments name documents the corpus lacks)."""
+
+
+class PartsDatasource(Datasource):
+    """One read task per part (file or dataset); each streams blocks of `block_rows`."""
+
+    def __init__(self, source_parts: list[Part], schema: pa.Schema, block_rows: int):
+        self.source_parts = source_parts
+        self.schema = schema
+        self.block_rows = block_rows
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        return [
+            ReadTask(self._reader(part), BlockMetadata(None, None, None), schema=self.schema)
+            for part in self.source_parts
+        ]
+
+    def _reader(self, part: Part) -> Callable:
+        schema, block_rows = self.schema, self.block_rows
+
+        def read():
+            rows = []
+            for row in part():
+                rows.append(row)
+                if len(rows) == block_rows:
+                    yield schemas.table(rows, schema)
+                    rows = []
+            if rows:
+                yield schemas.table(rows, schema)
+
+        return read
+
+
+def assign_splits(batch: pa.Table, seed: int, fractions: dict[str, float]) -> pa.Table:
+    """Add `split` and `skipped` ('empty_query' for blank text) to a raw query batch."""
+    ids = batch.column("query_id").to_pylist()
+    texts = [" ".join(t.split()) for t in batch.column("text").to_pylist()]
+    columns = {
+        "query_id": ids,
+        "text": texts,
+        "split": [split_of(q, seed, fractions) for q in ids],
+        "answers": batch.column("answers").to_pylist(),
+        "skipped": ["" if t else "empty_query" for t in texts],
+    }
+    return pa.Table.from_pydict(columns, schema=schemas.with_skipped(schemas.QUERIES))
+
+
+class Candidates:
+    """Ray Data UDF: queries -> candidate rows (one FirstStage per actor)."""
+
+    def __init__(self, root: str, config: FirstStageConfig, has_run: bool):
+        self.stage = FirstStage(root, config, has_run)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage.candidates(batch)
+
+
+class Groups(Candidates):
+    """Ray Data UDF: train/dev queries -> one group row per query (or its skip reason)."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage.groups(batch)
+
+
+@ray.remote(num_cpus=1)
+def check_references(root: str) -> dict:
+    """Count qrels and run rows that name documents or queries the prepared data lacks."""
+    base = Path(root)
+    doc_ids = set(read_parquet_dir(base / "corpus", ["doc_id"]).column("doc_id").to_pylist())
+    query_ids = set(read_parquet_dir(base / "queries", ["query_id"]).column("query_id").to_pylist())
+    report = {}
+    for name in ("qrels", "run"):
+        if not (base / name).exists():
+            continue
+        table = read_parquet_dir(base / name, ["query_id", "doc_id"])
+        docs, queries = table.column("doc_id").to_pylist(), table.column("query_id").to_pylist()
+        missing_docs = [d for d in docs if d not in doc_ids]
+        report[name] = {
+            "rows": len(docs),
+            "missing_documents": len(missing_docs),
+            "missing_document_examples": sorted(set(missing_docs))[:5],
+            "unknown_query_rows": sum(q not in query_ids for q in queries),
+        }
+    return report
+
+
+@ray.remote(num_cpus=1)
+def summarize(root: str) -> dict:
+    """Counts of everything written, read from the shards' columns (never the texts' bulk)."""
+    base = Path(root)
+    corpus = read_parquet_dir(base / "corpus", ["doc_id", "text"])
+    ids = corpus.column("doc_id")
+    lengths = pa.compute.utf8_length(pa.compute.utf8_trim_whitespace(corpus.column("text")))
+    queries = read_parquet_dir(base / "queries", ["query_id", "split"])
+    qrels = read_parquet_dir(base / "qrels", ["query_id"])
+    cands = read_parquet_dir(base / "candidates", ["query_id"])
+    per_query = cands.group_by("query_id").aggregate([("query_id", "count")])
+    sizes = per_query.column("query_id_count").to_pylist()
+    split_counts = queries.group_by("split").aggregate([("split", "count")]).to_pylist()
+    groups = read_parquet_dir(base / "groups", ["split"])
+    return {
+        "documents": len(ids),
+        "empty_documents": int(pa.compute.sum(pa.compute.equal(lengths, 0)).as_py() or 0),
+        "duplicate_document_ids": len(ids) - pa.compute.count_distinct(ids).as_py(),
+        "queries": queries.num_rows,
+        "queries_by_split": {r["split"]: r["split_count"] for r in split_counts},
+        "qrels": qrels.num_rows,
+        "judged_queries": pa.compute.count_distinct(qrels.column("query_id")).as_py(),
+        "candidates": cands.num_rows,
+        "queries_with_candidates": len(sizes),
+        "queries_without_candidates": queries.num_rows - len(sizes),
+        "candidates_per_query": {
+            "min": min(sizes, default=0),
+            "mean": sum(sizes) / max(1, len(sizes)),
+            "max": max(sizes, default=0),
+        },
+        "groups": groups.num_rows,
+    }
+
+
+def config_hash(section: PrepareSection) -> str:
+    data = to_dict(section)
+    for policy in ("overwrite", "missing_docs"):  # how to run, not what is produced
+        data.pop(policy)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Output:
+    """The output directory: each step is written to `<name>.partial` and renamed."""
+
+    def __init__(self, root: Path, section: PrepareSection):
+        self.root = root
+        stamp = root / "prepare_config.json"
+        digest = config_hash(section)
+        if root.exists() and section.overwrite:
+            shutil.rmtree(root)
+        elif root.exists() and not stamp.exists() and any(root.iterdir()):
+            raise PrepareError(
+                f"{root} exists and was not written by qpeft prepare; "
+                "choose another prepare.output_dir or set prepare.overwrite=true"
+            )
+        if stamp.exists() and json.loads(stamp.read_text())["hash"] != digest:
+            raise PrepareError(
+                f"{root} was prepared with another configuration; "
+                "set prepare.overwrite=true to replace it"
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({"hash": digest, "prepare": to_dict(section)}, indent=2))
+
+    def done(self, name: str) -> bool:
+        return (self.root / name).exists()
+
+    def write(self, name: str, dataset, schema: pa.Schema) -> None:
+        partial = self.root / f"{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        dataset.write_parquet(str(partial))
+        if not partial.exists():  # no rows: still a readable, empty table of the schema
+            partial.mkdir()
+            pq.write_table(schema.empty_table(), partial / "empty.parquet")
+        partial.rename(self.root / name)
+
+
+def log(message: str, start: float) -> None:
+    print(f"[prepare {time.perf_counter() - start:6.1f}s] {message}", flush=True)
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Run every missing step and return the counts (also written to counts.json)."""
+    section, source = cfg.prepare, cfg.prepare.source
+    start = time.perf_counter()
+    root = Path(section.output_dir).resolve()
+    out = Output(root, section)
+    if (root / "_SUCCESS").exists():
+        log(f"{root} is complete; nothing to do", start)
+        return json.loads((root / "counts.json").read_text())
+    init_ray(cfg.ray)
+    read = lambda kind, schema: ray.data.read_datasource(  # noqa: E731
+        PartsDatasource(parts(source, kind), schema, section.block_rows)
+    )
+    skipped: dict[str, dict[str, int]] = {}
+
+    if not out.done("corpus"):
+        out.write("corpus", read("corpus", schemas.CORPUS), schemas.CORPUS)
+        log("corpus written", start)
+    if not out.done("queries"):
+        raw = (
+            read("queries", RAW_QUERIES)
+            .map_batches(
+                assign_splits,
+                batch_format="pyarrow",
+                fn_kwargs={"seed": section.split_seed, "fractions": section.splits},
+            )
+            .materialize()
+        )
+        out.write(
+            "queries",
+            raw.filter(expr=col("skipped") == "").drop_columns(["skipped"]),
+            schemas.QUERIES,
+        )
+        empty = raw.filter(expr=col("skipped") != "").count()
+        (root / "queries_skipped.json").write_text(json.dumps({"empty_query": empty}))
+        log(f"queries written ({raw.count()} read, {empty} empty skipped)", start)
+    skipped["queries"] = json.loads((root / "queries_skipped.json").read_text())
+    if not out.done("qrels"):
+        out.write("qrels", read("qrels", schemas.QRELS), schemas.QRELS)
+        log("qrels written", start)
+    has_run = bool(parts(source, "run"))
+    if has_run and not out.done("run"):
+        out.write("run", read("run", RUN_SCHEMA), RUN_SCHEMA)
+        log("first-stage run written", start)
+
+    references = ray.get(check_references.remote(str(root)))
+    missing = {k: v["missing_documents"] for k, v in references.items() if v["missing_documents"]}
+    if missing:
+        message = "; ".join(
+            f"{k}: {v['missing_documents']} of {v['rows']} rows name documents missing from the "
+            f"corpus (e.g. {', '.join(v['missing_document_examples'])})"
+            for k, v in references.items()
+            if v["missing_documents"]
+        )
+        if section.missing_docs == "fail":
+            raise PrepareError(message + " (set prepare.missing_docs=warn to continue)")
+        log(f"warning: {message}; those rows are left out of candidates and groups", start)
+
+    queries = ray.data.read_parquet(str(root / "queries"))
+    udf_args = {"root": str(root), "config": section.first_stage, "has_run": has_run}
+    actors = {"compute": ActorPoolStrategy(size=1), "num_cpus": 1, "batch_format": "pyarrow"}
+    if not out.done("candidates"):
+        out.write(
+            "candidates",
+            queries.map_batches(
+                Candidates, fn_constructor_kwargs=udf_args, batch_size=512, **actors
+            ),
+            schemas.CANDIDATES,
+        )
+        log("candidates written", start)
+    if not out.done("groups"):
+        rows = (
+            queries.filter(expr=col("split") != "test")
+            .map_batches(Groups, fn_constructor_kwargs=udf_args, batch_size=512, **actors)
+            .materialize()
+        )
+        ok = rows.filter(expr=col("skipped") == "").drop_columns(["skipped"])
+        out.write("groups", ok, schemas.GROUPS)
+        reasons = rows.filter(expr=col("skipped") != "").select_columns(["skipped"]).to_pandas()
+        (root / "groups_skipped.json").write_text(
+            json.dumps(reasons["skipped"].value_counts().to_dict() if len(reasons) else {})
+        )
+        log("training groups written", start)
+    skipped["groups"] = json.loads((root / "groups_skipped.json").read_text())
+
+    counts = ray.get(summarize.remote(str(root)))
+    counts["skipped"] = skipped
+    counts["references"] = references
+    counts["seconds"] = round(time.perf_counter() - start, 1)
+    (root / "counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+    (root / "_SUCCESS").write_text("")
+    return counts
+
+
+def print_counts(counts: dict, root: str) -> None:
+    per = counts["candidates_per_query"]
+    print(
+        f"documents: {counts['documents']} ({counts['empty_documents']} empty, "
+        f"{counts['duplicate_document_ids']} duplicate ids)\n"
+        f"queries: {counts['queries']} {counts['queries_by_split']} "
+        f"(skipped: {counts['skipped']['queries']})\n"
+        f"qrels: {counts['qrels']} over {counts['judged_queries']} judged queries\n"
+        f"candidates: {counts['candidates']} ({per['min']}-{per['max']} per query, "
+        f"mean {per['mean']:.1f}; {counts['queries_without_candidates']} queries without any)\n"
+        f"groups: {counts['groups']} (skipped: {counts['skipped']['groups']})\n"
+        f"shards and counts.json in {root}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(PrepareConfig, args.config, args.overrides)
+    try:
+        counts = prepare(cfg)
+    except PrepareError as err:
+        raise ConfigError(str(err)) from None
+    print_counts(counts, str(Path(cfg.prepare.output_dir).resolve()))
+
+
+if __name__ == "__main__":
+    sys.exit(run_step(main))

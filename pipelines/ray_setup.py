@@ -1,0 +1,48 @@
+"""Starting or joining Ray the same way in every step."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+# Cut start-up work and noise (RAY_NOTES.md); set before ray is imported anywhere.
+for _name, _value in (
+    ("RAY_USAGE_STATS_ENABLED", "0"),
+    ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
+    ("RAY_TRAIN_METRICS_ENABLED", "0"),
+    ("RAY_TRAIN_ENABLE_PRINT_PATCH", "0"),
+):
+    os.environ.setdefault(_name, _value)
+
+
+@dataclass
+class RaySection:
+    """`address: null` starts a local Ray; `auto` or `ray://...` joins a running cluster."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    object_store_memory_mb: int = 300
+    include_dashboard: bool = False
+    progress_bars: bool = False
+
+
+def init_ray(config: RaySection) -> None:
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        if config.address:
+            ray.init(address=config.address, log_to_driver=True)
+        else:
+            ray.init(
+                num_cpus=config.num_cpus,
+                object_store_memory=config.object_store_memory_mb * 2**20,
+                include_dashboard=config.include_dashboard,
+                log_to_driver=True,
+            )
+    if not config.progress_bars:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    context = DataContext.get_current()
+    context.enable_progress_bars = config.progress_bars
+    context.print_on_execution_start = False

@@ -1,0 +1,76 @@
+"""Arrow schemas of the parquet shards that `qpeft prepare` writes (see docs/data.md).
+
+Every later step reads these and nothing else, so they are the contract between data
+preparation, training, reranking and evaluation.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# One row per document. `title` is "" where the source has none.
+CORPUS = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+    ]
+)
+
+# One row per usable query. `split` is train/dev/test, deterministic by seed and id.
+# `answers` holds the gold answers of QA data (empty list for judged IR data).
+QUERIES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("answers", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+# Graded judgments as the source gives them (negative grades kept; metrics clip at 0).
+QRELS = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("relevance", pa.int32(), nullable=False),
+    ]
+)
+
+# First-stage candidates joined with query and document text: what reranking scores.
+# `rank` starts at 1; `relevance` is null where the pair is unjudged.
+CANDIDATES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("query", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("first_stage_score", pa.float32(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("relevance", pa.int32(), nullable=True),
+    ]
+)
+
+# One training group per train/dev query: a positive and hard negatives, texts included.
+GROUPS = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("query", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("positive_id", pa.string(), nullable=False),
+        pa.field("positive_text", pa.string(), nullable=False),
+        pa.field("negative_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("negative_texts", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+
+def with_skipped(schema: pa.Schema) -> pa.Schema:
+    """`schema` plus the reason a row is left out of the output ("" for kept rows)."""
+    return schema.append(pa.field("skipped", pa.string(), nullable=False))
+
+
+def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows as a table of exactly `schema` (a missing or mistyped column fails here)."""
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -1,0 +1,144 @@
+"""Where the data comes from: ir_datasets ids, local files or DPR/UPR QA JSON.
+
+A source is described by `SourceConfig` and read as *parts*: zero-argument callables that
+each stream the records of one file (or one dataset), as dicts with the columns of
+`qpeft.data.schemas`. Parts let a distributed reader run one task per file while every
+error still names its file and line.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from qpeft.data import irds
+from qpeft.data.readers import read_dpr_json, read_texts, read_trec_qrels, read_trec_run
+
+Part = Callable[[], Iterator[dict]]
+
+
+@dataclass
+class SourceConfig:
+    """One data source: an ir_datasets id, local files (globs allowed), or a DPR JSON file."""
+
+    irds: str | None = None
+    irds_seed: str | None = None
+    corpus: str | None = None
+    queries: str | None = None
+    qrels: str | None = None
+    run: str | None = None
+    dpr: str | None = None
+
+    def validate(self) -> None:
+        from qpeft.config import ConfigError
+
+        kinds = [k for k in ("irds", "corpus", "dpr") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ConfigError(
+                "source: give exactly one of source.irds, source.corpus (with source.queries) "
+                f"or source.dpr, got {kinds or 'none'}"
+            )
+        if self.corpus and not self.queries:
+            raise ConfigError("source.queries: required with source.corpus")
+
+
+def full_text(title: str, text: str) -> str:
+    """The text a reranker reads: title and body."""
+    title, text = title.strip(), text.strip()
+    return f"{title}\n{text}" if title and text else title or text
+
+
+def _files(pattern: str) -> list[str]:
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+        raise FileNotFoundError(f"{pattern}: no such file")
+    return matches
+
+
+def _texts(path: str, kind: str) -> Iterator[dict]:
+    for record in read_texts(path):
+        if kind == "corpus":
+            yield {"doc_id": record.id, "title": record.title, "text": record.text}
+        else:
+            yield {"query_id": record.id, "text": record.text, "answers": []}
+
+
+def _irds(dataset_id: str, seed: str | None, kind: str) -> Iterator[dict]:
+    dataset = irds.load(dataset_id, seed)
+    if kind == "corpus":
+        for doc in dataset.docs_iter():
+            title = getattr(doc, "title", "") or ""
+            text = getattr(doc, "text", None)
+            text = text if text is not None else doc.default_text()
+            yield {"doc_id": doc.doc_id, "title": title, "text": text}
+    elif kind == "queries":
+        for query_id, text in irds.iter_queries(dataset):
+            yield {"query_id": query_id, "text": text, "answers": []}
+    elif kind == "qrels":
+        for query_id, doc_id, relevance in irds.iter_qrels(dataset):
+            yield {"query_id": query_id, "doc_id": doc_id, "relevance": relevance}
+    elif kind == "run":
+        ranks: dict[str, int] = {}
+        for row in dataset.scoreddocs_iter():
+            ranks[row.query_id] = ranks.get(row.query_id, 0) + 1
+            yield {
+                "query_id": row.query_id,
+                "doc_id": row.doc_id,
+                "rank": ranks[row.query_id],
+                "score": float(row.score),
+            }
+
+
+def _dpr(path: str, kind: str) -> Iterator[dict]:
+    stem = Path(path).stem
+    seen: set[str] = set()
+    for i, example in enumerate(read_dpr_json(path)):
+        query_id = f"{stem}-{i}"
+        if kind == "queries":
+            yield {"query_id": query_id, "text": example.question, "answers": example.answers}
+            continue
+        for rank, ctx in enumerate(example.contexts, 1):
+            if kind == "corpus" and ctx.id not in seen:
+                seen.add(ctx.id)
+                yield {"doc_id": ctx.id, "title": ctx.title, "text": ctx.text}
+            elif kind == "qrels":
+                yield {"query_id": query_id, "doc_id": ctx.id, "relevance": int(ctx.has_answer)}
+            elif kind == "run":
+                score = ctx.score if ctx.score is not None else -float(rank)
+                yield {"query_id": query_id, "doc_id": ctx.id, "rank": rank, "score": score}
+
+
+def _qrels(path: str) -> Iterator[dict]:
+    for query_id, doc_id, relevance in read_trec_qrels(path):
+        yield {"query_id": query_id, "doc_id": doc_id, "relevance": relevance}
+
+
+def _run(path: str) -> Iterator[dict]:
+    for query_id, doc_id, rank, score in read_trec_run(path):
+        yield {"query_id": query_id, "doc_id": doc_id, "rank": rank, "score": score}
+
+
+def parts(source: SourceConfig, kind: str) -> list[Part]:
+    """Readers for `kind` (corpus, queries, qrels or run) of `source`; [] where it has none."""
+    if source.irds:
+        if kind == "run" and source.run:
+            return [partial(_run, f) for f in _files(source.run)]
+        if kind == "run" and not irds.load(source.irds, source.irds_seed).has_scoreddocs():
+            return []
+        return [partial(_irds, source.irds, source.irds_seed, kind)]
+    if source.dpr:
+        return [partial(_dpr, f, kind) for f in _files(source.dpr)]
+    pattern = {
+        "corpus": source.corpus,
+        "queries": source.queries,
+        "qrels": source.qrels,
+        "run": source.run,
+    }[kind]
+    if not pattern:
+        return []
+    if kind in ("corpus", "queries"):
+        return [partial(_texts, f, kind) for f in _files(pattern)]
+    return [partial(_qrels if kind == "qrels" else _run, f) for f in _files(pattern)]

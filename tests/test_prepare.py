@@ -1,0 +1,112 @@
+"""`qpeft prepare` on Ray Data: Cranfield offline, local files, bad references, resume."""
+
+import json
+
+import pyarrow.dataset as pads
+import pytest
+
+from pipelines.prepare import PrepareConfig, PrepareError, prepare
+from qpeft.config import from_dict
+from qpeft.data import schemas
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def config(out, **section):
+    return from_dict(
+        PrepareConfig, {"prepare": {"output_dir": str(out), **section}, "ray": {"num_cpus": 2}}
+    )
+
+
+def table(root, name):
+    return pads.dataset(str(root / name), format="parquet").to_table()
+
+
+def test_cranfield_offline(ray_session, tmp_path):
+    out = tmp_path / "cranfield"
+    counts = prepare(config(out, source={"irds": "cranfield"}, first_stage={"depth": 20}))
+    assert (counts["documents"], counts["queries"], counts["qrels"]) == (1400, 225, 1837)
+    assert counts["queries_with_candidates"] == 225 and counts["queries_without_candidates"] == 0
+    assert counts["candidates_per_query"]["min"] == 20
+    # Every train/dev query is either a group or counted as skipped with its reason.
+    train_dev = counts["queries_by_split"]["train"] + counts["queries_by_split"]["dev"]
+    assert counts["groups"] + sum(counts["skipped"]["groups"].values()) == train_dev
+    for name, schema in (
+        ("corpus", schemas.CORPUS),
+        ("queries", schemas.QUERIES),
+        ("qrels", schemas.QRELS),
+        ("candidates", schemas.CANDIDATES),
+        ("groups", schemas.GROUPS),
+    ):
+        written = table(out, name)
+        # Parquet drops not-null flags and renames list items; names and types must match.
+        assert written.column_names == schema.names, name
+        assert written.cast(schema).num_rows == written.num_rows
+    groups = table(out, "groups").to_pylist()
+    qrels = {(r["query_id"], r["doc_id"]): r["relevance"] for r in table(out, "qrels").to_pylist()}
+    for g in groups:
+        assert qrels[(g["query_id"], g["positive_id"])] >= 1
+        assert all(qrels.get((g["query_id"], d), 0) < 1 for d in g["negative_ids"])
+    assert json.loads((out / "counts.json").read_text())["documents"] == 1400
+    assert (out / "_SUCCESS").exists()
+
+    # Resume: a complete directory is left alone; a missing step is redone alone.
+    corpus_mtime = (out / "corpus").stat().st_mtime_ns
+    for name in ("groups", "_SUCCESS", "counts.json"):
+        path = out / name
+        if path.is_dir():
+            import shutil
+
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    again = prepare(config(out, source={"irds": "cranfield"}, first_stage={"depth": 20}))
+    assert again["groups"] == counts["groups"]
+    assert (out / "corpus").stat().st_mtime_ns == corpus_mtime
+    with pytest.raises(PrepareError, match="another configuration"):
+        prepare(config(out, source={"irds": "cranfield"}, first_stage={"depth": 30}))
+
+
+def write_files(tmp_path, missing_doc=False):
+    corpus = tmp_path / "corpus.jsonl"
+    docs = {
+        "d1": "wing flow separation",
+        "d2": "heat transfer in a boundary layer",
+        "d3": "bread and yeast",
+        "d4": "",
+        "d5": "wing stall at high angle of attack",
+    }
+    corpus.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
+    queries = tmp_path / "queries.tsv"
+    queries.write_text("q1\twhat causes wing stall\nq2\theat transfer\nq3\t   \n")
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 d5 2\nq1 0 d1 1\nq2 0 d2 1\n" + ("q2 0 d99 1\n" if missing_doc else ""))
+    run = tmp_path / "run.txt"
+    run.write_text(
+        "q1 Q0 d1 1 9.0 x\nq1 Q0 d3 2 5.0 x\nq1 Q0 d5 3 4.0 x\nq2 Q0 d2 1 3.0 x\nq2 Q0 d4 2 2.0 x\n"
+    )
+    return {"corpus": str(corpus), "queries": str(queries), "qrels": str(qrels), "run": str(run)}
+
+
+def test_local_files_missing_documents_fail_then_warn(ray_session, tmp_path):
+    source = write_files(tmp_path, missing_doc=True)
+    out = tmp_path / "files"
+    splits = {"train": 1.0, "dev": 0.0, "test": 0.0}
+    with pytest.raises(PrepareError, match=r"qrels: 1 of 4 rows name documents missing .*d99"):
+        prepare(config(out, source=source, splits=splits))
+    assert not (out / "_SUCCESS").exists()
+    counts = prepare(config(out, source=source, splits=splits, missing_docs="warn"))
+    assert counts["references"]["qrels"]["missing_documents"] == 1
+    assert counts["skipped"]["queries"] == {"empty_query": 1}  # q3 is blank
+    assert counts["queries"] == 2 and counts["empty_documents"] == 1
+    cands = table(out, "candidates").to_pylist()
+    assert [(c["query_id"], c["doc_id"], c["rank"]) for c in cands] == [
+        ("q1", "d1", 1),
+        ("q1", "d3", 2),
+        ("q1", "d5", 3),
+        ("q2", "d2", 1),
+        ("q2", "d4", 2),
+    ]
+    groups = {g["query_id"]: g for g in table(out, "groups").to_pylist()}
+    assert groups["q1"]["positive_id"] == "d5" and groups["q1"]["negative_ids"] == ["d3"]
+    assert groups["q2"]["positive_id"] == "d2" and groups["q2"]["negative_ids"] == ["d4"]
