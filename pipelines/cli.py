@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from qpeft.config import ConfigError
+from qpeft.data.readers import DataError
 
 STEPS = {
     "prepare": "pipelines.prepare",
@@ -30,11 +31,19 @@ def step_arguments(description: str) -> argparse.ArgumentParser:
 
 
 def run_step(main, argv: list[str] | None = None) -> int:
-    """Call a step's main, turning configuration errors into one clear line and exit code 2."""
+    """Call a step's main, turning configuration and input-data errors into one clear line
+    and exit code 2 (a traceback helps nobody fix a typo in a YAML or a data file)."""
     try:
         main(argv)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        # Errors raised inside Ray tasks arrive wrapped; the original is their `cause`.
+        # Ray appends retry advice on further lines; our messages are one line.
+        cause = getattr(err, "cause", None)
+        original = cause if isinstance(cause, DataError) else err
+        print(f"data error: {str(original).splitlines()[0]}", file=sys.stderr)
         return 2
     return 0
 

@@ -30,6 +30,7 @@ from pipelines.ray_setup import RaySection, init_ray
 from qpeft.config import ConfigError, load_config, to_dict
 from qpeft.data import schemas
 from qpeft.data.first_stage import FirstStage, FirstStageConfig, read_parquet_dir
+from qpeft.data.readers import DataError
 from qpeft.data.sources import Part, SourceConfig, parts
 from qpeft.data.splits import SPLITS, split_of
 
@@ -77,7 +78,7 @@ class PrepareConfig:
     ray: RaySection = field(default_factory=RaySection)
 
 
-class PrepareError(RuntimeError):
+class PrepareError(DataError):
     """The inputs are inconsistent (e.g. judgments name documents the corpus lacks)."""
 
 
@@ -112,6 +113,11 @@ class PartsDatasource(Datasource):
                 yield schemas.table(rows, schema)
 
         return read
+
+
+def read_source(source: SourceConfig, kind: str, schema: pa.Schema, block_rows: int):
+    """A Ray Dataset streaming `kind` records of `source`, one read task per file."""
+    return ray.data.read_datasource(PartsDatasource(parts(source, kind), schema, block_rows))
 
 
 def assign_splits(batch: pa.Table, seed: int, fractions: dict[str, float]) -> pa.Table:
@@ -257,9 +263,10 @@ def prepare(cfg: PrepareConfig) -> dict:
         log(f"{root} is complete; nothing to do", start)
         return json.loads((root / "counts.json").read_text())
     init_ray(cfg.ray)
-    read = lambda kind, schema: ray.data.read_datasource(  # noqa: E731
-        PartsDatasource(parts(source, kind), schema, section.block_rows)
-    )
+
+    def read(kind: str, schema: pa.Schema):
+        return read_source(source, kind, schema, section.block_rows)
+
     skipped: dict[str, dict[str, int]] = {}
 
     if not out.done("corpus"):
@@ -359,10 +366,7 @@ def print_counts(counts: dict, root: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
     cfg = load_config(PrepareConfig, args.config, args.overrides)
-    try:
-        counts = prepare(cfg)
-    except PrepareError as err:
-        raise ConfigError(str(err)) from None
+    counts = prepare(cfg)
     print_counts(counts, str(Path(cfg.prepare.output_dir).resolve()))
 
 

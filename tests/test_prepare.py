@@ -100,7 +100,7 @@ def test_local_files_missing_documents_fail_then_warn(ray_session, tmp_path):
     assert counts["skipped"]["queries"] == {"empty_query": 1}  # q3 is blank
     assert counts["queries"] == 2 and counts["empty_documents"] == 1
     cands = table(out, "candidates").to_pylist()
-    assert [(c["query_id"], c["doc_id"], c["rank"]) for c in cands] == [
+    assert sorted((c["query_id"], c["doc_id"], c["rank"]) for c in cands) == [
         ("q1", "d1", 1),
         ("q1", "d3", 2),
         ("q1", "d5", 3),
@@ -110,3 +110,60 @@ def test_local_files_missing_documents_fail_then_warn(ray_session, tmp_path):
     groups = {g["query_id"]: g for g in table(out, "groups").to_pylist()}
     assert groups["q1"]["positive_id"] == "d5" and groups["q1"]["negative_ids"] == ["d3"]
     assert groups["q2"]["positive_id"] == "d2" and groups["q2"]["negative_ids"] == ["d4"]
+
+
+def test_malformed_file_stops_with_path_and_line(ray_session, tmp_path, capsys):
+    from pipelines.cli import main
+
+    (tmp_path / "c.jsonl").write_text('{"id": "d1", "text": "ok"}\n{"id": "d2", "text": \n')
+    (tmp_path / "q.tsv").write_text("q1\thello\n")
+    out = tmp_path / "out"
+    args = [
+        "--set",
+        f"prepare.output_dir={out}",
+        "--set",
+        f"prepare.source.corpus={tmp_path / 'c.jsonl'}",
+        "--set",
+        f"prepare.source.queries={tmp_path / 'q.tsv'}",
+    ]
+    assert main(["prepare", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"data error: {tmp_path / 'c.jsonl'}:2: invalid JSON (Expecting value)"
+    assert not (out / "corpus").exists() and not (out / "_SUCCESS").exists()
+
+
+def test_dpr_json_end_to_end(ray_session, tmp_path):
+    ctxs = [
+        {
+            "id": "c1",
+            "title": "Paris",
+            "text": "Paris is the capital of France",
+            "score": 9.0,
+            "has_answer": True,
+        },
+        {"id": "c2", "title": "Lyon", "text": "Lyon is a city", "score": 5.0, "has_answer": False},
+        {
+            "id": "c3",
+            "title": "Nice",
+            "text": "Nice is by the sea",
+            "score": 4.0,
+            "has_answer": False,
+        },
+    ]
+    data = [{"question": f"question {i}", "answers": ["Paris"], "ctxs": ctxs} for i in range(4)]
+    path = tmp_path / "nq-dev.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "dpr"
+    counts = prepare(
+        config(
+            out,
+            source={"dpr": str(path)},
+            splits={"train": 1.0, "dev": 0.0, "test": 0.0},
+            first_stage={"negatives": 2},
+        )
+    )
+    assert (counts["documents"], counts["queries"], counts["qrels"]) == (3, 4, 12)
+    assert counts["candidates"] == 12 and counts["groups"] == 4
+    group = table(out, "groups").to_pylist()[0]
+    assert group["positive_id"] == "c1" and sorted(group["negative_ids"]) == ["c2", "c3"]
+    assert table(out, "queries").column("answers").to_pylist()[0] == ["Paris"]

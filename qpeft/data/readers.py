@@ -20,7 +20,11 @@ ID_FIELDS = ("id", "_id", "doc_id", "docid", "query_id", "qid")
 TEXT_FIELDS = ("text", "contents", "body", "query", "question")
 
 
-class InputFormatError(ValueError):
+class DataError(ValueError):
+    """Input data cannot be used as given; the message says where and why."""
+
+
+class InputFormatError(DataError):
     """A record does not have the expected shape; the message starts with `path:line`."""
 
 

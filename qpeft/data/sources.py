@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from qpeft.data import irds
-from qpeft.data.readers import read_dpr_json, read_texts, read_trec_qrels, read_trec_run
+from qpeft.data.readers import DataError, read_dpr_json, read_texts, read_trec_qrels, read_trec_run
 
 Part = Callable[[], Iterator[dict]]
 
@@ -54,7 +54,7 @@ def full_text(title: str, text: str) -> str:
 def _files(pattern: str) -> list[str]:
     matches = sorted(glob.glob(pattern))
     if not matches:
-        raise FileNotFoundError(f"{pattern}: no such file")
+        raise DataError(f"{pattern}: no such file")
     return matches
 
 
