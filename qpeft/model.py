@@ -7,7 +7,7 @@ from torch import nn
 from qpeft.adapters import Adapter, build_adapter
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig, TemplateConfig
-from qpeft.template import PairLayout, Template
+from qpeft.template import Batch, PairLayout, Template
 
 
 class QPeftModel(nn.Module):
@@ -29,6 +29,13 @@ class QPeftModel(nn.Module):
     @property
     def method(self) -> str:
         return self.adapter.method
+
+    def forward(self, batch: Batch):
+        """Mean label log-likelihood per pair: the same function the scorer runs, exposed as
+        `forward` so DDP and DeepSpeed wrappers see (and synchronise) the training pass."""
+        from qpeft.scoring import log_likelihood  # scoring builds on this module
+
+        return log_likelihood(self, batch)
 
     def encode(self, queries: list[str], docs: list[str]) -> list[PairLayout]:
         """Tokenize and lay out pairs, reserving the adapter's hint slots for each."""

@@ -32,7 +32,7 @@ class QueryAttention(QueryDependentAdapter):
 
     def query_dependent(self, batch: Batch, frozen_embeds: torch.Tensor):
         query = self.embed(batch.query_ids)
-        keys = frozen_embeds.float()
+        keys = frozen_embeds.to(query.dtype)  # the adapter's dtype: fp32, or bf16 under DeepSpeed
         out, _ = self.attention(
             query, keys, keys, key_padding_mask=~key_mask(batch), need_weights=False
         )

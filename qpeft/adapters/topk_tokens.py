@@ -59,7 +59,7 @@ class TopKTokens(QueryDependentAdapter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (B, k) of the selected hints and which of them exist (B, k)."""
         query = self.embed(batch.query_ids)
-        keys = frozen_embeds.float()
+        keys = frozen_embeds.to(query.dtype)  # the adapter's dtype: fp32, or bf16 under DeepSpeed
         if self.config.similarity == "cosine":
             query = F.normalize(query, dim=-1)
             keys = F.normalize(keys, dim=-1)
@@ -68,13 +68,16 @@ class TopKTokens(QueryDependentAdapter):
         best = scores.max(dim=1).values.masked_fill(~key_mask(batch), float("-inf"))
         # Best score per distinct vocabulary id: a (B, V) scatter-max keeps it vectorised.
         per_id = torch.full(
-            (best.shape[0], self.embed.num_embeddings), float("-inf"), device=best.device
+            (best.shape[0], self.embed.num_embeddings),
+            float("-inf"),
+            device=best.device,
+            dtype=best.dtype,
         )
         per_id.scatter_reduce_(1, batch.input_ids, best, reduce="amax", include_self=True)
         per_id[:, self.banned_ids] = float("-inf")
         if self.config.drop_query_tokens:
             in_query = torch.zeros_like(per_id).scatter_reduce_(
-                1, batch.query_ids, batch.query_mask.float(), reduce="amax"
+                1, batch.query_ids, batch.query_mask.to(per_id.dtype), reduce="amax"
             )
             per_id.masked_fill_(in_query > 0, float("-inf"))
         values, ids = per_id.topk(self.config.k, dim=1)

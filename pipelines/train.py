@@ -1,0 +1,388 @@
+"""Fit an adapter with Ray Train: DeepSpeed ZeRO on GPUs, DDP (gloo) on CPUs.
+
+`qpeft train --config FILE` reads the training groups of a prepared directory through Ray
+Data (one shard per worker), trains with the paper's loss, evaluates on the dev split after
+every epoch (dev loss and NDCG@10 through the shared scorer), stops early with patience and
+exports the best adapter to `<storage_path>/<name>/adapter`. Checkpoints go through
+`ray.train.report`; re-running with the same name resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.data.expressions import col
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pipelines.cli import run_step, step_arguments
+from pipelines.ray_setup import RaySection, init_ray
+from qpeft.backbone import load_backbone
+from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
+from qpeft.config import (
+    AdapterConfig,
+    ConfigError,
+    LossConfig,
+    ModelConfig,
+    ScoringConfig,
+    TemplateConfig,
+    from_dict,
+    load_config,
+    to_dict,
+)
+from qpeft.engines import DeepSpeedEngine, TorchEngine
+from qpeft.metrics import mean_ndcg10
+from qpeft.model import QPeftModel
+from qpeft.training import (
+    TrainSettings,
+    TrainState,
+    batch_loss,
+    dev_loss,
+    dev_run,
+    groups_from_rows,
+)
+
+
+@dataclass
+class DataSection:
+    prepared_dir: str = "runs/prepare/cranfield"
+
+
+@dataclass
+class ScalingSection:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    deepspeed_stage: int = 2
+    bf16: bool = True
+
+    def validate(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError("scaling.num_workers: must be >= 1")
+        if self.deepspeed_stage not in (0, 1, 2, 3):
+            raise ConfigError("scaling.deepspeed_stage: must be 0, 1, 2 or 3")
+
+
+@dataclass
+class RunSection:
+    name: str = "qpeft-train"
+    storage_path: str = "runs/train"
+    max_failures: int = 1
+    num_to_keep: int = 2
+
+
+@dataclass
+class TrainRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    data: DataSection = field(default_factory=DataSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    run: RunSection = field(default_factory=RunSection)
+    ray: RaySection = field(default_factory=RaySection)
+
+    def validate(self) -> None:
+        if self.adapter.method == "zero_shot":
+            raise ConfigError("adapter.method: zero_shot has nothing to train")
+
+
+def rows_of(iterator) -> list[dict]:
+    return [
+        row for batch in iterator.iter_batches(batch_format="pyarrow") for row in batch.to_pylist()
+    ]
+
+
+def my_slice(items: list, rank: int, world: int) -> list:
+    return items[rank::world]
+
+
+def all_gather(obj, world: int) -> list:
+    if world == 1 or not dist.is_initialized():
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def evaluate(cfg: TrainRunConfig, qpeft: QPeftModel, dev: dict, rank: int, world: int) -> dict:
+    """Dev loss and NDCG@10, each rank taking a slice of the dev queries."""
+    queries = sorted({r["query_id"] for r in dev["candidates"]})
+    if cfg.train.dev_max_queries:
+        queries = queries[: cfg.train.dev_max_queries]
+    mine = set(my_slice(queries, rank, world))
+    run = dev_run(
+        qpeft,
+        [r for r in dev["candidates"] if r["query_id"] in mine],
+        cfg.train.dev_depth,
+        cfg.scoring,
+    )
+    groups = my_slice(dev["groups"], rank, world)
+    loss = dev_loss(qpeft, groups, cfg.loss, cfg.train.queries_per_batch) if groups else 0.0
+    merged: dict = {}
+    losses = []
+    for part_run, part_loss, n in all_gather((run, loss, len(groups)), world):
+        merged.update(part_run)
+        losses += [part_loss] * n
+    return {
+        "dev_ndcg10": mean_ndcg10(dev["qrels"], merged),
+        "dev_loss": sum(losses) / max(1, len(losses)),
+        "dev_queries": len(merged),
+    }
+
+
+def save_checkpoint(
+    engine, qpeft: QPeftModel, state: TrainState, best_dir: Path, rank: int, metrics: dict
+) -> None:
+    """Report metrics with a checkpoint: adapter, best adapter so far, optimizer, state."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        with engine.gathered():
+            if rank == 0:
+                save_adapter(qpeft, directory / "adapter")
+        engine.save_state(directory, rank)
+        if rank == 0:
+            if best_dir.exists():
+                shutil.copytree(best_dir, directory / "best_adapter")
+            state.save(directory)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def train_loop(loop_config: dict) -> None:
+    cfg = from_dict(TrainRunConfig, loop_config["config"])
+    settings = cfg.train
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(settings.seed + rank)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.set_device(device)
+    model_cfg = replace(
+        cfg.model,
+        device=str(device),
+        dtype="bfloat16" if on_gpu and cfg.scaling.bf16 else cfg.model.dtype,
+    )
+    backbone = load_backbone(model_cfg)
+    if settings.gradient_checkpointing:
+        backbone.model.gradient_checkpointing_enable({"use_reentrant": False})
+    qpeft = QPeftModel.build(backbone, cfg.template, cfg.adapter)
+    qpeft.adapter.train()
+    total_steps = loop_config["steps_per_epoch"] * settings.epochs
+    if on_gpu:
+        engine = DeepSpeedEngine(
+            qpeft, settings, total_steps, cfg.scaling.deepspeed_stage, cfg.scaling.bf16, world
+        )
+    else:
+        engine = TorchEngine(qpeft, settings, total_steps, distributed=world > 1)
+
+    state = TrainState(history=[])
+    best_dir = Path(tempfile.mkdtemp(prefix="qpeft-best-"))
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as ckpt:
+            ckpt = Path(ckpt)
+            from safetensors.torch import load_file
+
+            with engine.gathered():
+                weights = load_file(str(ckpt / "adapter" / WEIGHTS_NAME), device=str(device))
+                qpeft.adapter.load_state_dict(weights)
+            engine.load_state(ckpt)
+            state = TrainState.load(ckpt)
+            if (ckpt / "best_adapter").exists():
+                shutil.copytree(ckpt / "best_adapter", best_dir, dirs_exist_ok=True)
+        if rank == 0:
+            print(f"[train] resumed at step {state.step} (epoch {state.epoch})", flush=True)
+
+    dev = {
+        "groups": groups_from_rows(rows_of(ray.train.get_dataset_shard("dev_groups"))),
+        "candidates": rows_of(ray.train.get_dataset_shard("dev_candidates")),
+    }
+    dev["qrels"] = {}
+    for row in rows_of(ray.train.get_dataset_shard("dev_qrels")):
+        dev["qrels"].setdefault(row["query_id"], {})[row["doc_id"]] = row["relevance"]
+    shard = ray.train.get_dataset_shard("train")
+    steps_per_epoch = loop_config["steps_per_epoch"]
+    start = time.perf_counter()
+    first_step = state.step
+
+    while state.epoch < settings.epochs and not state.stopped_early:
+        done_in_epoch = state.step - state.epoch * steps_per_epoch
+        batches = shard.iter_batches(
+            batch_size=settings.queries_per_batch,
+            batch_format="pyarrow",
+            drop_last=True,
+            local_shuffle_buffer_size=256,
+            local_shuffle_seed=settings.seed + state.epoch,
+        )
+        for index, batch in enumerate(batches):
+            if index >= steps_per_epoch:
+                break
+            if index < done_in_epoch:  # resumed mid-epoch: skip the steps already taken
+                continue
+            if settings.fail_at_step == state.step and rank == world - 1 and not restored:
+                print(f"[train] injected failure on rank {rank} at step {state.step}", flush=True)
+                os._exit(1)
+            tick = time.perf_counter()
+            groups = groups_from_rows(batch.to_pylist())
+            loss = batch_loss(engine.module, qpeft, groups, cfg.loss)
+            engine.step(loss)
+            state.step += 1
+            if rank == 0:
+                seconds = time.perf_counter() - tick
+                pairs = sum(1 + len(g.negatives) + cfg.loss.in_batch_negatives for g in groups)
+                rate = (state.step - first_step) / (time.perf_counter() - start)
+                eta = (total_steps - state.step) / rate if rate else 0.0
+                print(
+                    f"[train] step {state.step}/{total_steps} epoch {state.epoch + 1} "
+                    f"loss {loss.item():.4f} lr {engine.lr:.2e} "
+                    f"{pairs * world / seconds:.1f} pairs/s ETA {eta:.0f}s",
+                    flush=True,
+                )
+            if state.step % settings.checkpoint_every == 0 and index + 1 < steps_per_epoch:
+                save_checkpoint(
+                    engine,
+                    qpeft,
+                    state,
+                    best_dir,
+                    rank,
+                    {"step": state.step, "epoch": state.epoch, "loss": loss.item()},
+                )
+        state.epoch += 1
+        metrics = evaluate(cfg, qpeft, dev, rank, world)
+        metrics.update(step=state.step, epoch=state.epoch)
+        if metrics["dev_ndcg10"] > state.best_ndcg10:
+            state.best_ndcg10, state.best_epoch, state.bad_epochs = (
+                metrics["dev_ndcg10"],
+                state.epoch,
+                0,
+            )
+            with engine.gathered():
+                if rank == 0:
+                    save_adapter(
+                        qpeft,
+                        best_dir,
+                        extra={"dev_ndcg10": metrics["dev_ndcg10"], "epoch": state.epoch},
+                    )
+        else:
+            state.bad_epochs += 1
+            state.stopped_early = state.bad_epochs >= settings.patience
+        state.history.append(metrics)
+        if rank == 0:
+            print(
+                f"[train] epoch {state.epoch}: dev NDCG@10 {metrics['dev_ndcg10']:.4f} "
+                f"dev loss {metrics['dev_loss']:.4f} (best {state.best_ndcg10:.4f} "
+                f"at epoch {state.best_epoch})",
+                flush=True,
+            )
+        save_checkpoint(engine, qpeft, state, best_dir, rank, metrics)
+
+
+def build_datasets(cfg: TrainRunConfig) -> tuple[dict, int]:
+    root = Path(cfg.data.prepared_dir)
+    if not (root / "_SUCCESS").exists():
+        raise ConfigError(f"data.prepared_dir: {root} is not a complete `qpeft prepare` output")
+    groups = ray.data.read_parquet(str(root / "groups"))
+    train = groups.filter(expr=col("split") == "train")
+    n_train = train.count()
+    per_step = cfg.train.queries_per_batch * cfg.scaling.num_workers
+    if n_train < per_step:
+        raise ConfigError(
+            f"train.queries_per_batch: {n_train} training groups cannot fill one step of "
+            f"{cfg.train.queries_per_batch} queries x {cfg.scaling.num_workers} workers"
+        )
+    candidates = ray.data.read_parquet(str(root / "candidates")).filter(
+        expr=(col("split") == "dev") & (col("rank") <= cfg.train.dev_depth)
+    )
+    dev_ids = set(
+        ray.data.read_parquet(str(root / "queries"))
+        .filter(expr=col("split") == "dev")
+        .unique("query_id")
+    )
+    qrels = ray.data.read_parquet(str(root / "qrels")).filter(
+        expr=col("query_id").is_in(list(dev_ids))
+    )
+    datasets = {
+        "train": train.random_shuffle(seed=cfg.train.seed),
+        "dev_groups": groups.filter(expr=col("split") == "dev"),
+        "dev_candidates": candidates,
+        "dev_qrels": qrels,
+    }
+    return datasets, n_train // per_step
+
+
+def train(cfg: TrainRunConfig) -> dict:
+    """Run (or resume) training; returns the final metrics and where the adapter is."""
+    init_ray(cfg.ray)
+    datasets, steps_per_epoch = build_datasets(cfg)
+    storage = Path(cfg.run.storage_path).resolve()
+    scaling = ray.train.ScalingConfig(
+        num_workers=cfg.scaling.num_workers,
+        use_gpu=cfg.scaling.use_gpu,
+        resources_per_worker={
+            "CPU": cfg.scaling.cpus_per_worker,
+            **({"GPU": 1} if cfg.scaling.use_gpu else {}),
+        },
+    )
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": to_dict(cfg), "steps_per_epoch": steps_per_epoch},
+        scaling_config=scaling,
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    out = storage / cfg.run.name
+    with result.checkpoint.as_directory() as ckpt:
+        ckpt = Path(ckpt)
+        state = TrainState.load(ckpt)
+        adapter = out / "adapter"
+        if adapter.exists():
+            shutil.rmtree(adapter)
+        shutil.copytree(ckpt / "best_adapter", adapter)
+    summary = {
+        "adapter": str(adapter),
+        "best_dev_ndcg10": state.best_ndcg10,
+        "best_epoch": state.best_epoch,
+        "steps": state.step,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "history": state.history,
+        "config": to_dict(cfg),
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(TrainRunConfig, args.config, args.overrides)
+    summary = train(cfg)
+    print(
+        f"[train] best dev NDCG@10 {summary['best_dev_ndcg10']:.4f} at epoch "
+        f"{summary['best_epoch']} ({summary['steps']} steps); adapter: {summary['adapter']}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(run_step(main))

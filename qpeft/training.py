@@ -1,0 +1,168 @@
+"""The parts of training that do not depend on how it is distributed.
+
+One optimisation step on a batch of training groups, dev evaluation through the shared
+scorer (dev loss and NDCG@10), the optimiser and learning-rate schedule, and the training
+state saved beside the adapter in every checkpoint. `pipelines/train.py` runs these under
+Ray Train with DDP (CPU) or DeepSpeed (GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from qpeft.config import LossConfig, ScoringConfig
+from qpeft.losses import TrainingGroup, group_pairs, ranking_loss
+from qpeft.metrics import Qrels, mean_ndcg10
+from qpeft.model import QPeftModel
+from qpeft.scoring import score_pairs
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation and early-stopping settings (config section `train`)."""
+
+    epochs: int = 3
+    queries_per_batch: int = 8
+    lr: float = 3.0e-2
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    decay: Literal["none", "linear", "cosine"] = "none"
+    patience: int = 2
+    checkpoint_every: int = 25
+    gradient_checkpointing: bool = False
+    seed: int = 13
+    dev_depth: int = 20
+    dev_max_queries: int | None = None
+    fail_at_step: int | None = None  # testing: kill one worker once at this step
+
+    def validate(self) -> None:
+        from qpeft.config import ConfigError
+
+        for key in ("epochs", "queries_per_batch", "checkpoint_every", "dev_depth"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key}: must be positive")
+        if self.lr <= 0:
+            raise ConfigError("train.lr: must be positive")
+
+
+def groups_from_rows(rows: list[dict]) -> list[TrainingGroup]:
+    """TrainingGroups from rows of the prepared `groups` shards."""
+    return [
+        TrainingGroup(
+            query_id=r["query_id"],
+            query=r["query"],
+            positive=(r["positive_id"], r["positive_text"]),
+            negatives=list(zip(r["negative_ids"], r["negative_texts"], strict=True)),
+        )
+        for r in rows
+    ]
+
+
+def batch_loss(
+    model: torch.nn.Module, qpeft: QPeftModel, groups: list[TrainingGroup], loss: LossConfig
+) -> torch.Tensor:
+    """The paper's loss for one batch of groups; `model` is `qpeft` or its DDP/DeepSpeed
+    wrapper (calling it runs `log_likelihood`, so wrappers see the forward pass)."""
+    pairs = group_pairs(groups, loss.in_batch_negatives)
+    batch = qpeft.template.collate(qpeft.encode(pairs.queries, pairs.docs), share_prefix=False)
+    nll = -model(batch.to(qpeft.backbone.device))
+    return ranking_loss(nll[pairs.index.to(nll.device)], pairs.valid.to(nll.device), loss)
+
+
+@torch.no_grad()
+def dev_loss(qpeft: QPeftModel, groups: list[TrainingGroup], loss: LossConfig, size: int) -> float:
+    """Mean loss over dev groups, in eval mode (no dropout), batches of `size` groups."""
+    was_training = qpeft.adapter.training
+    qpeft.adapter.eval()
+    try:
+        values = [
+            batch_loss(qpeft, qpeft, groups[i : i + size], loss).item()
+            for i in range(0, len(groups), size)
+        ]
+    finally:
+        qpeft.adapter.train(was_training)
+    return sum(values) / max(1, len(values))
+
+
+def dev_run(
+    qpeft: QPeftModel, candidates: list[dict], depth: int, scoring: ScoringConfig
+) -> dict[str, dict[str, float]]:
+    """Rerank each query's top-`depth` candidates with the shared scorer."""
+    rows = [r for r in candidates if r["rank"] <= depth]
+    scores = score_pairs(
+        qpeft,
+        [r["query"] for r in rows],
+        [r["text"] for r in rows],
+        scoring.batch_size,
+        scoring.share_prefix,
+    )
+    run: dict[str, dict[str, float]] = {}
+    for row, score in zip(rows, scores, strict=True):
+        run.setdefault(row["query_id"], {})[row["doc_id"]] = score
+    return run
+
+
+def dev_ndcg10(
+    qpeft: QPeftModel, candidates: list[dict], qrels: Qrels, depth: int, scoring: ScoringConfig
+) -> float:
+    return mean_ndcg10(qrels, dev_run(qpeft, candidates, depth, scoring))
+
+
+def make_optimizer(params, settings: TrainSettings, total_steps: int):
+    """AdamW with optional linear warmup and linear or cosine decay."""
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        if settings.decay == "none" or total_steps <= settings.warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - settings.warmup_steps) / (total_steps - settings.warmup_steps))
+        return (
+            1.0 - progress
+            if settings.decay == "linear"
+            else 0.5 * (1 + math.cos(math.pi * progress))
+        )
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class TrainState:
+    """Where training is; saved as JSON in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    best_ndcg10: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list | None = None
+
+    def save(self, directory: Path) -> None:
+        (directory / "train_state.json").write_text(json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> TrainState:
+        return cls(**json.loads((directory / "train_state.json").read_text()))
+
+
+def save_optimizer(directory: Path, optimizer, scheduler) -> None:
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        directory / "optimizer.pt",
+    )
+
+
+def load_optimizer(directory: Path, optimizer, scheduler) -> None:
+    # weights_only: a restricted unpickler that loads tensors and plain containers only.
+    state = torch.load(directory / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
