@@ -11,6 +11,7 @@ from qpeft.data.readers import DataError
 
 STEPS = {
     "prepare": "pipelines.prepare",
+    "train": "pipelines.train",
     "demo": "pipelines.demo",
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -63,7 +64,7 @@ class DataSection:
 class ScalingSection:
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 0.5
     deepspeed_stage: int = 2
     bf16: bool = True
 
@@ -202,13 +203,16 @@ def train_loop(loop_config: dict) -> None:
                 qpeft.adapter.load_state_dict(weights)
             engine.load_state(ckpt)
             state = TrainState.load(ckpt)
+            state.resumed_at = [*(state.resumed_at or []), state.step]
             if (ckpt / "best_adapter").exists():
                 shutil.copytree(ckpt / "best_adapter", best_dir, dirs_exist_ok=True)
         if rank == 0:
             print(f"[train] resumed at step {state.step} (epoch {state.epoch})", flush=True)
 
     dev = {
-        "groups": groups_from_rows(rows_of(ray.train.get_dataset_shard("dev_groups"))),
+        "groups": groups_from_rows(
+            rows_of(ray.train.get_dataset_shard("dev_groups")), settings.max_negatives
+        ),
         "candidates": rows_of(ray.train.get_dataset_shard("dev_candidates")),
     }
     dev["qrels"] = {}
@@ -221,6 +225,7 @@ def train_loop(loop_config: dict) -> None:
 
     while state.epoch < settings.epochs and not state.stopped_early:
         done_in_epoch = state.step - state.epoch * steps_per_epoch
+        throughput = {"seconds": 0.0, "pairs": 0}
         batches = shard.iter_batches(
             batch_size=settings.queries_per_batch,
             batch_format="pyarrow",
@@ -236,14 +241,19 @@ def train_loop(loop_config: dict) -> None:
             if settings.fail_at_step == state.step and rank == world - 1 and not restored:
                 print(f"[train] injected failure on rank {rank} at step {state.step}", flush=True)
                 os._exit(1)
+            if settings.max_steps and state.step >= settings.max_steps:
+                break
             tick = time.perf_counter()
-            groups = groups_from_rows(batch.to_pylist())
+            groups = groups_from_rows(batch.to_pylist(), settings.max_negatives)
             loss = batch_loss(engine.module, qpeft, groups, cfg.loss)
             engine.step(loss)
             state.step += 1
+            seconds = time.perf_counter() - tick
+            pairs = sum(1 + len(g.negatives) + cfg.loss.in_batch_negatives for g in groups)
+            if state.step - first_step > 1:  # the first step of a process includes warm-up
+                throughput["seconds"] += seconds
+                throughput["pairs"] += pairs * world  # ranks step in lockstep (all-reduce)
             if rank == 0:
-                seconds = time.perf_counter() - tick
-                pairs = sum(1 + len(g.negatives) + cfg.loss.in_batch_negatives for g in groups)
                 rate = (state.step - first_step) / (time.perf_counter() - start)
                 eta = (total_steps - state.step) / rate if rate else 0.0
                 print(
@@ -262,8 +272,17 @@ def train_loop(loop_config: dict) -> None:
                     {"step": state.step, "epoch": state.epoch, "loss": loss.item()},
                 )
         state.epoch += 1
+        if settings.max_steps and state.step >= settings.max_steps:
+            state.epoch = settings.epochs  # the step budget ends training after this epoch
         metrics = evaluate(cfg, qpeft, dev, rank, world)
-        metrics.update(step=state.step, epoch=state.epoch)
+        metrics.update(
+            step=state.step,
+            epoch=state.epoch,
+            train_pairs_per_s=throughput["pairs"] / max(throughput["seconds"], 1e-9),
+            peak_rss_mib=all_gather(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, world
+            ),
+        )
         if metrics["dev_ndcg10"] > state.best_ndcg10:
             state.best_ndcg10, state.best_epoch, state.bad_epochs = (
                 metrics["dev_ndcg10"],
@@ -324,9 +343,23 @@ def build_datasets(cfg: TrainRunConfig) -> tuple[dict, int]:
     return datasets, n_train // per_step
 
 
+def check_cpu_headroom(cfg: TrainRunConfig) -> None:
+    """Workers that take every CPU leave none for Ray Data's read tasks, and the run hangs
+    without an error (RAY_NOTES.md): refuse that up front."""
+    total = ray.cluster_resources().get("CPU", 0)
+    wanted = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    if wanted >= total:
+        raise ConfigError(
+            f"scaling: {cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker} CPUs "
+            f"take all {total:g} CPUs of the cluster and leave none for Ray Data, which then "
+            "waits forever; lower scaling.cpus_per_worker (e.g. 0.5 on a 2-core machine)"
+        )
+
+
 def train(cfg: TrainRunConfig) -> dict:
     """Run (or resume) training; returns the final metrics and where the adapter is."""
     init_ray(cfg.ray)
+    check_cpu_headroom(cfg)
     datasets, steps_per_epoch = build_datasets(cfg)
     storage = Path(cfg.run.storage_path).resolve()
     scaling = ray.train.ScalingConfig(
@@ -367,6 +400,7 @@ def train(cfg: TrainRunConfig) -> dict:
         "steps": state.step,
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
+        "resumed_at": state.resumed_at or [],
         "history": state.history,
         "config": to_dict(cfg),
     }

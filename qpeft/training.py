@@ -40,6 +40,8 @@ class TrainSettings:
     seed: int = 13
     dev_depth: int = 20
     dev_max_queries: int | None = None
+    max_steps: int | None = None  # stop after this many optimizer steps in all
+    max_negatives: int | None = None  # use at most this many of each group's hard negatives
     fail_at_step: int | None = None  # testing: kill one worker once at this step
 
     def validate(self) -> None:
@@ -52,14 +54,16 @@ class TrainSettings:
             raise ConfigError("train.lr: must be positive")
 
 
-def groups_from_rows(rows: list[dict]) -> list[TrainingGroup]:
+def groups_from_rows(rows: list[dict], max_negatives: int | None = None) -> list[TrainingGroup]:
     """TrainingGroups from rows of the prepared `groups` shards."""
     return [
         TrainingGroup(
             query_id=r["query_id"],
             query=r["query"],
             positive=(r["positive_id"], r["positive_text"]),
-            negatives=list(zip(r["negative_ids"], r["negative_texts"], strict=True)),
+            negatives=list(zip(r["negative_ids"], r["negative_texts"], strict=True))[
+                :max_negatives
+            ],
         )
         for r in rows
     ]
@@ -145,6 +149,7 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     history: list | None = None
+    resumed_at: list | None = None  # steps at which a run picked up from a checkpoint
 
     def save(self, directory: Path) -> None:
         (directory / "train_state.json").write_text(json.dumps(self.__dict__, indent=2))

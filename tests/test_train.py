@@ -87,6 +87,9 @@ def test_injected_worker_failure_resumes_and_finishes(ray_session, setup, tmp_pa
     summary = train(run_config(setup, tmp_path, epochs=2, fail_at_step=5))
     assert summary["steps"] == 2 * (32 // (4 * 2))
     assert summary["epochs_run"] == 2
+    # Rank 1 died at step 5; the group restarted from the step-3 checkpoint and finished.
+    assert summary["resumed_at"] == [3]
     # Running again with the same name resumes from the last checkpoint: nothing left to do.
     again = train(run_config(setup, tmp_path, epochs=2))
+    assert again["resumed_at"] == [3, 8]
     assert again["steps"] == summary["steps"] and again["history"] == summary["history"]

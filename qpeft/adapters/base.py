@@ -55,7 +55,8 @@ class Adapter(nn.Module):
         return {"method": self.method}
 
     def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        # Under DeepSpeed ZeRO-3 local tensors are empty; `ds_numel` keeps the full size.
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters() if p.requires_grad)
 
 
 def key_mask(batch: Batch) -> torch.Tensor:
