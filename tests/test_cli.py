@@ -35,3 +35,8 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
     run = (out / "zero_shot.trec").read_text().splitlines()
     assert len(run) == 10 and all(len(line.split()) == 6 for line in run)
     assert "| zero_shot |" in capsys.readouterr().out
+
+
+def test_train_rejects_zero_shot(capsys):
+    assert main(["train", "--set", "adapter.method=zero_shot"]) == 2
+    assert "adapter.method: zero_shot has nothing to train" in capsys.readouterr().err

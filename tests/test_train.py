@@ -93,3 +93,12 @@ def test_injected_worker_failure_resumes_and_finishes(ray_session, setup, tmp_pa
     again = train(run_config(setup, tmp_path, epochs=2))
     assert again["resumed_at"] == [3, 8]
     assert again["steps"] == summary["steps"] and again["history"] == summary["history"]
+
+
+def test_workers_taking_every_cpu_are_refused(ray_session, setup, tmp_path):
+    from qpeft.config import ConfigError
+
+    cfg = run_config(setup, tmp_path)
+    cfg.scaling.cpus_per_worker = 1.0
+    with pytest.raises(ConfigError, match="leave none for Ray Data"):
+        train(cfg)
