@@ -39,6 +39,8 @@ class QPeftModel(nn.Module):
 
     def encode(self, queries: list[str], docs: list[str]) -> list[PairLayout]:
         """Tokenize and lay out pairs, reserving the adapter's hint slots for each."""
+        if not queries:  # tokenizers reject an empty batch; a rank may get no dev queries
+            return []
         query_ids = self.template.tokenize_queries(queries)
         doc_ids = self.template.tokenize_docs(docs)
         return [

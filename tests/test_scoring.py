@@ -72,3 +72,7 @@ def test_shared_prefix_cache_equals_full_pass(tiny, method):
     cached = score_batch(model, batch)
     full = score_batch(model, model.template.collate(model.encode(QUERIES, DOCS), False))
     assert torch.allclose(cached, full, atol=1e-5)
+
+
+def test_empty_input_scores_nothing(tiny):
+    assert score_pairs(build_model(tiny, "qpeft_a"), [], []) == []
