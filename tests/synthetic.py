@@ -28,15 +28,6 @@ TEMPLATE = [
     "Question:",
 ]
 
-TINY_TEMPLATE = {
-    "prompt": "given the hints please generate a question for the input passage",
-    "passage_prefix": "Passage:",
-    "passage_suffix": "",
-    "hint_prefix": "hints:",
-    "hint_suffix": "",
-    "question": "Question:",
-}
-
 
 def save_tiny_model(directory: Path) -> str:
     backbone = tiny_backbone(TEMPLATE + CONTENT, hidden_size=32, num_layers=2, num_heads=4)

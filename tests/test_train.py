@@ -13,7 +13,8 @@ from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
 from qpeft.metrics import mean_ndcg10
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_pairs
-from tests.synthetic import TINY_TEMPLATE, save_tiny_model, write_prepared
+from tests.conftest import TINY_TEMPLATE
+from tests.synthetic import save_tiny_model, write_prepared
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
