@@ -9,7 +9,8 @@ from qpeft.backbone import Backbone, tiny_backbone
 from qpeft.config import AdapterConfig, TemplateConfig
 from qpeft.model import QPeftModel
 
-WORDS = [
+# Words of the default template as the whitespace tokenizer splits them.
+TEMPLATE_WORDS = [
     "given",
     "the",
     "hints",
@@ -23,6 +24,10 @@ WORDS = [
     "Passage:",
     "hints:",
     "Question:",
+]
+
+WORDS = [
+    *TEMPLATE_WORDS,
     "alpha",
     "beta",
     "gamma",

@@ -10,27 +10,13 @@ import pyarrow.parquet as pq
 
 from qpeft.backbone import tiny_backbone
 from qpeft.data import schemas
+from tests.conftest import TEMPLATE_WORDS
 
 CONTENT = [f"w{i}" for i in range(40)]
-TEMPLATE = [
-    "given",
-    "the",
-    "hints",
-    "please",
-    "generate",
-    "a",
-    "question",
-    "for",
-    "input",
-    "passage",
-    "Passage:",
-    "hints:",
-    "Question:",
-]
 
 
 def save_tiny_model(directory: Path) -> str:
-    backbone = tiny_backbone(TEMPLATE + CONTENT, hidden_size=32, num_layers=2, num_heads=4)
+    backbone = tiny_backbone(TEMPLATE_WORDS + CONTENT, hidden_size=32, num_layers=2, num_heads=4)
     backbone.model.save_pretrained(directory, safe_serialization=True)
     backbone.tokenizer.save_pretrained(directory)
     return str(directory)
