@@ -119,49 +119,46 @@ def read_texts(path: str | Path) -> Iterator[TextRecord]:
                 )
 
 
-def read_trec_qrels(path: str | Path) -> Iterator[tuple[str, str, int]]:
-    """(query_id, doc_id, relevance) from `qid iteration docid relevance` lines."""
-    path = Path(path)
+def _trec_lines(path: Path, layout: str) -> Iterator[tuple[str, list[str]]]:
+    """(`path:line`, fields) of each non-blank whitespace-separated line, checked to have
+    as many fields as `layout` names."""
+    expected = len(layout.split())
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, 1):
             fields = line.split()
             if not fields:
                 continue
-            if len(fields) != 4:
+            if len(fields) != expected:
                 raise InputFormatError(
-                    f"{path}:{line_number}: expected 4 fields 'qid iter docid rel', "
+                    f"{path}:{line_number}: expected {expected} fields '{layout}', "
                     f"got {len(fields)}"
                 )
-            try:
-                relevance = int(fields[3])
-            except ValueError:
-                raise InputFormatError(
-                    f"{path}:{line_number}: relevance must be an integer, got {fields[3]!r}"
-                ) from None
-            yield fields[0], fields[2], relevance
+            yield f"{path}:{line_number}", fields
+
+
+def read_trec_qrels(path: str | Path) -> Iterator[tuple[str, str, int]]:
+    """(query_id, doc_id, relevance) from `qid iteration docid relevance` lines."""
+    for where, fields in _trec_lines(Path(path), "qid iter docid rel"):
+        try:
+            relevance = int(fields[3])
+        except ValueError:
+            raise InputFormatError(
+                f"{where}: relevance must be an integer, got {fields[3]!r}"
+            ) from None
+        yield fields[0], fields[2], relevance
 
 
 def read_trec_run(path: str | Path) -> Iterator[tuple[str, str, int, float]]:
     """(query_id, doc_id, rank, score) from `qid Q0 docid rank score tag` lines."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 6:
-                raise InputFormatError(
-                    f"{path}:{line_number}: expected 6 fields 'qid Q0 docid rank score tag', "
-                    f"got {len(fields)}"
-                )
-            try:
-                rank, score = int(fields[3]), float(fields[4])
-            except ValueError:
-                raise InputFormatError(
-                    f"{path}:{line_number}: rank must be an integer and score a number, "
-                    f"got {fields[3]!r} and {fields[4]!r}"
-                ) from None
-            yield fields[0], fields[2], rank, score
+    for where, fields in _trec_lines(Path(path), "qid Q0 docid rank score tag"):
+        try:
+            rank, score = int(fields[3]), float(fields[4])
+        except ValueError:
+            raise InputFormatError(
+                f"{where}: rank must be an integer and score a number, "
+                f"got {fields[3]!r} and {fields[4]!r}"
+            ) from None
+        yield fields[0], fields[2], rank, score
 
 
 def _context(raw: object, where: str) -> QAContext:
