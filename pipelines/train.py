@@ -31,17 +31,7 @@ from pipelines.cli import run_step, step_arguments
 from pipelines.ray_setup import RaySection, init_ray
 from qpeft.backbone import load_backbone
 from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
-from qpeft.config import (
-    AdapterConfig,
-    ConfigError,
-    LossConfig,
-    ModelConfig,
-    ScoringConfig,
-    TemplateConfig,
-    from_dict,
-    load_config,
-    to_dict,
-)
+from qpeft.config import ConfigError, QPeftConfig, from_dict, load_config, to_dict
 from qpeft.engines import DeepSpeedEngine, TorchEngine
 from qpeft.metrics import mean_ndcg10
 from qpeft.model import QPeftModel
@@ -84,12 +74,9 @@ class RunSection:
 
 
 @dataclass
-class TrainRunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    template: TemplateConfig = field(default_factory=TemplateConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+class TrainRunConfig(QPeftConfig):
+    """The library's sections (model, template, adapter, loss, scoring) plus training's."""
+
     train: TrainSettings = field(default_factory=TrainSettings)
     data: DataSection = field(default_factory=DataSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
