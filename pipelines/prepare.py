@@ -34,22 +34,6 @@ from qpeft.data.readers import DataError
 from qpeft.data.sources import Part, SourceConfig, parts
 from qpeft.data.splits import SPLITS, split_of
 
-RUN_SCHEMA = pa.schema(
-    [
-        pa.field("query_id", pa.string(), nullable=False),
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("rank", pa.int32(), nullable=False),
-        pa.field("score", pa.float64(), nullable=False),
-    ]
-)
-RAW_QUERIES = pa.schema(
-    [
-        pa.field("query_id", pa.string(), nullable=False),
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("answers", pa.list_(pa.string()), nullable=False),
-    ]
-)
-
 
 @dataclass
 class PrepareSection:
@@ -274,7 +258,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         log("corpus written", start)
     if not out.done("queries"):
         raw = (
-            read("queries", RAW_QUERIES)
+            read("queries", schemas.RAW_QUERIES)
             .map_batches(
                 assign_splits,
                 batch_format="pyarrow",
@@ -296,7 +280,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         log("qrels written", start)
     has_run = bool(parts(source, "run"))
     if has_run and not out.done("run"):
-        out.write("run", read("run", RUN_SCHEMA), RUN_SCHEMA)
+        out.write("run", read("run", schemas.RUN), schemas.RUN)
         log("first-stage run written", start)
 
     references = ray.get(check_references.remote(str(root)))

@@ -66,6 +66,25 @@ GROUPS = pa.schema(
 )
 
 
+# A first-stage run as given (only when the source has one), ranked later by score.
+RUN = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+    ]
+)
+# Queries as read, before splits are assigned and blank ones are skipped.
+RAW_QUERIES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("answers", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+
 def with_skipped(schema: pa.Schema) -> pa.Schema:
     """`schema` plus the reason a row is left out of the output ("" for kept rows)."""
     return schema.append(pa.field("skipped", pa.string(), nullable=False))
