@@ -12,6 +12,8 @@ from qpeft.data.readers import DataError
 STEPS = {
     "prepare": "pipelines.prepare",
     "train": "pipelines.train",
+    "rerank": "pipelines.rerank",
+    "evaluate": "pipelines.evaluate",
     "demo": "pipelines.demo",
 }
 

@@ -46,3 +46,18 @@ def init_ray(config: RaySection) -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = config.progress_bars
     context.print_on_execution_start = False
+
+
+def check_cpu_headroom(wanted: float, what: str, advice: str) -> None:
+    """Refuse work whose CPU requests take every CPU of the cluster: Ray Data's read tasks
+    then never get one and the run hangs without an error (RAY_NOTES.md)."""
+    import ray
+
+    from qpeft.config import ConfigError
+
+    total = ray.cluster_resources().get("CPU", 0)
+    if wanted >= total:
+        raise ConfigError(
+            f"{what} take all {total:g} CPUs of the cluster and leave none for Ray Data, "
+            f"which then waits forever; {advice}"
+        )

@@ -28,7 +28,7 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, R
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines.cli import run_step, step_arguments
-from pipelines.ray_setup import RaySection, init_ray
+from pipelines.ray_setup import RaySection, check_cpu_headroom, init_ray
 from qpeft.backbone import load_backbone
 from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
 from qpeft.config import ConfigError, QPeftConfig, from_dict, load_config, to_dict
@@ -330,23 +330,14 @@ def build_datasets(cfg: TrainRunConfig) -> tuple[dict, int]:
     return datasets, n_train // per_step
 
 
-def check_cpu_headroom(cfg: TrainRunConfig) -> None:
-    """Workers that take every CPU leave none for Ray Data's read tasks, and the run hangs
-    without an error (RAY_NOTES.md): refuse that up front."""
-    total = ray.cluster_resources().get("CPU", 0)
-    wanted = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
-    if wanted >= total:
-        raise ConfigError(
-            f"scaling: {cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker} CPUs "
-            f"take all {total:g} CPUs of the cluster and leave none for Ray Data, which then "
-            "waits forever; lower scaling.cpus_per_worker (e.g. 0.5 on a 2-core machine)"
-        )
-
-
 def train(cfg: TrainRunConfig) -> dict:
     """Run (or resume) training; returns the final metrics and where the adapter is."""
     init_ray(cfg.ray)
-    check_cpu_headroom(cfg)
+    check_cpu_headroom(
+        cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
+        f"scaling: {cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker} CPUs",
+        "lower scaling.cpus_per_worker (e.g. 0.5 on a 2-core machine)",
+    )
     datasets, steps_per_epoch = build_datasets(cfg)
     storage = Path(cfg.run.storage_path).resolve()
     scaling = ray.train.ScalingConfig(

@@ -109,3 +109,14 @@ def load_adapter(directory: str | Path, backbone: Backbone) -> QPeftModel:
             f"(missing {missing}, unexpected {unexpected})"
         )
     return model
+
+
+def load_reranker(
+    backbone: Backbone, template: TemplateConfig, adapter_dir: str | Path | None
+) -> QPeftModel:
+    """The model a reranking step scores with: zero-shot query likelihood with `template`
+    when there is no adapter, else the saved adapter with the template it was trained with
+    (a trained adapter only means something with its own template)."""
+    if adapter_dir is None:
+        return QPeftModel.build(backbone, template, AdapterConfig(method="zero_shot"))
+    return load_adapter(adapter_dir, backbone)

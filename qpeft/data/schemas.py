@@ -75,6 +75,19 @@ RUN = pa.schema(
         pa.field("score", pa.float64(), nullable=False),
     ]
 )
+# A reranked run (`qpeft rerank`): one row per scored candidate. `rank` starts at 1 and
+# orders by `score` descending, ties by first-stage rank.
+RERANKED = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("first_stage_rank", pa.int32(), nullable=False),
+        pa.field("first_stage_score", pa.float32(), nullable=False),
+    ]
+)
+
 # Queries as read, before splits are assigned and blank ones are skipped.
 RAW_QUERIES = pa.schema(
     [

@@ -1,0 +1,359 @@
+"""Rerank first-stage candidates with Ray Data: `qpeft rerank --config FILE`.
+
+Candidate shards of a prepared directory stream through `map_batches` on a pool of actors,
+each holding one model (CPU or GPU), which scores its batch in length-sorted sub-batches.
+Finished shards of queries are written atomically as they complete, so an interrupted run
+resumes without rescoring them; at the end every candidate must have been scored exactly
+once before `run/`, `run.trec`, `counts.json` and `_SUCCESS` appear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data import ActorPoolStrategy
+from ray.data.expressions import col
+
+from pipelines.cli import run_step, step_arguments
+from pipelines.ray_setup import RaySection, check_cpu_headroom, init_ray
+from pipelines.rerank_shards import (
+    ShardCollector,
+    ShardPlan,
+    finished_shards,
+    verify,
+    write_shard,
+)
+from qpeft.checkpoint import WEIGHTS_NAME, load_reranker, read_adapter_config
+from qpeft.config import (
+    ConfigError,
+    ModelConfig,
+    ScoringConfig,
+    TemplateConfig,
+    from_dict,
+    load_config,
+    to_dict,
+)
+from qpeft.data.first_stage import read_parquet_dir
+from qpeft.data.readers import DataError
+from qpeft.data.runs import write_trec_run
+from qpeft.template import QueryTooLongError
+
+TRAINED_METHODS = ("soft_prompt", "qpeft_r", "qpeft_a")
+
+
+@dataclass
+class RerankSection:
+    prepared_dir: str = "runs/prepare/cranfield"
+    split: str | None = "test"  # null: every query
+    depth: int = 100  # rerank each query's top `depth` first-stage candidates
+    max_queries: int | None = None  # the first N query ids only (a quick look)
+    method: Literal["first_stage", "zero_shot", "soft_prompt", "qpeft_r", "qpeft_a"] = "zero_shot"
+    adapter_dir: str | None = None  # required for trained methods
+    name: str | None = None  # run tag and output folder; default: the method
+    output_dir: str = "runs/rerank"
+    queries_per_shard: int = 16  # the unit of resumption
+    rows_per_batch: int = 128  # pairs per actor call; length grouping happens within
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    threads_per_actor: int | None = None  # null: the node's cores / num_actors
+    use_gpu: bool = False
+    max_new_shards: int | None = None  # score at most this many shards in this invocation
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        for key in ("depth", "queries_per_shard", "rows_per_batch", "num_actors"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"rerank.{key}: must be positive")
+        if self.method in TRAINED_METHODS and not self.adapter_dir:
+            raise ConfigError(f"rerank.adapter_dir: method {self.method} needs its adapter")
+        if self.method not in TRAINED_METHODS and self.adapter_dir:
+            raise ConfigError(f"rerank.adapter_dir: method {self.method} takes no adapter")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.method
+
+
+@dataclass
+class RerankConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)  # zero-shot only
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    rerank: RerankSection = field(default_factory=RerankSection)
+    ray: RaySection = field(default_factory=RaySection)
+
+
+SCORE_COLUMNS = ["query_id", "query", "doc_id", "rank", "first_stage_score", "text"]
+
+
+def scored_table(batch: pa.Table, scores: list[float]) -> pa.Table:
+    return pa.table(
+        {
+            "query_id": batch.column("query_id"),
+            "doc_id": batch.column("doc_id"),
+            "score": pa.array(scores, pa.float64()),
+            "first_stage_rank": batch.column("rank"),
+            "first_stage_score": batch.column("first_stage_score"),
+        }
+    )
+
+
+def first_stage_scores(batch: pa.Table) -> pa.Table:
+    """The pass-through system: the first stage's own scores."""
+    return scored_table(batch, pc.cast(batch.column("first_stage_score"), pa.float64()).to_pylist())
+
+
+class PairScorer:
+    """Ray Data UDF: one model per actor; scores a batch with the shared scorer."""
+
+    def __init__(self, config: dict, threads: int | None):
+        import torch
+
+        cfg = from_dict(RerankConfig, config)
+        num_actors = cfg.rerank.num_actors
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // num_actors))
+        from qpeft.backbone import load_backbone
+
+        model_cfg = replace(cfg.model, device="cuda") if cfg.rerank.use_gpu else cfg.model
+        self.model = load_reranker(load_backbone(model_cfg), cfg.template, cfg.rerank.adapter_dir)
+        self.scoring = cfg.scoring
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from qpeft.scoring import score_pairs
+
+        queries = batch.column("query").to_pylist()
+        try:
+            scores = score_pairs(
+                self.model,
+                queries,
+                batch.column("text").to_pylist(),
+                self.scoring.batch_size,
+                self.scoring.share_prefix,
+            )
+        except QueryTooLongError as err:
+            query_ids = batch.column("query_id").to_pylist()
+            for query_id, query in zip(query_ids, queries, strict=True):
+                try:
+                    self.model.encode([query], [""])
+                except QueryTooLongError:
+                    raise DataError(f"query {query_id}: {err}") from None
+            raise
+        return scored_table(batch, scores)
+
+
+def config_hash(cfg: RerankConfig) -> str:
+    """What the scores depend on: model, template, method, adapter weights, candidates and
+    shard layout. Resources, batch sizes and budgets may change between invocations."""
+    section = cfg.rerank
+    what = {
+        "model": {k: v for k, v in to_dict(cfg.model).items() if k != "num_threads"},
+        "template": to_dict(cfg.template),
+        "method": section.method,
+        **{
+            k: getattr(section, k)
+            for k in ("prepared_dir", "split", "depth", "max_queries", "queries_per_shard")
+        },
+    }
+    if section.adapter_dir:
+        weights = Path(section.adapter_dir) / WEIGHTS_NAME
+        what["adapter"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_adapter(section: RerankSection) -> None:
+    if not section.adapter_dir:
+        return
+    try:
+        saved = read_adapter_config(section.adapter_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"rerank.adapter_dir: {err}") from None
+    if saved["method"] != section.method:
+        raise ConfigError(
+            f"rerank.adapter_dir: {section.adapter_dir} holds a {saved['method']} adapter, "
+            f"not {section.method}"
+        )
+
+
+def open_output(cfg: RerankConfig) -> Path:
+    """The run's folder, stamped with the config hash; a different config is refused."""
+    out = Path(cfg.rerank.output_dir) / cfg.rerank.run_name
+    digest = config_hash(cfg)
+    stamp = out / "rerank_config.json"
+    if out.exists() and cfg.rerank.overwrite:
+        shutil.rmtree(out)
+    elif out.exists() and not stamp.exists() and any(out.iterdir()):
+        raise ConfigError(
+            f"rerank: {out} exists and was not written by qpeft rerank; choose another "
+            "rerank.name or rerank.output_dir, or set rerank.overwrite=true"
+        )
+    elif stamp.exists() and json.loads(stamp.read_text())["hash"] != digest:
+        raise ConfigError(
+            f"rerank: {out} holds a run made with another configuration (model, template, "
+            "adapter or candidates); set rerank.overwrite=true to replace it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"hash": digest, "config": to_dict(cfg)}, indent=2))
+    return out
+
+
+def candidate_filter(section: RerankSection):
+    condition = col("rank") <= section.depth
+    if section.split:
+        condition = condition & (col("split") == section.split)
+    return condition
+
+
+def plan_shards(root: Path, section: RerankSection) -> ShardPlan:
+    """Candidate keys (ids only, never texts) cut into shards of whole queries."""
+    condition = pc.field("rank") <= section.depth
+    if section.split:
+        condition = condition & (pc.field("split") == section.split)
+    keys = read_parquet_dir(root / "candidates", ["query_id", "doc_id"], condition)
+    if section.max_queries:
+        first = sorted(set(keys.column("query_id").to_pylist()))[: section.max_queries]
+        keys = keys.filter(pc.is_in(keys.column("query_id"), pa.array(first)))
+    return ShardPlan.build(keys, section.queries_per_shard, str(root / "candidates"))
+
+
+def log(message: str, start: float) -> None:
+    print(f"[rerank {time.perf_counter() - start:6.1f}s] {message}", flush=True)
+
+
+def scored_batches(cfg: RerankConfig, root: Path, queries: list[str]):
+    """Stream scored tables of the candidates of `queries` through Ray Data."""
+    section = cfg.rerank
+    data = (
+        ray.data.read_parquet(str(root / "candidates"))
+        .filter(expr=candidate_filter(section) & col("query_id").is_in(queries))
+        .select_columns(SCORE_COLUMNS)
+        # Blocks of one actor call each, so every actor of the pool gets work.
+        .repartition(target_num_rows_per_block=section.rows_per_batch)
+    )
+    if section.method == "first_stage":
+        scored = data.map_batches(first_stage_scores, batch_format="pyarrow")
+    else:
+        scored = data.map_batches(
+            PairScorer,
+            fn_constructor_kwargs={"config": to_dict(cfg), "threads": section.threads_per_actor},
+            compute=ActorPoolStrategy(size=section.num_actors),
+            num_cpus=section.cpus_per_actor,
+            num_gpus=1 if section.use_gpu else 0,
+            batch_size=section.rows_per_batch,
+            batch_format="pyarrow",
+        )
+    yield from scored.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def record_invocation(out: Path, entry: dict) -> list[dict]:
+    """Append this invocation to `progress.json` (what each run scored, and how fast)."""
+    path = out / "progress.json"
+    history = json.loads(path.read_text()) if path.exists() else []
+    history.append(entry)
+    path.write_text(json.dumps(history, indent=2) + "\n")
+    return history
+
+
+def rerank(cfg: RerankConfig) -> dict:
+    """Score every missing shard, verify, and publish the run; returns the counts."""
+    section = cfg.rerank
+    start = time.perf_counter()
+    root = Path(section.prepared_dir)
+    if not (root / "_SUCCESS").exists():
+        raise ConfigError(f"rerank.prepared_dir: {root} is not a complete `qpeft prepare` output")
+    check_adapter(section)
+    out = open_output(cfg)
+    if (out / "_SUCCESS").exists():
+        log(f"{out} is complete; nothing to do", start)
+        return json.loads((out / "counts.json").read_text())
+    shards_dir = out / "run.partial"
+    shards_dir.mkdir(exist_ok=True)
+    plan = plan_shards(root, section)
+    if not plan.expected:
+        raise DataError(f"{root / 'candidates'}: no candidates for split {section.split!r}")
+    done = finished_shards(shards_dir, plan)
+    todo = [i for i in range(len(plan.expected)) if i not in set(done)]
+    if section.max_new_shards is not None:
+        todo = todo[: section.max_new_shards]
+    todo_pairs = sum(len(plan.expected[i]) for i in todo)
+    log(
+        f"{section.run_name}: {len(plan.shard_of_query)} queries, {plan.pairs} pairs in "
+        f"{len(plan.expected)} shards; {len(done)} already done, scoring {len(todo)} "
+        f"({todo_pairs} pairs)",
+        start,
+    )
+    scored_now = 0
+    if todo:
+        init_ray(cfg.ray)
+        if section.method != "first_stage":
+            check_cpu_headroom(
+                section.num_actors * section.cpus_per_actor,
+                f"rerank: {section.num_actors} actors x {section.cpus_per_actor} CPUs",
+                "lower rerank.cpus_per_actor or rerank.num_actors",
+            )
+        collector = ShardCollector(plan)
+        tick = time.perf_counter()
+        for batch in scored_batches(cfg, root, plan.queries_of(todo)):
+            for shard, rows in collector.add(batch.to_pylist()):
+                write_shard(shards_dir, shard, rows)
+                scored_now += len(rows)
+                rate = scored_now / (time.perf_counter() - tick)
+                log(
+                    f"shard {shard} written: {scored_now}/{todo_pairs} pairs this run, "
+                    f"{rate:.2f} pairs/s, ETA {(todo_pairs - scored_now) / rate:.0f}s",
+                    start,
+                )
+        if collector.buffers:
+            raise DataError(
+                f"{out}: {collector.pending_pairs} scored pairs belong to shards that never "
+                "completed; the run is left incomplete"
+            )
+    seconds = time.perf_counter() - start
+    history = record_invocation(
+        out, {"scored_pairs": scored_now, "shards": len(todo), "seconds": round(seconds, 1)}
+    )
+    remaining = len(plan.expected) - len(finished_shards(shards_dir, plan))
+    if remaining:
+        log(f"stopped with {remaining} shards left (rerank.max_new_shards); run again", start)
+        return {"complete": False, "shards_left": remaining, "scored_this_run": scored_now}
+    counts = verify(shards_dir, plan)
+    shards_dir.rename(out / "run")
+    rows = read_parquet_dir(out / "run", ["query_id", "doc_id", "rank", "score"]).to_pylist()
+    write_trec_run(out / "run.trec", rows, section.run_name)
+    counts.update(
+        complete=True,
+        queries=len(plan.shard_of_query),
+        shards=len(plan.expected),
+        scored_this_run=scored_now,
+        reused_from_earlier_runs=counts["pairs_written"] - scored_now,
+        invocations=history,
+        method=section.method,
+        adapter_dir=section.adapter_dir,
+    )
+    (out / "counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+    (out / "_SUCCESS").write_text("")
+    log(
+        f"{counts['pairs_written']} pairs scored exactly once ({scored_now} this run); "
+        f"run in {out / 'run'} and {out / 'run.trec'}",
+        start,
+    )
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    rerank(load_config(RerankConfig, args.config, args.overrides))
+
+
+if __name__ == "__main__":
+    sys.exit(run_step(main))

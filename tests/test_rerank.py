@@ -1,0 +1,186 @@
+"""Reranking with Ray Data: exactly-once bookkeeping, resume, and scores equal to the
+in-process scorer for every method."""
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pytest
+
+from pipelines.rerank import RerankConfig, rerank
+from pipelines.rerank_shards import (
+    ExactlyOnceError,
+    ShardCollector,
+    ShardPlan,
+    shard_path,
+    verify,
+    write_shard,
+)
+from qpeft.backbone import load_backbone
+from qpeft.checkpoint import load_adapter, save_adapter
+from qpeft.config import AdapterConfig, ConfigError, ModelConfig, TemplateConfig, from_dict
+from qpeft.data.readers import read_trec_run
+from qpeft.data.runs import read_run
+from qpeft.model import QPeftModel
+from qpeft.scoring import score_pairs
+from tests.conftest import TINY_TEMPLATE
+from tests.synthetic import save_tiny_model, write_prepared
+
+
+def keys(pairs):
+    return pa.table({"query_id": [q for q, _ in pairs], "doc_id": [d for _, d in pairs]})
+
+
+def scored(query_id, doc_id, score=0.0, first_stage_rank=1):
+    return {
+        "query_id": query_id,
+        "doc_id": doc_id,
+        "score": score,
+        "first_stage_rank": first_stage_rank,
+        "first_stage_score": 0.0,
+    }
+
+
+def test_shard_plan_groups_whole_queries_in_id_order():
+    plan = ShardPlan.build(
+        keys([("b", "1"), ("a", "1"), ("c", "1"), ("a", "2"), ("c", "2")]), 2, "here"
+    )
+    assert plan.expected == [{("a", "1"), ("a", "2"), ("b", "1")}, {("c", "1"), ("c", "2")}]
+    assert plan.queries_of([1]) == ["c"] and plan.pairs == 5
+    with pytest.raises(Exception, match=r"here: 1 .* more than once, e.g. query a document 1"):
+        ShardPlan.build(keys([("a", "1"), ("a", "1")]), 2, "here")
+
+
+def test_collector_completes_shards_and_rejects_double_or_stray_scores():
+    plan = ShardPlan.build(keys([("a", "1"), ("a", "2"), ("b", "1")]), 1, "here")
+    collector = ShardCollector(plan)
+    assert collector.add([scored("a", "1"), scored("b", "1")]) == [(1, [scored("b", "1")])]
+    assert collector.pending_pairs == 1
+    with pytest.raises(ExactlyOnceError, match="pair scored twice: query a document 1"):
+        collector.add([scored("a", "1")])
+    with pytest.raises(ExactlyOnceError, match="not asked for"):
+        collector.add([scored("z", "9")])
+
+
+def test_shard_files_are_ranked_and_verify_counts_mistakes(tmp_path):
+    plan = ShardPlan.build(keys([("a", "1"), ("a", "2"), ("b", "1")]), 1, "here")
+    write_shard(tmp_path, 0, [scored("a", "1", -2.0, 1), scored("a", "2", -1.0, 2)])
+    ranks = pads.dataset(str(shard_path(tmp_path, 0))).to_table().to_pylist()
+    assert [(r["doc_id"], r["rank"]) for r in ranks] == [("2", 1), ("1", 2)]
+    with pytest.raises(ExactlyOnceError, match="'missing': 1"):
+        verify(tmp_path, plan)
+    write_shard(tmp_path, 1, [scored("b", "1"), scored("a", "1")])  # a/1 again: a duplicate
+    with pytest.raises(ExactlyOnceError, match="'duplicated': 1"):
+        verify(tmp_path, plan)
+
+
+def test_rerank_config_errors():
+    with pytest.raises(ConfigError, match=r"rerank\.adapter_dir: method qpeft_a needs"):
+        from_dict(RerankConfig, {"rerank": {"method": "qpeft_a"}})
+    with pytest.raises(ConfigError, match="method zero_shot takes no adapter"):
+        from_dict(RerankConfig, {"rerank": {"adapter_dir": "x"}})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rerank")
+    model = save_tiny_model(base / "tiny")
+    data = write_prepared(base / "prepared", n_train=4, n_dev=2, n_test=7, n_candidates=5)
+    rows = [
+        r
+        for r in pads.dataset(str(data / "candidates")).to_table().to_pylist()
+        if r["split"] == "test"
+    ]
+    return {"model": model, "data": data, "rows": rows, "base": base}
+
+
+def config(setup, tmp_path, **rerank_section):
+    return from_dict(
+        RerankConfig,
+        {
+            "model": {"name": setup["model"]},
+            "template": TINY_TEMPLATE,
+            "rerank": {
+                "prepared_dir": str(setup["data"]),
+                "output_dir": str(tmp_path),
+                "queries_per_shard": 3,
+                "rows_per_batch": 4,
+                **rerank_section,
+            },
+            "ray": {"num_cpus": 2},
+        },
+    )
+
+
+def in_process(model, rows):
+    scores = score_pairs(model, [r["query"] for r in rows], [r["text"] for r in rows])
+    return {(r["query_id"], r["doc_id"]): s for r, s in zip(rows, scores, strict=True)}
+
+
+def run_scores(directory):
+    run = read_run(directory)
+    return {(q, d): s for q, docs in run.items() for d, s in docs.items()}
+
+
+@pytest.mark.slow
+def test_interrupted_rerank_resumes_without_rescoring(ray_session, setup, tmp_path):
+    first = rerank(config(setup, tmp_path, max_new_shards=1))
+    out = tmp_path / "zero_shot"
+    assert first == {"complete": False, "shards_left": 2, "scored_this_run": 15}
+    assert not (out / "_SUCCESS").exists() and not (out / "run").exists()
+    assert not (out / "run.trec").exists()
+    with pytest.raises(Exception, match="incomplete"):
+        read_run(out)
+    done = shard_path(out / "run.partial", 0)
+    written = done.stat().st_mtime_ns
+
+    counts = rerank(config(setup, tmp_path))
+    assert counts["complete"] and counts["pairs_expected"] == counts["pairs_written"] == 35
+    assert counts["scored_this_run"] == 20 and counts["reused_from_earlier_runs"] == 15
+    assert counts["duplicated"] == counts["missing"] == counts["unexpected"] == 0
+    assert shard_path(out / "run", 0).stat().st_mtime_ns == written  # never rewritten
+
+    backbone = load_backbone(ModelConfig(name=setup["model"]))
+    zero = QPeftModel.build(
+        backbone, TemplateConfig(**TINY_TEMPLATE), AdapterConfig(method="zero_shot")
+    )
+    expected = in_process(zero, setup["rows"])
+    got = run_scores(out)
+    assert got.keys() == expected.keys()
+    assert max(abs(got[k] - expected[k]) for k in got) < 1e-5
+    # The TREC file holds the same ranking and scores as the parquet run.
+    trec = {(q, d): s for q, d, _, s in read_trec_run(out / "run.trec")}
+    assert trec == got
+    assert rerank(config(setup, tmp_path)) == counts  # complete: nothing to do
+
+    with pytest.raises(ConfigError, match="another configuration"):
+        rerank(config(setup, tmp_path, depth=3))
+
+
+@pytest.mark.slow
+def test_adapter_on_two_actors_and_first_stage_pass_through(ray_session, setup, tmp_path):
+    backbone = load_backbone(ModelConfig(name=setup["model"]))
+    model = QPeftModel.build(
+        backbone, TemplateConfig(**TINY_TEMPLATE), AdapterConfig(method="qpeft_r", k=3)
+    )
+    adapter = save_adapter(model, setup["base"] / "adapter")
+    counts = rerank(
+        config(
+            setup,
+            tmp_path,
+            method="qpeft_r",
+            adapter_dir=str(adapter),
+            num_actors=2,
+            cpus_per_actor=0.5,
+        )
+    )
+    assert counts["pairs_written"] == 35
+    expected = in_process(load_adapter(adapter, backbone), setup["rows"])
+    got = run_scores(tmp_path / "qpeft_r")
+    assert max(abs(got[k] - expected[k]) for k in got) < 1e-5
+
+    with pytest.raises(ConfigError, match="holds a qpeft_r adapter, not qpeft_a"):
+        rerank(config(setup, tmp_path, method="qpeft_a", adapter_dir=str(adapter)))
+
+    rerank(config(setup, tmp_path, method="first_stage", name="bm25"))
+    ranks = pads.dataset(str(tmp_path / "bm25" / "run")).to_table().to_pylist()
+    assert all(r["rank"] == r["first_stage_rank"] for r in ranks)
+    assert all(r["score"] == pytest.approx(r["first_stage_score"]) for r in ranks)
