@@ -14,6 +14,7 @@ STEPS = {
     "train": "pipelines.train",
     "rerank": "pipelines.rerank",
     "evaluate": "pipelines.evaluate",
+    "tune": "pipelines.tune",
     "demo": "pipelines.demo",
 }
 

@@ -1,119 +1,209 @@
-"""The embedded-default demo: zero-shot SmolLM2 reranking of BM25 candidates on Cranfield.
+"""The whole pipeline on the embedded default: `qpeft demo --config configs/demo.yaml`.
 
-Offline: Cranfield comes through ir_datasets seeded from a local copy, the model from the
-packaged GGUF. Prints NDCG@10 of BM25 and of the reranked run and writes both TREC runs.
+Cranfield through offline ir_datasets and the packaged SmolLM2-135M: prepare (BM25
+candidates, splits, training groups), a short training of each adapter method, reranking
+of the test queries' BM25 candidates with the first stage, zero-shot and every trained
+adapter, and an evaluation with paired t-tests. Every step is the real one (`qpeft prepare`,
+`train`, `rerank`, `evaluate`) called in one process; re-running resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import pytrec_eval
-
 from pipelines.cli import run_step, step_arguments
-from qpeft.backbone import load_backbone
+from pipelines.evaluate import EvaluateSection, evaluate_runs
+from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_counts
+from pipelines.ray_setup import RaySection, init_ray
+from pipelines.report import write_report
+from pipelines.rerank import RerankConfig, RerankSection, rerank
+from pipelines.train import DataSection, RunSection, ScalingSection, TrainRunConfig, train
 from qpeft.config import (
     AdapterConfig,
+    ConfigError,
+    LossConfig,
     ModelConfig,
     ScoringConfig,
     TemplateConfig,
     load_config,
     to_dict,
 )
-from qpeft.data import irds
-from qpeft.data.bm25 import BM25Index
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
+from qpeft.data.first_stage import FirstStageConfig
+from qpeft.data.sources import SourceConfig
+from qpeft.training import TrainSettings
 
 
 @dataclass
 class DemoSection:
-    dataset: str = "cranfield"
-    irds_seed: str | None = None
-    num_queries: int = 5
-    depth: int = 20
     output_dir: str = "runs/demo"
+    methods: list[str] = field(default_factory=lambda: ["qpeft_a", "qpeft_r"])
+    rerank_queries: int | None = 10  # test queries to rerank (null: all of them)
+    depth: int = 20  # BM25 candidates reranked per query
+    baseline: str = "zero_shot"  # the run every other is tested against
+    measures: list[str] = field(
+        default_factory=lambda: ["ndcg@10", "ndcg@20", "mrr@10", "map", "recall@10", "p@5"]
+    )
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        allowed = ("soft_prompt", "qpeft_r", "qpeft_a")
+        unknown = [m for m in self.methods if m not in allowed]
+        if unknown:
+            raise ConfigError(f"demo.methods: {unknown[0]!r} is not one of {list(allowed)}")
+        if self.baseline not in ("bm25", "zero_shot", *self.methods):
+            raise ConfigError(f"demo.baseline: {self.baseline!r} is not a run of the demo")
 
 
 @dataclass
 class DemoConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    template: TemplateConfig = field(default_factory=lambda: TemplateConfig(max_doc_tokens=160))
-    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(method="zero_shot"))
+    template: TemplateConfig = field(default_factory=lambda: TemplateConfig(max_doc_tokens=96))
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)  # method: see demo.methods
+    loss: LossConfig = field(default_factory=LossConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    source: SourceConfig = field(default_factory=lambda: SourceConfig(irds="cranfield"))
+    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
     demo: DemoSection = field(default_factory=DemoSection)
+    ray: RaySection = field(default_factory=RaySection)
 
 
-def write_trec(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
-    lines = []
-    for qid, docs in run.items():
-        ranked = sorted(docs.items(), key=lambda kv: -kv[1])
-        lines += [f"{qid} Q0 {d} {r} {s:.6f} {tag}" for r, (d, s) in enumerate(ranked, 1)]
-    path.write_text("\n".join(lines) + "\n")
+def open_output(cfg: DemoConfig) -> Path:
+    """The demo folder; one made with another configuration is refused, not mixed in."""
+    out = Path(cfg.demo.output_dir)
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "ray"}
+    settings["demo"] = {k: v for k, v in settings["demo"].items() if k != "overwrite"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    stamp = out / "demo_config.json"
+    if out.exists() and cfg.demo.overwrite:
+        shutil.rmtree(out)
+    elif stamp.exists() and json.loads(stamp.read_text())["hash"] != digest:
+        raise ConfigError(
+            f"demo: {out} holds a demo made with another configuration; set "
+            "demo.overwrite=true or choose another demo.output_dir"
+        )
+    elif out.exists() and not stamp.exists() and any(out.iterdir()):
+        raise ConfigError(f"demo: {out} exists and was not written by qpeft demo")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"hash": digest, "config": to_dict(cfg)}, indent=2))
+    return out
 
 
-def ndcg10(qrels: dict, run: dict) -> float:
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"})
-    per_query = evaluator.evaluate(run)
-    return sum(v["ndcg_cut_10"] for v in per_query.values()) / max(1, len(per_query))
+class Progress:
+    def __init__(self, total: int):
+        self.start, self.total, self.done = time.perf_counter(), total, 0
+
+    def stage(self, title: str) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        print(f"\n[demo {elapsed:5.0f}s] step {self.done}/{self.total}: {title}", flush=True)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    out = open_output(cfg)
+    progress = Progress(3 + len(cfg.demo.methods))
+    init_ray(cfg.ray)
+
+    progress.stage(f"prepare {cfg.source.irds or 'the source'} (BM25 candidates, splits, groups)")
+    prepared = out / "prepare"
+    counts = prepare(
+        PrepareConfig(
+            prepare=PrepareSection(
+                output_dir=str(prepared), source=cfg.source, first_stage=cfg.first_stage
+            ),
+            ray=cfg.ray,
+        )
+    )
+    print_counts(counts, str(prepared.resolve()))
+
+    adapters = {}
+    for method in cfg.demo.methods:
+        progress.stage(f"train {method}")
+        summary = train(
+            TrainRunConfig(
+                model=cfg.model,
+                template=cfg.template,
+                adapter=replace(cfg.adapter, method=method),
+                loss=cfg.loss,
+                scoring=cfg.scoring,
+                train=cfg.train,
+                data=DataSection(prepared_dir=str(prepared)),
+                scaling=cfg.scaling,
+                run=RunSection(name=method, storage_path=str(out / "train")),
+                ray=cfg.ray,
+            )
+        )
+        adapters[method] = summary["adapter"]
+        print(
+            f"[demo] {method}: {summary['steps']} steps, best dev NDCG@10 "
+            f"{summary['best_dev_ndcg10']:.4f}; adapter in {summary['adapter']}",
+            flush=True,
+        )
+
+    systems = [("bm25", "first_stage", None), ("zero_shot", "zero_shot", None)]
+    systems += [(m, m, adapters[m]) for m in cfg.demo.methods]
+    progress.stage(
+        f"rerank the BM25 top-{cfg.demo.depth} of "
+        f"{cfg.demo.rerank_queries or 'all'} test queries with {len(systems)} systems"
+    )
+    runs = {}
+    for name, method, adapter_dir in systems:
+        rerank(
+            RerankConfig(
+                model=cfg.model,
+                template=cfg.template,
+                scoring=cfg.scoring,
+                rerank=RerankSection(
+                    prepared_dir=str(prepared),
+                    split="test",
+                    depth=cfg.demo.depth,
+                    max_queries=cfg.demo.rerank_queries,
+                    method=method,
+                    adapter_dir=adapter_dir,
+                    name=name,
+                    output_dir=str(out / "rerank"),
+                ),
+                ray=cfg.ray,
+            )
+        )
+        runs[name] = str(out / "rerank" / name)
+
+    progress.stage("evaluate")
+    section = EvaluateSection(
+        runs=runs,
+        baseline=cfg.demo.baseline,
+        prepared_dir=str(prepared),
+        split="test",
+        measures=list(cfg.demo.measures),
+        output_dir=str(out / "evaluate"),
+    )
+    report = evaluate_runs(section)
+    table = write_report(report, Path(section.output_dir))
+    print(f"\n{table}\n")
+    print(
+        f"[demo] done in {progress.seconds:.0f}s. Files under {out.resolve()}:\n"
+        f"  prepare/   parquet shards and counts.json\n"
+        f"  train/     checkpoints; adapters in train/<method>/adapter\n"
+        f"  rerank/    one run per system (run/ parquet, run.trec, counts.json)\n"
+        f"  evaluate/  report.md, report.json, per_query.tsv, report.png"
+    )
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
     args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = load_config(DemoConfig, args.config, args.overrides)
-    out = Path(cfg.demo.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-
-    dataset = irds.load(cfg.demo.dataset, cfg.demo.irds_seed)
-    docs = dict(irds.iter_docs(dataset))
-    queries = list(irds.iter_queries(dataset))
-    qrels: dict[str, dict[str, int]] = {}
-    for qid, did, rel in irds.iter_qrels(dataset):
-        qrels.setdefault(qid, {})[did] = max(0, rel)
-    queries = [q for q in queries if q[0] in qrels][: cfg.demo.num_queries]
-    print(f"[demo] {cfg.demo.dataset}: {len(docs)} docs, {len(queries)} queries to rerank")
-
-    hits = BM25Index(list(docs), list(docs.values())).search(
-        [q for _, q in queries], cfg.demo.depth
-    )
-    bm25_run = {qid: dict(row) for (qid, _), row in zip(queries, hits, strict=True)}
-
-    backbone = load_backbone(cfg.model)
-    model = QPeftModel.build(backbone, cfg.template, cfg.adapter)
-    rerank_run: dict[str, dict[str, float]] = {}
-    for n, (qid, text) in enumerate(queries, 1):
-        doc_ids = list(bm25_run[qid])
-        texts = [docs[d] for d in doc_ids]
-        scores = score_pairs(
-            model, [text] * len(doc_ids), texts, cfg.scoring.batch_size, cfg.scoring.share_prefix
-        )
-        rerank_run[qid] = dict(zip(doc_ids, scores, strict=True))
-        elapsed = time.perf_counter() - start
-        print(f"[demo] query {n}/{len(queries)} reranked ({len(doc_ids)} docs, {elapsed:.0f}s)")
-
-    judged = {qid: qrels[qid] for qid, _ in queries}
-    report = {
-        "queries": len(queries),
-        "depth": cfg.demo.depth,
-        "ndcg@10": {
-            "bm25": ndcg10(judged, bm25_run),
-            cfg.adapter.method: ndcg10(judged, rerank_run),
-        },
-        "seconds": time.perf_counter() - start,
-        "config": to_dict(cfg),
-    }
-    write_trec(out / "bm25.trec", bm25_run, "bm25")
-    write_trec(out / f"{cfg.adapter.method}.trec", rerank_run, cfg.adapter.method)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n| run | NDCG@10 ({len(queries)} queries) |\n|---|---|")
-    for name, value in report["ndcg@10"].items():
-        print(f"| {name} | {value:.4f} |")
-    print(f"\n[demo] runs and report.json in {out.resolve()} ({report['seconds']:.0f}s)")
+    run_demo(load_config(DemoConfig, args.config, args.overrides))
 
 
 if __name__ == "__main__":

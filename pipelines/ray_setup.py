@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from qpeft.config import ConfigError, ModelConfig
 
 # Cut start-up work and noise (RAY_NOTES.md); set before ray is imported anywhere.
 for _name, _value in (
@@ -23,7 +26,11 @@ class RaySection:
     address: str | None = None
     num_cpus: int | None = None
     object_store_memory_mb: int = 300
-    include_dashboard: bool = False
+    # The dashboard serves the state API, which Ray Train's placement-group cleaner and
+    # Tune's trial clean-up query; without it they log a warning every second (and Tune
+    # over Train hangs, RAY_NOTES.md). It listens on 127.0.0.1 unless told otherwise.
+    include_dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
     progress_bars: bool = False
 
 
@@ -39,6 +46,7 @@ def init_ray(config: RaySection) -> None:
                 num_cpus=config.num_cpus,
                 object_store_memory=config.object_store_memory_mb * 2**20,
                 include_dashboard=config.include_dashboard,
+                dashboard_host=config.dashboard_host,
                 log_to_driver=True,
             )
     if not config.progress_bars:
@@ -53,11 +61,16 @@ def check_cpu_headroom(wanted: float, what: str, advice: str) -> None:
     then never get one and the run hangs without an error (RAY_NOTES.md)."""
     import ray
 
-    from qpeft.config import ConfigError
-
     total = ray.cluster_resources().get("CPU", 0)
     if wanted >= total:
         raise ConfigError(
             f"{what} take all {total:g} CPUs of the cluster and leave none for Ray Data, "
             f"which then waits forever; {advice}"
         )
+
+
+def local_paths_absolute(model: ModelConfig) -> ModelConfig:
+    """Ray workers may run in another directory (Ray Train moves them into the run's
+    folder): a model given as a relative local path must be made absolute first."""
+    path = Path(model.name)
+    return replace(model, name=str(path.resolve())) if path.exists() else model

@@ -26,7 +26,12 @@ from ray.data import ActorPoolStrategy
 from ray.data.expressions import col
 
 from pipelines.cli import run_step, step_arguments
-from pipelines.ray_setup import RaySection, check_cpu_headroom, init_ray
+from pipelines.ray_setup import (
+    RaySection,
+    check_cpu_headroom,
+    init_ray,
+    local_paths_absolute,
+)
 from pipelines.rerank_shards import (
     ShardCollector,
     ShardPlan,
@@ -273,6 +278,9 @@ def rerank(cfg: RerankConfig) -> dict:
         raise ConfigError(f"rerank.prepared_dir: {root} is not a complete `qpeft prepare` output")
     check_adapter(section)
     out = open_output(cfg)
+    if section.adapter_dir:  # the actors may run in another directory
+        section = replace(section, adapter_dir=str(Path(section.adapter_dir).resolve()))
+    cfg = replace(cfg, model=local_paths_absolute(cfg.model), rerank=section)
     if (out / "_SUCCESS").exists():
         log(f"{out} is complete; nothing to do", start)
         return json.loads((out / "counts.json").read_text())

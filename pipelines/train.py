@@ -19,19 +19,27 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.train
 import torch
 import torch.distributed as dist
 from ray.data.expressions import col
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines.cli import run_step, step_arguments
-from pipelines.ray_setup import RaySection, check_cpu_headroom, init_ray
+from pipelines.ray_setup import (
+    RaySection,
+    check_cpu_headroom,
+    init_ray,
+    local_paths_absolute,
+)
 from qpeft.backbone import load_backbone
 from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
 from qpeft.config import ConfigError, QPeftConfig, from_dict, load_config, to_dict
+from qpeft.data.first_stage import read_parquet_dir
 from qpeft.engines import DeepSpeedEngine, TorchEngine
 from qpeft.metrics import mean_ndcg10
 from qpeft.model import QPeftModel
@@ -88,12 +96,6 @@ class TrainRunConfig(QPeftConfig):
             raise ConfigError("adapter.method: zero_shot has nothing to train")
 
 
-def rows_of(iterator) -> list[dict]:
-    return [
-        row for batch in iterator.iter_batches(batch_format="pyarrow") for row in batch.to_pylist()
-    ]
-
-
 def my_slice(items: list, rank: int, world: int) -> list:
     return items[rank::world]
 
@@ -106,11 +108,39 @@ def all_gather(obj, world: int) -> list:
     return out
 
 
+def load_dev(prepared_dir: str, settings: TrainSettings) -> dict:
+    """The dev queries' groups, top candidates and qrels, read with pyarrow in each worker.
+
+    Every rank needs all of it and it is small (capped by `train.dev_max_queries`); three
+    Ray Data executions per worker took about a minute on a 2-core machine.
+    """
+    root = Path(prepared_dir)
+    dev_split = pc.field("split") == "dev"
+    queries = sorted(
+        read_parquet_dir(root / "queries", ["query_id"], dev_split)["query_id"].to_pylist()
+    )
+    if settings.dev_max_queries:
+        queries = queries[: settings.dev_max_queries]
+    chosen = pc.field("query_id").isin(pa.array(queries, pa.string()))
+    groups = sorted(
+        read_parquet_dir(root / "groups", filter=chosen).to_pylist(), key=lambda r: r["query_id"]
+    )
+    candidates = read_parquet_dir(
+        root / "candidates", filter=chosen & (pc.field("rank") <= settings.dev_depth)
+    ).to_pylist()
+    qrels: dict[str, dict[str, int]] = {}
+    for row in read_parquet_dir(root / "qrels", filter=chosen).to_pylist():
+        qrels.setdefault(row["query_id"], {})[row["doc_id"]] = row["relevance"]
+    return {
+        "groups": groups_from_rows(groups, settings.max_negatives),
+        "candidates": candidates,
+        "qrels": qrels,
+    }
+
+
 def evaluate(cfg: TrainRunConfig, qpeft: QPeftModel, dev: dict, rank: int, world: int) -> dict:
     """Dev loss and NDCG@10, each rank taking a slice of the dev queries."""
     queries = sorted({r["query_id"] for r in dev["candidates"]})
-    if cfg.train.dev_max_queries:
-        queries = queries[: cfg.train.dev_max_queries]
     mine = set(my_slice(queries, rank, world))
     run = dev_run(
         qpeft,
@@ -170,6 +200,8 @@ def train_loop(loop_config: dict) -> None:
     qpeft = QPeftModel.build(backbone, cfg.template, cfg.adapter)
     qpeft.adapter.train()
     total_steps = loop_config["steps_per_epoch"] * settings.epochs
+    if settings.max_steps:
+        total_steps = min(total_steps, settings.max_steps)
     if on_gpu:
         engine = DeepSpeedEngine(
             qpeft, settings, total_steps, cfg.scaling.deepspeed_stage, cfg.scaling.bf16, world
@@ -196,15 +228,7 @@ def train_loop(loop_config: dict) -> None:
         if rank == 0:
             print(f"[train] resumed at step {state.step} (epoch {state.epoch})", flush=True)
 
-    dev = {
-        "groups": groups_from_rows(
-            rows_of(ray.train.get_dataset_shard("dev_groups")), settings.max_negatives
-        ),
-        "candidates": rows_of(ray.train.get_dataset_shard("dev_candidates")),
-    }
-    dev["qrels"] = {}
-    for row in rows_of(ray.train.get_dataset_shard("dev_qrels")):
-        dev["qrels"].setdefault(row["query_id"], {})[row["doc_id"]] = row["relevance"]
+    dev = load_dev(cfg.data.prepared_dir, settings)
     shard = ray.train.get_dataset_shard("train")
     steps_per_epoch = loop_config["steps_per_epoch"]
     start = time.perf_counter()
@@ -310,28 +334,27 @@ def build_datasets(cfg: TrainRunConfig) -> tuple[dict, int]:
             f"train.queries_per_batch: {n_train} training groups cannot fill one step of "
             f"{cfg.train.queries_per_batch} queries x {cfg.scaling.num_workers} workers"
         )
-    candidates = ray.data.read_parquet(str(root / "candidates")).filter(
-        expr=(col("split") == "dev") & (col("rank") <= cfg.train.dev_depth)
-    )
-    dev_ids = set(
-        ray.data.read_parquet(str(root / "queries"))
-        .filter(expr=col("split") == "dev")
-        .unique("query_id")
-    )
-    qrels = ray.data.read_parquet(str(root / "qrels")).filter(
-        expr=col("query_id").is_in(list(dev_ids))
-    )
-    datasets = {
-        "train": train.random_shuffle(seed=cfg.train.seed),
-        "dev_groups": groups.filter(expr=col("split") == "dev"),
-        "dev_candidates": candidates,
-        "dev_qrels": qrels,
-    }
-    return datasets, n_train // per_step
+    return {"train": train.random_shuffle(seed=cfg.train.seed)}, n_train // per_step
 
 
-def train(cfg: TrainRunConfig) -> dict:
-    """Run (or resume) training; returns the final metrics and where the adapter is."""
+def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
+    """Run (or resume) training; returns the final metrics and where the adapter is.
+
+    A finished run (its metrics.json written with this same config) is not started again;
+    an unfinished one resumes from its last checkpoint (Ray Train does that by name).
+    `callbacks` go to Ray Train's RunConfig (a Tune trial passes TuneReportCallback)."""
+    cfg = replace(
+        cfg,
+        model=local_paths_absolute(cfg.model),
+        data=replace(cfg.data, prepared_dir=str(Path(cfg.data.prepared_dir).resolve())),
+    )
+    storage = Path(cfg.run.storage_path).resolve()
+    finished = storage / cfg.run.name / "metrics.json"
+    if finished.exists():
+        summary = json.loads(finished.read_text())
+        if summary["config"] == to_dict(cfg):
+            print(f"[train] {finished.parent} is complete; nothing to do", flush=True)
+            return summary
     init_ray(cfg.ray)
     check_cpu_headroom(
         cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
@@ -339,7 +362,6 @@ def train(cfg: TrainRunConfig) -> dict:
         "lower scaling.cpus_per_worker (e.g. 0.5 on a 2-core machine)",
     )
     datasets, steps_per_epoch = build_datasets(cfg)
-    storage = Path(cfg.run.storage_path).resolve()
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.scaling.num_workers,
         use_gpu=cfg.scaling.use_gpu,
@@ -358,9 +380,9 @@ def train(cfg: TrainRunConfig) -> dict:
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
+            callbacks=callbacks,
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
     out = storage / cfg.run.name

@@ -210,19 +210,24 @@ def validate(obj: Any) -> None:
         obj.validate()
 
 
+def set_dotted(data: dict, key: str, value: Any, where: str = "--set") -> None:
+    """Set `a.b.c` in a nested mapping, creating sections on the way."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where} {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` strings (value parsed as YAML) onto a nested mapping."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        set_dotted(data, key, yaml.safe_load(raw))
     return data
 
 

@@ -101,7 +101,8 @@ def ray_session():
         ray.init(
             num_cpus=2,
             object_store_memory=300 * 2**20,
-            include_dashboard=False,
+            include_dashboard=True,  # the state API: Train's and Tune's clean-up need it
+            dashboard_host="127.0.0.1",
             log_to_driver=False,
         )
     yield ray

@@ -92,8 +92,8 @@ def test_injected_worker_failure_resumes_and_finishes(ray_session, setup, tmp_pa
     # had registered (step 3, mid-epoch, or step 4, end of epoch 1) and finished.
     (resumed,) = summary["resumed_at"]
     assert resumed in (3, 4)
-    # Running again with the same name resumes from the final checkpoint: nothing left to
-    # do, so no step is taken and no new checkpoint is written.
+    # Running again with the same name and config finds the finished run: nothing is
+    # trained and the recorded summary comes back.
     again = train(run_config(setup, tmp_path, epochs=2))
     assert again["resumed_at"] == [resumed]
     assert again["steps"] == summary["steps"] and again["history"] == summary["history"]

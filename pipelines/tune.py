@@ -1,0 +1,300 @@
+"""Sweep training hyperparameters with Ray Tune: `qpeft tune --config tune_configs/FILE`.
+
+Every trial is a small function trainable that runs the same Ray Train trainer as
+`qpeft train` (through `pipelines.train.train`) and reports its epoch metrics to Tune with
+`TuneReportCallback`. ASHA stops weak trials after their early epochs. At the end the sweep
+writes a results table, the best trial's full train config as YAML and its adapter. How
+many trials run at once follows from the cluster's CPUs/GPUs and each trial's driver and
+workers, with CPUs kept free for Ray Data. Re-running a sweep of the same name resumes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import ray
+import yaml
+from ray import tune
+
+from pipelines.cli import run_step, step_arguments
+from pipelines.ray_setup import RaySection, init_ray
+from pipelines.search_space import check_distribution, example_value, to_domain
+from pipelines.train import TrainRunConfig, train
+from qpeft.config import ConfigError, from_dict, load_config, read_yaml, set_dotted, to_dict
+
+
+@dataclass
+class SchedulerSection:
+    """ASHA (asynchronous successive halving) over epochs, or FIFO (no early stopping)."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    max_t: int | None = None  # epochs; null: train.epochs of the base config
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass
+class SearchSection:
+    """`random` samples the space (grid entries are crossed); `optuna` uses TPE."""
+
+    type: Literal["random", "optuna"] = "random"
+    seed: int = 13
+
+
+@dataclass
+class ResourcesSection:
+    workers: int = 1  # Ray Train workers per trial
+    cpus_per_worker: float = 0.5
+    use_gpu: bool = False
+    driver_cpus: float = 0.01  # the trial's own process only waits on its trainer
+    reserved_cpus: float = 0.5  # left free for Ray Data's read tasks (all taken deadlocks)
+    max_concurrent_trials: int | None = None  # null: as many as the cluster fits
+
+
+@dataclass
+class SweepSection:
+    name: str = "qpeft-sweep"
+    storage_path: str = "runs/tune"
+    base_config: str | None = None  # a `qpeft train` YAML; null: its defaults
+    fixed: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, every trial
+    search_space: dict[str, Any] = field(default_factory=dict)  # dotted key -> distribution
+    num_samples: int = 4  # samples per grid point
+    metric: str = "dev_ndcg10"
+    mode: Literal["max", "min"] = "max"
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    search_alg: SearchSection = field(default_factory=SearchSection)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
+
+    def validate(self) -> None:
+        if not self.search_space:
+            raise ConfigError("tune.search_space: give at least one key to sweep")
+        for key, spec in self.search_space.items():
+            check_distribution(key, spec)
+        grid = [k for k, s in self.search_space.items() if s["type"] == "grid"]
+        if grid and self.search_alg.type == "optuna":
+            raise ConfigError(f"tune.search_space.{grid[0]}: grid is not supported with optuna")
+        if self.num_samples < 1:
+            raise ConfigError("tune.num_samples: must be >= 1")
+
+
+@dataclass
+class TuneRunConfig:
+    tune: SweepSection = field(default_factory=SweepSection)
+    ray: RaySection = field(default_factory=RaySection)
+
+
+def base_train_config(section: SweepSection, ray_section: RaySection) -> tuple[dict, int]:
+    """The train config every trial starts from: base file, fixed values and the sweep's
+    resources, checked (with an example value for every swept key) before anything runs."""
+    data = read_yaml(section.base_config) if section.base_config else {}
+    for key, value in section.fixed.items():
+        set_dotted(data, key, value, "tune.fixed")
+    resources = section.resources
+    set_dotted(data, "scaling.num_workers", resources.workers)
+    set_dotted(data, "scaling.cpus_per_worker", resources.cpus_per_worker)
+    set_dotted(data, "scaling.use_gpu", resources.use_gpu)
+    data["ray"] = to_dict(ray_section)
+    trial = copy.deepcopy(data)
+    for key, spec in section.search_space.items():
+        set_dotted(trial, key, example_value(spec), "tune.search_space")
+    where = section.base_config or "the default train config"
+    try:
+        cfg = from_dict(TrainRunConfig, trial)
+    except ConfigError as err:
+        raise ConfigError(f"tune: {where} with tune.fixed and tune.search_space: {err}") from None
+    if section.scheduler.type == "asha" and (section.scheduler.max_t or 0) > cfg.train.epochs:
+        raise ConfigError(
+            f"tune.scheduler.max_t: {section.scheduler.max_t} epochs, but train.epochs is "
+            f"{cfg.train.epochs}"
+        )
+    return data, cfg.train.epochs
+
+
+def concurrency(resources: ResourcesSection) -> int:
+    """Trials that fit at once: CPUs (keeping `reserved_cpus` free) and GPUs per trial."""
+    cluster = ray.cluster_resources()
+    per_trial = resources.driver_cpus + resources.workers * resources.cpus_per_worker
+    usable = cluster.get("CPU", 0) - resources.reserved_cpus
+    if per_trial > usable:
+        raise ConfigError(
+            f"tune.resources: a trial needs {per_trial:g} CPUs but the cluster has "
+            f"{cluster.get('CPU', 0):g} with {resources.reserved_cpus:g} kept for Ray Data"
+        )
+    fits = math.floor(usable / per_trial + 1e-9)
+    if resources.use_gpu:
+        fits = min(fits, math.floor(cluster.get("GPU", 0) / resources.workers))
+        if fits < 1:
+            raise ConfigError(
+                f"tune.resources: a trial needs {resources.workers} GPUs, the cluster has "
+                f"{cluster.get('GPU', 0):g}"
+            )
+    if resources.max_concurrent_trials:
+        fits = min(fits, resources.max_concurrent_trials)
+    return fits
+
+
+def trial_train_dir(sweep_dir: Path) -> Path:
+    return sweep_dir / "train"
+
+
+def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
+    """One trial: the sampled values on the base config, trained by `qpeft train`'s code;
+    each epoch's report reaches Tune through TuneReportCallback."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    data = copy.deepcopy(base)
+    for key, value in params.items():
+        set_dotted(data, key, value, "tune.search_space")
+    trial_id = tune.get_context().get_trial_id()
+    set_dotted(data, "run.name", trial_id)
+    set_dotted(data, "run.storage_path", str(trial_train_dir(Path(sweep_dir))))
+    # Only epoch-end reports carry the metric ASHA compares.
+    set_dotted(data, "train.checkpoint_every", 10**9)
+    train(from_dict(TrainRunConfig, data), callbacks=[TuneReportCallback()])
+
+
+def build_scheduler(section: SweepSection, epochs: int):
+    if section.scheduler.type == "fifo":
+        return None
+    return tune.schedulers.ASHAScheduler(
+        time_attr="epoch",
+        max_t=section.scheduler.max_t or epochs,
+        grace_period=section.scheduler.grace_period,
+        reduction_factor=section.scheduler.reduction_factor,
+    )
+
+
+def build_search_alg(section: SweepSection):
+    if section.search_alg.type == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=section.search_alg.seed)
+    return tune.search.BasicVariantGenerator(random_state=section.search_alg.seed)
+
+
+def trial_rows(results, section: SweepSection, sweep_dir: Path) -> list[dict]:
+    """One row per trial, best first: swept values, best metric, epochs, how it ended."""
+    metric = f"best_{section.metric}"
+    rows = []
+    for result in results:
+        trial_id = Path(result.path).name  # trial folders are named by trial id
+        history = result.metrics_dataframe
+        has_metric = history is not None and section.metric in history
+        values = history[section.metric].dropna().tolist() if has_metric else []
+        train_dir = trial_train_dir(sweep_dir) / trial_id
+        if result.error:
+            status = f"error: {str(result.error).splitlines()[0][:120]}"
+        elif (train_dir / "metrics.json").exists():
+            status = "completed"
+        else:
+            status = "stopped early"
+        rows.append(
+            {
+                "trial_id": trial_id,
+                **{key: result.config.get(key) for key in section.search_space},
+                metric: ((max if section.mode == "max" else min)(values) if values else None),
+                "epochs": int(history["epoch"].max()) if values else 0,
+                "status": status,
+                "train_dir": str(train_dir),
+            }
+        )
+    sign = -1 if section.mode == "max" else 1
+    rows.sort(key=lambda r: (r[metric] is None, sign * (r[metric] or 0.0)))
+    return rows
+
+
+def best_adapter(train_dir: Path) -> Path:
+    """The trial's exported adapter, or for a trial ASHA stopped, its last checkpoint's
+    best adapter so far."""
+    if (train_dir / "adapter").exists():
+        return train_dir / "adapter"
+    checkpoints = sorted(train_dir.glob("checkpoint_*"))
+    for checkpoint in reversed(checkpoints):
+        if (checkpoint / "best_adapter").exists():
+            return checkpoint / "best_adapter"
+    raise FileNotFoundError(f"{train_dir}: no adapter or checkpoint with a best adapter")
+
+
+def markdown(rows: list[dict], section: SweepSection) -> str:
+    columns = ["trial_id", *section.search_space, f"best_{section.metric}", "epochs", "status"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(rows: list[dict], base: dict, section: SweepSection, sweep_dir: Path) -> dict:
+    table = markdown(rows, section)
+    (sweep_dir / "results.md").write_text(table + "\n")
+    (sweep_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    best = rows[0]
+    if best[f"best_{section.metric}"] is None:
+        raise ConfigError(f"tune: no trial reported {section.metric}")
+    config = copy.deepcopy(base)
+    for key in section.search_space:
+        set_dotted(config, key, best[key])
+    set_dotted(config, "run.name", f"{section.name}-best")
+    (sweep_dir / "best_config.yaml").write_text(
+        f"# Best trial {best['trial_id']} of sweep {section.name}: "
+        f"{section.metric} {best[f'best_{section.metric}']:.4f}\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
+    adapter = sweep_dir / "best_adapter"
+    if adapter.exists():
+        shutil.rmtree(adapter)
+    shutil.copytree(best_adapter(Path(best["train_dir"])), adapter)
+    print(table)
+    print(
+        f"\n[tune] best trial {best['trial_id']}: {section.metric} "
+        f"{best[f'best_{section.metric}']:.4f}; best_config.yaml and best_adapter/ in {sweep_dir}"
+    )
+    return {"best": best, "trials": rows, "best_adapter": str(adapter)}
+
+
+def sweep(cfg: TuneRunConfig) -> dict:
+    section = cfg.tune
+    base, epochs = base_train_config(section, cfg.ray)
+    init_ray(cfg.ray)
+    sweep_dir = Path(section.storage_path).resolve() / section.name
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, sweep_dir=str(sweep_dir)),
+        {"cpu": section.resources.driver_cpus},
+    )
+    if tune.Tuner.can_restore(str(sweep_dir)):
+        print(f"[tune] resuming sweep {sweep_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={k: to_domain(s) for k, s in section.search_space.items()},
+            tune_config=tune.TuneConfig(
+                metric=section.metric,
+                mode=section.mode,
+                scheduler=build_scheduler(section, epochs),
+                search_alg=build_search_alg(section),
+                num_samples=section.num_samples,
+                max_concurrent_trials=concurrency(section.resources),
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=tune.RunConfig(name=section.name, storage_path=str(sweep_dir.parent)),
+        )
+    results = tuner.fit()
+    rows = trial_rows(results, section, sweep_dir)
+    return write_outputs(rows, base, section, sweep_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    sweep(load_config(TuneRunConfig, args.config, args.overrides))
+
+
+if __name__ == "__main__":
+    sys.exit(run_step(main))

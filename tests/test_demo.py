@@ -1,0 +1,65 @@
+"""The README's main job, in a reduced size: every step runs for real (Cranfield through
+offline ir_datasets, the packaged SmolLM2), and a re-run resumes instead of redoing."""
+
+import json
+
+import pytest
+
+from pipelines.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+REDUCED = [
+    "demo.rerank_queries=2",
+    "demo.depth=4",
+    "train.max_steps=1",
+    "train.queries_per_batch=2",
+    "train.max_negatives=1",
+    "train.dev_max_queries=2",
+    "train.dev_depth=3",
+    "template.max_doc_tokens=32",
+    "first_stage.depth=20",
+]
+
+
+def test_reduced_demo_runs_every_step_and_resumes(ray_session, tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["--config", "configs/demo.yaml", "--set", f"demo.output_dir={out}"]
+    args += [x for item in REDUCED for x in ("--set", item)]
+    assert main(["demo", *args]) == 0
+    printed = capsys.readouterr().out
+    for step in (
+        "step 1/5: prepare",
+        "step 2/5: train qpeft_a",
+        "step 3/5: train qpeft_r",
+        "step 4/5: rerank",
+        "step 5/5: evaluate",
+    ):
+        assert step in printed
+    report = json.loads((out / "evaluate" / "report.json").read_text())
+    assert report["queries"] == 2 and report["baseline"] == "zero_shot"
+    assert set(report["runs"]) == {"bm25", "zero_shot", "qpeft_a", "qpeft_r"}
+    for name, run in report["runs"].items():
+        assert 0.0 <= run["mean"]["ndcg@10"] <= 1.0
+        counts = json.loads((out / "rerank" / name / "counts.json").read_text())
+        assert counts["pairs_written"] == counts["pairs_expected"] == 8
+        assert counts["missing"] == counts["duplicated"] == 0
+    for method in ("qpeft_a", "qpeft_r"):
+        adapter = json.loads(
+            (out / "train" / method / "adapter" / "adapter_config.json").read_text()
+        )
+        assert adapter["method"] == method
+    assert "| qpeft_r |" in printed and (out / "evaluate" / "report.png").exists()
+
+    # Everything is on disk: a second run finds each step done and scores nothing again.
+    assert main(["demo", *args]) == 0
+    again = capsys.readouterr().out
+    assert "is complete; nothing to do" in again
+    for name in report["runs"]:
+        counts = json.loads((out / "rerank" / name / "counts.json").read_text())
+        assert counts["scored_this_run"] == 8 and len(counts["invocations"]) == 1
+    assert json.loads((out / "evaluate" / "report.json").read_text())["runs"] == report["runs"]
+
+    # Another configuration for the same folder is refused, not mixed in.
+    assert main(["demo", *args, "--set", "demo.depth=5"]) == 2
+    assert "holds a demo made with another configuration" in capsys.readouterr().err

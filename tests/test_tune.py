@@ -1,0 +1,161 @@
+"""Ray Tune sweeps: search-space files checked with named errors, concurrency derived from
+the cluster, and a 4-trial ASHA sweep of real `qpeft train` trials on a tiny model."""
+
+import json
+import math
+
+import pytest
+import yaml
+
+from pipelines.search_space import check_distribution, to_domain
+from pipelines.tune import ResourcesSection, TuneRunConfig, concurrency, sweep
+from qpeft.backbone import load_backbone
+from qpeft.checkpoint import load_adapter
+from qpeft.config import ConfigError, ModelConfig, from_dict, load_config
+from qpeft.scoring import score_pairs
+from tests.conftest import TINY_TEMPLATE
+from tests.synthetic import save_tiny_model, write_prepared
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "gaussian"}, r"train\.lr\.type: 'gaussian' is not one of"),
+        ({"type": "loguniform", "lower": 0, "upper": 1}, r"train\.lr\.lower: .* lower > 0"),
+        ({"type": "uniform", "lower": 2, "upper": 1}, r"train\.lr: lower \(2\) must be below"),
+        ({"type": "uniform", "lower": 1}, r"train\.lr: uniform needs upper"),
+        ({"type": "choice", "values": []}, r"train\.lr\.values: expected a non-empty list"),
+        ({"type": "uniform", "lower": 0, "upper": 1, "step": 2}, r"train\.lr\.step: unknown"),
+        ({"type": "uniform", "lower": "a", "upper": 1}, r"train\.lr\.lower: expected a number"),
+        (0.1, r"train\.lr: expected a mapping with a 'type'"),
+    ],
+)
+def test_bad_distributions_name_the_key_and_reason(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        check_distribution("train.lr", spec)
+
+
+def test_distributions_become_tune_domains():
+    domain = to_domain({"type": "loguniform", "lower": "1e-3", "upper": 1.0e-1})
+    samples = [domain.sample() for _ in range(200)]
+    assert all(1e-3 <= s <= 1e-1 for s in samples)
+    assert to_domain({"type": "grid", "values": [1, 2]}) == {"grid_search": [1, 2]}
+    assert set(to_domain({"type": "choice", "values": [5, 10]}).categories) == {5, 10}
+
+
+def test_swept_and_fixed_keys_are_checked_against_the_train_config(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        yaml.safe_dump({"tune": {"search_space": {"train.lrr": {"type": "choice", "values": [1]}}}})
+    )
+    cfg = load_config(TuneRunConfig, path)
+    from pipelines.tune import base_train_config
+
+    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key"):
+        base_train_config(cfg.tune, cfg.ray)
+    cfg.tune.search_space = {"adapter.k": {"type": "choice", "values": ["ten"]}}
+    with pytest.raises(ConfigError, match=r"adapter\.k: expected an integer"):
+        base_train_config(cfg.tune, cfg.ray)
+    with pytest.raises(ConfigError, match=r"tune\.search_space: give at least one key"):
+        from_dict(TuneRunConfig, {"tune": {}})
+
+
+def test_concurrency_follows_cluster_cpus(ray_session):
+    assert concurrency(ResourcesSection(workers=1, cpus_per_worker=0.5)) == 2
+    assert concurrency(ResourcesSection(workers=2, cpus_per_worker=0.5)) == 1
+    assert concurrency(ResourcesSection(workers=1, max_concurrent_trials=1)) == 1
+    with pytest.raises(ConfigError, match=r"a trial needs 2\.01 CPUs"):
+        concurrency(ResourcesSection(workers=2, cpus_per_worker=1.0))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_four_trial_asha_sweep_stops_weak_trials_and_exports_the_best(ray_session, tmp_path):
+    model = save_tiny_model(tmp_path / "tiny")
+    data = write_prepared(tmp_path / "prepared", n_train=16, n_dev=6, n_test=4)
+    base = {
+        "model": {"name": model},
+        "template": TINY_TEMPLATE,
+        "adapter": {"method": "qpeft_r", "k": 3},
+        "train": {"epochs": 3, "queries_per_batch": 4, "patience": 3, "dev_depth": 5},
+        "data": {"prepared_dir": str(data)},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweep_config = {
+        "tune": {
+            "name": "tiny-sweep",
+            "storage_path": str(tmp_path / "tune"),
+            "base_config": str(tmp_path / "base.yaml"),
+            "fixed": {"run.max_failures": 0},
+            # One learning rate that learns and three that cannot move the adapter: ASHA
+            # must stop at least one of the weak ones after its first epoch.
+            "search_space": {"train.lr": {"type": "grid", "values": [0.03, 1e-9, 1e-9, 1e-9]}},
+            "num_samples": 1,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            "resources": {"workers": 1, "cpus_per_worker": 0.5},
+        },
+        "ray": {"num_cpus": 2},
+    }
+    result = sweep(from_dict(TuneRunConfig, sweep_config))
+    trials = result["trials"]
+    assert len(trials) == 4
+    assert all(not t["status"].startswith("error") for t in trials), trials
+    assert any(t["status"] == "stopped early" and t["epochs"] < 3 for t in trials), trials
+    best = result["best"]
+    assert best["train.lr"] == 0.03 and best["status"] == "completed"
+    weak = [t["best_dev_ndcg10"] for t in trials if t["train.lr"] < 1e-6]
+    assert best["best_dev_ndcg10"] > max(weak)
+
+    sweep_dir = tmp_path / "tune" / "tiny-sweep"
+    best_config = yaml.safe_load((sweep_dir / "best_config.yaml").read_text())
+    assert best_config["train"]["lr"] == 0.03 and best_config["adapter"]["method"] == "qpeft_r"
+    rows = json.loads((sweep_dir / "results.json").read_text())
+    assert [r["trial_id"] for r in rows] == [t["trial_id"] for t in trials]
+    assert "| trial_id | train.lr |" in (sweep_dir / "results.md").read_text()
+
+    backbone = load_backbone(ModelConfig(name=model))
+    adapter = load_adapter(sweep_dir / "best_adapter", backbone)
+    scores = score_pairs(adapter, ["w1 w2"], ["w1 w2 w3 w4"])
+    assert math.isfinite(scores[0])
+
+    # The same name resumes the finished sweep: no trial runs again, same table.
+    again = sweep(from_dict(TuneRunConfig, sweep_config))
+    assert [t["trial_id"] for t in again["trials"]] == [t["trial_id"] for t in trials]
+    assert again["best"]["best_dev_ndcg10"] == best["best_dev_ndcg10"]
+
+
+def test_optuna_search_samples_the_yaml_space(ray_session, tmp_path):
+    from ray import tune
+
+    from pipelines.tune import SweepSection, build_search_alg
+
+    section = from_dict(
+        SweepSection,
+        {
+            "search_space": {
+                "train.lr": {"type": "loguniform", "lower": 1.0e-3, "upper": 1.0e-1},
+                "adapter.k": {"type": "choice", "values": [5, 10]},
+            },
+            "search_alg": {"type": "optuna", "seed": 3},
+        },
+    )
+
+    def trainable(config):
+        tune.report({"dev_ndcg10": -abs(config["train.lr"] - 0.01)})
+
+    results = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 0.5}),
+        param_space={k: to_domain(s) for k, s in section.search_space.items()},
+        tune_config=tune.TuneConfig(
+            metric="dev_ndcg10",
+            mode="max",
+            search_alg=build_search_alg(section),
+            num_samples=3,
+            max_concurrent_trials=1,
+        ),
+        run_config=tune.RunConfig(name="optuna", storage_path=str(tmp_path)),
+    ).fit()
+    configs = [r.config for r in results]
+    assert len(configs) == 3 and all(1e-3 <= c["train.lr"] <= 1e-1 for c in configs)
+    assert all(c["adapter.k"] in (5, 10) for c in configs)
+    assert not results.errors
