@@ -53,8 +53,9 @@ class ResourcesSection:
     workers: int = 1  # Ray Train workers per trial
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
-    driver_cpus: float = 0.01  # the trial's own process only waits on its trainer
-    reserved_cpus: float = 0.5  # left free for Ray Data's read tasks (all taken deadlocks)
+    driver_cpus: float = 0.01  # the trial's own process only waits on its trainer (Tune
+    # refuses 0)
+    reserved_cpus: float = 1.0  # free for Ray Data's tasks, which take a whole CPU each
     max_concurrent_trials: int | None = None  # null: as many as the cluster fits
 
 
@@ -168,15 +169,23 @@ def build_scheduler(section: SweepSection, epochs: int):
         max_t=section.scheduler.max_t or epochs,
         grace_period=section.scheduler.grace_period,
         reduction_factor=section.scheduler.reduction_factor,
+        # A trial that reaches max_t finishes on its own (and exports its adapter) instead
+        # of being stopped right after its last report.
+        stop_last_trials=False,
     )
 
 
-def build_search_alg(section: SweepSection):
+def build_search_alg(section: SweepSection, max_concurrent: int):
+    """The searcher, limited to `max_concurrent` running trials (TuneConfig's own limit
+    does not reach a BasicVariantGenerator passed in: all grid trials started at once)."""
     if section.search_alg.type == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=section.search_alg.seed)
-    return tune.search.BasicVariantGenerator(random_state=section.search_alg.seed)
+        return ConcurrencyLimiter(OptunaSearch(seed=section.search_alg.seed), max_concurrent)
+    return tune.search.BasicVariantGenerator(
+        random_state=section.search_alg.seed, max_concurrent=max_concurrent
+    )
 
 
 def trial_rows(results, section: SweepSection, sweep_dir: Path) -> list[dict]:
@@ -206,7 +215,7 @@ def trial_rows(results, section: SweepSection, sweep_dir: Path) -> list[dict]:
             }
         )
     sign = -1 if section.mode == "max" else 1
-    rows.sort(key=lambda r: (r[metric] is None, sign * (r[metric] or 0.0)))
+    rows.sort(key=lambda r: (r[metric] is None, sign * (r[metric] or 0.0), r["trial_id"]))
     return rows
 
 
@@ -272,6 +281,8 @@ def sweep(cfg: TuneRunConfig) -> dict:
         print(f"[tune] resuming sweep {sweep_dir}", flush=True)
         tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_errored=True)
     else:
+        running = concurrency(section.resources)
+        print(f"[tune] up to {running} trials at once", flush=True)
         tuner = tune.Tuner(
             trainable,
             param_space={k: to_domain(s) for k, s in section.search_space.items()},
@@ -279,9 +290,8 @@ def sweep(cfg: TuneRunConfig) -> dict:
                 metric=section.metric,
                 mode=section.mode,
                 scheduler=build_scheduler(section, epochs),
-                search_alg=build_search_alg(section),
+                search_alg=build_search_alg(section, running),
                 num_samples=section.num_samples,
-                max_concurrent_trials=concurrency(section.resources),
                 trial_dirname_creator=lambda trial: trial.trial_id,
             ),
             run_config=tune.RunConfig(name=section.name, storage_path=str(sweep_dir.parent)),

@@ -61,8 +61,10 @@ def test_swept_and_fixed_keys_are_checked_against_the_train_config(tmp_path):
 
 
 def test_concurrency_follows_cluster_cpus(ray_session):
-    assert concurrency(ResourcesSection(workers=1, cpus_per_worker=0.5)) == 2
-    assert concurrency(ResourcesSection(workers=2, cpus_per_worker=0.5)) == 1
+    # A whole CPU stays free for Ray Data: 2 trials of 0.49 + 0.01, but 1 of 0.5 + 0.01.
+    assert concurrency(ResourcesSection(workers=1, cpus_per_worker=0.49)) == 2
+    assert concurrency(ResourcesSection(workers=1, cpus_per_worker=0.5)) == 1
+    assert concurrency(ResourcesSection(workers=2, cpus_per_worker=0.49)) == 1
     assert concurrency(ResourcesSection(workers=1, max_concurrent_trials=1)) == 1
     with pytest.raises(ConfigError, match=r"a trial needs 2\.01 CPUs"):
         concurrency(ResourcesSection(workers=2, cpus_per_worker=1.0))
@@ -92,7 +94,7 @@ def test_four_trial_asha_sweep_stops_weak_trials_and_exports_the_best(ray_sessio
             "search_space": {"train.lr": {"type": "grid", "values": [0.03, 1e-9, 1e-9, 1e-9]}},
             "num_samples": 1,
             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-            "resources": {"workers": 1, "cpus_per_worker": 0.5},
+            "resources": {"workers": 1, "cpus_per_worker": 0.49},  # 2 trials at once
         },
         "ray": {"num_cpus": 2},
     }
@@ -149,7 +151,7 @@ def test_optuna_search_samples_the_yaml_space(ray_session, tmp_path):
         tune_config=tune.TuneConfig(
             metric="dev_ndcg10",
             mode="max",
-            search_alg=build_search_alg(section),
+            search_alg=build_search_alg(section, 1),
             num_samples=3,
             max_concurrent_trials=1,
         ),

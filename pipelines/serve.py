@@ -1,0 +1,291 @@
+"""Serve an adapter as a reranking service over HTTP: `qpeft serve --config FILE`.
+
+A Ray Serve deployment holds the frozen backbone and one adapter (or none: zero-shot) and
+answers `POST /v1/rerank` in the Cohere/Jina shape. Every (query, document) pair of every
+request is tokenized and checked in the request's own handler, then queued for
+`@serve.batch`, which groups pairs across concurrent requests up to a token budget and
+scores them with the shared scorer in a worker thread; each request gathers its pairs' scores
+back in order. Bad input is answered with a 4xx naming the field before anything is queued,
+so it never touches another request's batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from fastapi import FastAPI, Header
+from ray import serve
+
+from pipelines.cli import run_step, step_arguments
+from pipelines.ray_setup import RaySection, init_ray, local_paths_absolute
+from pipelines.serve_api import (
+    BodySizeLimit,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    ResultDocument,
+    ServiceError,
+    Usage,
+    install_error_handlers,
+)
+from qpeft import __version__
+from qpeft.config import (
+    ConfigError,
+    ModelConfig,
+    ScoringConfig,
+    TemplateConfig,
+    from_dict,
+    load_config,
+    to_dict,
+)
+from qpeft.template import PairLayout, QueryTooLongError
+
+
+@dataclass
+class AutoscalingSection:
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 8.0
+
+
+@dataclass
+class ServeSection:
+    adapter_dir: str | None = None  # null: zero-shot query likelihood with `template`
+    model_name: str | None = None  # reported as `model`; default: adapter folder or backbone
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    app_name: str = "qpeft"
+    token_budget: int = 4096  # tokens per scoring batch across requests
+    batch_wait_timeout_s: float = 0.01
+    max_ongoing_requests: int = 64  # per replica: enough for batches to fill
+    max_documents: int = 1000  # per request; more is a 413
+    max_request_bytes: int = 2_000_000
+    oversize_documents: Literal["truncate", "reject"] = "truncate"
+    api_key_env: str | None = "QPEFT_API_KEY"  # if this variable is set, require the bearer
+    num_replicas: int = 1
+    autoscaling: AutoscalingSection | None = None  # replaces num_replicas when given
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    threads_per_replica: int | None = None  # null: torch's default
+
+    def validate(self) -> None:
+        for key in ("token_budget", "max_ongoing_requests", "max_documents", "num_replicas"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"serve.{key}: must be >= 1")
+
+
+@dataclass
+class ServeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)  # zero-shot only
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    serve: ServeSection = field(default_factory=ServeSection)
+    ray: RaySection = field(default_factory=RaySection)
+
+
+def total_tokens(layouts: list[PairLayout]) -> int:
+    """The batch size `@serve.batch` compares with the token budget."""
+    return sum(len(layout.input_ids) for layout in layouts)
+
+
+api = FastAPI(
+    title="qpeft reranker",
+    version=__version__,
+    description="Q-PEFT query-likelihood reranking (Cohere/Jina-style /v1/rerank).",
+)
+install_error_handlers(api)
+
+
+@serve.deployment
+@serve.ingress(api)
+class Reranker:
+    def __init__(self, config: dict):
+        import torch
+
+        from qpeft.backbone import load_backbone
+        from qpeft.checkpoint import load_reranker
+
+        cfg = from_dict(ServeConfig, config)
+        if cfg.serve.threads_per_replica:
+            torch.set_num_threads(cfg.serve.threads_per_replica)
+        backbone = load_backbone(cfg.model)
+        self.model = load_reranker(backbone, cfg.template, cfg.serve.adapter_dir)
+        self.scoring = cfg.scoring
+        self.section = cfg.serve
+        self.name = cfg.serve.model_name or (
+            os.path.basename(cfg.serve.adapter_dir.rstrip("/"))
+            if cfg.serve.adapter_dir
+            else f"{cfg.model.name}-zero-shot"
+        )
+        key_env = cfg.serve.api_key_env
+        self.api_key = (os.environ.get(key_env) or None) if key_env else None
+        # Each replica process imports this module afresh, so the limit is added here (the
+        # app has not served a request yet, so Starlette still accepts middleware).
+        if not any(m.cls is BodySizeLimit for m in api.user_middleware):
+            api.add_middleware(BodySizeLimit, limit=cfg.serve.max_request_bytes)
+        self.score_layouts.set_max_batch_size(cfg.serve.token_budget)
+        self.score_layouts.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.01, batch_size_fn=total_tokens)
+    async def score_layouts(self, layouts: list[PairLayout]) -> list[float]:
+        """Score pairs queued by any request; a thread keeps the event loop taking requests
+        (which fill the next batch) while this one computes."""
+        from qpeft.scoring import score_layouts
+
+        return await asyncio.to_thread(
+            score_layouts,
+            self.model,
+            layouts,
+            self.scoring.batch_size,
+            self.scoring.share_prefix,
+        )
+
+    def check_key(self, authorization: str | None) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token, self.api_key):
+            raise ServiceError(401, "authorization: missing or wrong bearer token")
+
+    def encode(self, request: RerankRequest) -> list[PairLayout]:
+        texts = request.texts()
+        if len(texts) > self.section.max_documents:
+            raise ServiceError(
+                413,
+                f"documents: {len(texts)} documents, over the limit of "
+                f"{self.section.max_documents} (serve.max_documents)",
+            )
+        try:
+            layouts = self.model.encode([request.query] * len(texts), texts)
+        except QueryTooLongError as err:
+            raise ServiceError(422, f"query: {err}") from None
+        if self.section.oversize_documents == "reject":
+            over = [i for i, layout in enumerate(layouts) if layout.doc_truncated]
+            if over:
+                raise ServiceError(
+                    422,
+                    f"documents[{over[0]}]: over the {layouts[over[0]].doc_tokens}-token limit "
+                    f"for documents ({len(over)} documents are; "
+                    "serve.oversize_documents=reject)",
+                )
+        tokens = max(total_tokens([layout]) for layout in layouts)
+        if tokens > self.section.token_budget:
+            raise ServiceError(
+                422,
+                f"documents: a pair of {tokens} tokens does not fit serve.token_budget="
+                f"{self.section.token_budget}",
+            )
+        return layouts
+
+    @api.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
+    async def rerank(
+        self, request: RerankRequest, authorization: str | None = Header(default=None)
+    ) -> RerankResponse:
+        self.check_key(authorization)
+        layouts = self.encode(request)
+        scores = await asyncio.gather(*(self.score_layouts(layout) for layout in layouts))
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        texts = request.texts()
+        results = [
+            RerankResult(
+                index=i,
+                relevance_score=scores[i],
+                document=ResultDocument(text=texts[i]) if request.return_documents else None,
+                truncated=True if layouts[i].doc_truncated else None,
+            )
+            for i in order[: request.top_n]
+        ]
+        return RerankResponse(
+            id=str(uuid.uuid4()),
+            results=results,
+            model=self.name,
+            usage=Usage(
+                documents=len(texts),
+                total_tokens=total_tokens(layouts),
+                truncated_documents=sum(layout.doc_truncated for layout in layouts),
+            ),
+        )
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    async def models(self, authorization: str | None = Header(default=None)) -> dict:
+        self.check_key(authorization)
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.name,
+                    "object": "model",
+                    "method": self.model.method,
+                    "base_model": self.model.backbone.name,
+                }
+            ],
+        }
+
+
+def application(cfg: ServeConfig):
+    """The Serve application a config describes (replicas, resources, batching)."""
+    section = cfg.serve
+    if section.adapter_dir:
+        section = replace(section, adapter_dir=os.path.abspath(section.adapter_dir))
+    cfg = replace(cfg, model=local_paths_absolute(cfg.model), serve=section)
+    scaling = (
+        {"autoscaling_config": to_dict(section.autoscaling)}
+        if section.autoscaling
+        else {"num_replicas": section.num_replicas}
+    )
+    actor_options: dict = {
+        "num_cpus": section.cpus_per_replica,
+        "num_gpus": section.gpus_per_replica,
+    }
+    key_env = section.api_key_env
+    if key_env and os.environ.get(key_env):
+        # The key travels from the environment of whoever starts the service to every
+        # replica, on any node; it is never written into a config file.
+        actor_options["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
+    return Reranker.options(
+        max_ongoing_requests=section.max_ongoing_requests,
+        ray_actor_options=actor_options,
+        **scaling,
+    ).bind(to_dict(cfg))
+
+
+def app_builder(args: dict):
+    """For `serve run` / `serve deploy`: `pipelines.serve:app_builder config=FILE`."""
+    return application(load_config(ServeConfig, args.get("config")))
+
+
+def start(cfg: ServeConfig) -> str:
+    """Start Ray (or join it), Serve's HTTP proxy and the application; returns the URL."""
+    init_ray(cfg.ray)
+    section = cfg.serve
+    serve.start(http_options={"host": section.host, "port": section.port})
+    serve.run(application(cfg), name=section.app_name, route_prefix=section.route_prefix)
+    return f"http://{section.host}:{section.port}{section.route_prefix.rstrip('/')}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(ServeConfig, args.config, args.overrides)
+    url = start(cfg)
+    print(f"[serve] POST {url}/v1/rerank  (docs: {url}/docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(run_step(main))

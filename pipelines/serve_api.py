@@ -1,0 +1,150 @@
+"""The HTTP contract of the reranking service, in the Cohere/Jina shape, without Ray.
+
+Request `{query, documents[], top_n?, return_documents?}` (documents as strings or `{text}`
+objects); response `{id, results: [{index, relevance_score, document?, truncated?}], model,
+usage}`. Errors are `{"error": message}` with a 4xx status; the message names the field.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class DocumentObject(BaseModel):
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """Unknown fields (e.g. Cohere's `model`, `max_chunks_per_doc`) are accepted and ignored,
+    so existing clients drop in."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: str = Field(description="the search query")
+    documents: list[str | DocumentObject] = Field(
+        description="candidate documents, as strings or {text} objects"
+    )
+    top_n: int | None = Field(default=None, ge=1, description="return the n best (default all)")
+    return_documents: bool = Field(default=False, description="echo each document's text")
+
+    @field_validator("query")
+    @classmethod
+    def query_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("documents")
+    @classmethod
+    def documents_not_empty(cls, value: list) -> list:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class ResultDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float = Field(description="mean log-likelihood of the query (higher wins)")
+    document: ResultDocument | None = None
+    truncated: bool | None = Field(default=None, description="the document was cut to fit")
+
+
+class Usage(BaseModel):
+    documents: int
+    total_tokens: int
+    truncated_documents: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    results: list[RerankResult]
+    model: str
+    usage: Usage
+
+
+class ServiceError(Exception):
+    """Bad input found after parsing (too many documents, too many tokens...)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def validation_message(errors: list[dict]) -> tuple[int, str]:
+    """(status, message) for pydantic's errors: 400 for malformed JSON, else 422, each
+    error as `field.path: what is wrong`."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid")
+        return 400, f"body: malformed JSON ({detail.get('ctx', {}).get('error', 'invalid')})"
+    parts = []
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        # A union's branch names (str, DocumentObject) say nothing to a client.
+        loc = [x for x in loc if x not in ("str", "DocumentObject")]
+        field = ".".join(loc) or "body"
+        message = e.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
+    return 422, "; ".join(dict.fromkeys(parts))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(*validation_message(exc.errors()))
+
+    @app.exception_handler(ServiceError)
+    async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status, exc.message)
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse request bodies over `limit` bytes with 413, whether the
+    client announces the length or streams the body."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        too_large = error_response(
+            413, f"body: request is over the limit of {self.limit} bytes (serve.max_request_bytes)"
+        )
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await too_large(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted_receive, send)
+        except _TooLarge:
+            await too_large(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

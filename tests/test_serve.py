@@ -1,0 +1,188 @@
+"""The Serve app over real HTTP: the offline scorer's numbers, the bad-input matrix, auth,
+and a bounded concurrent load with every response complete."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from pipelines.serve import ServeConfig, application
+from qpeft.backbone import load_backbone
+from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
+from qpeft.model import QPeftModel
+from qpeft.scoring import score_pairs
+from tests.conftest import TINY_TEMPLATE
+from tests.synthetic import CONTENT, save_tiny_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+PORT = 8431
+KEY_ENV = "QPEFT_TEST_SERVE_KEY"
+
+
+def config(model: str, **serve_section) -> ServeConfig:
+    return from_dict(
+        ServeConfig,
+        {
+            "model": {"name": model},
+            "template": {**TINY_TEMPLATE, "max_doc_tokens": 12},
+            "serve": {
+                "host": "127.0.0.1",
+                "port": PORT,
+                "cpus_per_replica": 0.5,
+                "token_budget": 200,  # a few tiny pairs per batch: big requests span batches
+                "max_documents": 60,
+                "max_request_bytes": 20_000,
+                **serve_section,
+            },
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, tmp_path_factory, monkeypatch_module):
+    from ray import serve
+
+    model = save_tiny_model(tmp_path_factory.mktemp("serve") / "tiny")
+    monkeypatch_module.setenv(KEY_ENV, "s3cret")
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    try:
+        serve.run(application(config(model)), name="open", route_prefix="/")
+        strict = config(model, oversize_documents="reject", api_key_env=KEY_ENV)
+        serve.run(application(strict), name="strict", route_prefix="/strict")
+        yield {"url": f"http://127.0.0.1:{PORT}", "model": model}
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    patch = pytest.MonkeyPatch()
+    yield patch
+    patch.undo()
+
+
+def words(i: int, n: int = 6) -> str:
+    return " ".join(CONTENT[(i + j) % len(CONTENT)] for j in range(n))
+
+
+def offline(model_dir: str, query: str, docs: list[str]) -> list[float]:
+    backbone = load_backbone(ModelConfig(name=model_dir))
+    model = QPeftModel.build(
+        backbone,
+        TemplateConfig(**{**TINY_TEMPLATE, "max_doc_tokens": 12}),
+        AdapterConfig(method="zero_shot"),
+    )
+    return score_pairs(model, [query] * len(docs), docs)
+
+
+def test_scores_equal_the_offline_scorer_across_batches(service):
+    docs = [words(i, 4 + i % 5) for i in range(50)]  # 50 pairs over many 200-token batches
+    body = {"query": "w1 w2", "documents": docs, "return_documents": True}
+    response = httpx.post(f"{service['url']}/v1/rerank", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    expected = offline(service["model"], "w1 w2", docs)
+    results = data["results"]
+    assert sorted(r["index"] for r in results) == list(range(50))
+    assert all(r["document"]["text"] == docs[r["index"]] for r in results)
+    assert max(abs(r["relevance_score"] - expected[r["index"]]) for r in results) < 1e-4
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert data["usage"]["documents"] == 50 and data["usage"]["total_tokens"] > 0
+    assert data["model"].endswith("zero-shot")
+
+    top = httpx.post(
+        f"{service['url']}/v1/rerank",
+        json={"query": "w1 w2", "documents": [{"text": d} for d in docs[:5]], "top_n": 2},
+    ).json()["results"]
+    assert len(top) == 2 and "document" not in top[0]
+    assert [r["index"] for r in top] == [r["index"] for r in results if r["index"] < 5][:2]
+
+
+def test_long_documents_are_truncated_and_flagged(service):
+    body = {"query": "w1", "documents": [words(0, 30), words(1, 3)]}
+    data = httpx.post(f"{service['url']}/v1/rerank", json=body).json()
+    flags = {r["index"]: r.get("truncated", False) for r in data["results"]}
+    assert flags == {0: True, 1: False} and data["usage"]["truncated_documents"] == 1
+
+
+BAD_INPUT = [
+    ({"documents": ["w1"]}, 422, "query: Field required"),
+    ({"query": "  ", "documents": ["w1"]}, 422, "query: must not be empty"),
+    ({"query": 5, "documents": ["w1"]}, 422, "query: Input should be a valid string"),
+    ({"query": "w1", "documents": []}, 422, "documents: must not be empty"),
+    ({"query": "w1"}, 422, "documents: Field required"),
+    ({"query": "w1", "documents": "w2"}, 422, "documents: Input should be a valid list"),
+    ({"query": "w1", "documents": ["w2", 7]}, 422, "documents.1"),
+    ({"query": "w1", "documents": [{"txt": "w2"}]}, 422, "documents.0.text: Field required"),
+    ({"query": "w1", "documents": ["w2"], "top_n": 0}, 422, "top_n: Input should be greater"),
+    ({"query": "w1", "documents": ["w2"] * 61}, 413, "documents: 61 documents, over the limit"),
+    ("{not json", 400, "body: malformed JSON"),
+    ({"query": "w1", "documents": ["w2 " * 4000]}, 413, "body: request is over the limit"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), BAD_INPUT)
+def test_bad_input_gets_a_4xx_naming_the_field(service, body, status, message):
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = httpx.post(
+        f"{service['url']}/v1/rerank",
+        content=content,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_strict_app_rejects_long_documents_and_needs_the_key(service):
+    url = f"{service['url']}/strict/v1/rerank"
+    body = {"query": "w1", "documents": [words(0, 3), words(1, 30)]}
+    assert httpx.post(url, json=body).status_code == 401
+    wrong = httpx.post(url, json=body, headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "authorization" in wrong.json()["error"]
+    auth = {"authorization": "Bearer s3cret"}
+    rejected = httpx.post(url, json=body, headers=auth)
+    assert rejected.status_code == 422 and "documents[1]: over the" in rejected.json()["error"]
+    ok = httpx.post(url, json={**body, "documents": body["documents"][:1]}, headers=auth)
+    assert ok.status_code == 200
+    assert httpx.get(f"{service['url']}/strict/healthz").json() == {"status": "ok"}
+
+
+def test_health_models_and_openapi(service):
+    url = service["url"]
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    models = httpx.get(f"{url}/v1/models").json()["data"]
+    assert models[0]["method"] == "zero_shot"
+    assert "/v1/rerank" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert httpx.get(f"{url}/docs").status_code == 200
+
+
+def test_bounded_concurrent_load_has_no_errors_and_complete_responses(service):
+    url = f"{service['url']}/v1/rerank"
+
+    def client(worker: int) -> list[tuple[int, int, list[int]]]:
+        out = []
+        with httpx.Client(timeout=120) as http:
+            for i in range(worker, 200, 16):
+                n = 1 + i % 4
+                docs = [words(i + j) for j in range(n)]
+                bad = i % 25 == 0  # a few bad requests mixed in must not hurt the others
+                body = {"query": "" if bad else "w3 w4", "documents": docs}
+                response = http.post(url, json=body)
+                indices = (
+                    sorted(r["index"] for r in response.json()["results"])
+                    if response.status_code == 200
+                    else []
+                )
+                out.append((i, response.status_code, indices))
+        return out
+
+    with ThreadPoolExecutor(16) as pool:
+        responses = [r for part in pool.map(client, range(16)) for r in part]
+    assert len(responses) == 200
+    for i, status, indices in responses:
+        if i % 25 == 0:
+            assert status == 422
+        else:
+            assert status == 200 and indices == list(range(1 + i % 4)), (i, status, indices)
