@@ -9,8 +9,6 @@ back in order. Bad input is answered with a 4xx naming the field before anything
 so it never touches another request's batch.
 """
 
-from __future__ import annotations
-
 import asyncio
 import hmac
 import os
@@ -34,6 +32,8 @@ from pipelines.serve_api import (
     ServiceError,
     Usage,
     install_error_handlers,
+    request_byte_limit,
+    set_request_byte_limit,
 )
 from qpeft import __version__
 from qpeft.config import (
@@ -102,6 +102,9 @@ api = FastAPI(
     description="Q-PEFT query-likelihood reranking (Cohere/Jina-style /v1/rerank).",
 )
 install_error_handlers(api)
+# Serve freezes a copy of the app when the class below is decorated, so the size limit is
+# installed here and reads the value each replica sets from its config.
+api.add_middleware(BodySizeLimit, limit=request_byte_limit)
 
 
 @serve.deployment
@@ -127,10 +130,7 @@ class Reranker:
         )
         key_env = cfg.serve.api_key_env
         self.api_key = (os.environ.get(key_env) or None) if key_env else None
-        # Each replica process imports this module afresh, so the limit is added here (the
-        # app has not served a request yet, so Starlette still accepts middleware).
-        if not any(m.cls is BodySizeLimit for m in api.user_middleware):
-            api.add_middleware(BodySizeLimit, limit=cfg.serve.max_request_bytes)
+        set_request_byte_limit(cfg.serve.max_request_bytes)
         self.score_layouts.set_max_batch_size(cfg.serve.token_budget)
         self.score_layouts.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
 

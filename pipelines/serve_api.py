@@ -5,7 +5,7 @@ objects); response `{id, results: [{index, relevance_score, document?, truncated
 usage}`. Errors are `{"error": message}` with a 4xx status; the message names the field.
 """
 
-from __future__ import annotations
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -112,23 +112,38 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status, exc.message)
 
 
-class BodySizeLimit:
-    """ASGI middleware: refuse request bodies over `limit` bytes with 413, whether the
-    client announces the length or streams the body."""
+# The limit of this process's replica. Serve pickles the deployment class by value (its
+# globals are copied), so it is kept here, in a module both sides import by reference.
+_REQUEST_LIMIT = {"bytes": 2_000_000}
 
-    def __init__(self, app, limit: int):
+
+def request_byte_limit() -> int:
+    return _REQUEST_LIMIT["bytes"]
+
+
+def set_request_byte_limit(limit: int) -> None:
+    _REQUEST_LIMIT["bytes"] = limit
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse request bodies over `limit()` bytes with 413, whether the
+    client announces the length or streams the body. The limit is a function, read per
+    request, because the app is built before a replica reads its config."""
+
+    def __init__(self, app, limit: Callable[[], int]):
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limit()
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         too_large = error_response(
-            413, f"body: request is over the limit of {self.limit} bytes (serve.max_request_bytes)"
+            413, f"body: request is over the limit of {limit} bytes (serve.max_request_bytes)"
         )
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        if length is not None and length.isdigit() and int(length) > limit:
             return await too_large(scope, receive, send)
         received = 0
 
@@ -136,7 +151,7 @@ class BodySizeLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
+            if received > limit:
                 raise _TooLarge
             return message
 

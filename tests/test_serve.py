@@ -119,7 +119,7 @@ BAD_INPUT = [
     ({"query": "w1", "documents": ["w2"], "top_n": 0}, 422, "top_n: Input should be greater"),
     ({"query": "w1", "documents": ["w2"] * 61}, 413, "documents: 61 documents, over the limit"),
     ("{not json", 400, "body: malformed JSON"),
-    ({"query": "w1", "documents": ["w2 " * 4000]}, 413, "body: request is over the limit"),
+    ({"query": "w1", "documents": ["w2 " * 8000]}, 413, "body: request is over the limit"),
 ]
 
 
