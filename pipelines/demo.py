@@ -9,9 +9,6 @@ adapter, and an evaluation with paired t-tests. Every step is the real one (`qpe
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -19,6 +16,7 @@ from pathlib import Path
 
 from pipelines.cli import run_step, step_arguments
 from pipelines.evaluate import EvaluateSection, evaluate_runs
+from pipelines.outputs import claim_output_dir, digest
 from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_counts
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.report import write_report
@@ -80,19 +78,7 @@ def open_output(cfg: DemoConfig) -> Path:
     out = Path(cfg.demo.output_dir)
     settings = {k: v for k, v in to_dict(cfg).items() if k != "ray"}
     settings["demo"] = {k: v for k, v in settings["demo"].items() if k != "overwrite"}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    stamp = out / "demo_config.json"
-    if out.exists() and cfg.demo.overwrite:
-        shutil.rmtree(out)
-    elif stamp.exists() and json.loads(stamp.read_text())["hash"] != digest:
-        raise ConfigError(
-            f"demo: {out} holds a demo made with another configuration; set "
-            "demo.overwrite=true or choose another demo.output_dir"
-        )
-    elif out.exists() and not stamp.exists() and any(out.iterdir()):
-        raise ConfigError(f"demo: {out} exists and was not written by qpeft demo")
-    out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"hash": digest, "config": to_dict(cfg)}, indent=2))
+    claim_output_dir(out, "demo", digest(settings), to_dict(cfg), cfg.demo.overwrite)
     return out
 
 

@@ -8,7 +8,6 @@ re-running resumes at the first missing step.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -26,6 +25,7 @@ from ray.data.block import BlockMetadata
 from ray.data.expressions import col
 
 from pipelines.cli import run_step, step_arguments
+from pipelines.outputs import claim_output_dir, digest
 from pipelines.ray_setup import RaySection, init_ray
 from qpeft.config import ConfigError, load_config, to_dict
 from qpeft.data import schemas
@@ -195,7 +195,7 @@ def config_hash(section: PrepareSection) -> str:
     data = to_dict(section)
     for policy in ("overwrite", "missing_docs"):  # how to run, not what is produced
         data.pop(policy)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(data)
 
 
 class Output:
@@ -203,22 +203,9 @@ class Output:
 
     def __init__(self, root: Path, section: PrepareSection):
         self.root = root
-        stamp = root / "prepare_config.json"
-        digest = config_hash(section)
-        if root.exists() and section.overwrite:
-            shutil.rmtree(root)
-        elif root.exists() and not stamp.exists() and any(root.iterdir()):
-            raise PrepareError(
-                f"{root} exists and was not written by qpeft prepare; "
-                "choose another prepare.output_dir or set prepare.overwrite=true"
-            )
-        if stamp.exists() and json.loads(stamp.read_text())["hash"] != digest:
-            raise PrepareError(
-                f"{root} was prepared with another configuration; "
-                "set prepare.overwrite=true to replace it"
-            )
-        root.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"hash": digest, "prepare": to_dict(section)}, indent=2))
+        claim_output_dir(
+            root, "prepare", config_hash(section), to_dict(section), section.overwrite, PrepareError
+        )
 
     def done(self, name: str) -> bool:
         return (self.root / name).exists()

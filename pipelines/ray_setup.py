@@ -21,7 +21,8 @@ for _name, _value in (
 
 @dataclass
 class RaySection:
-    """`address: null` starts a local Ray; `auto` or `ray://...` joins a running cluster."""
+    """`address: null` starts a local Ray (or, under `ray job submit`, joins the job's
+    cluster from $RAY_ADDRESS); `auto` or `ray://...` joins a running cluster."""
 
     address: str | None = None
     num_cpus: int | None = None
@@ -39,8 +40,10 @@ def init_ray(config: RaySection) -> None:
     from ray.data import DataContext
 
     if not ray.is_initialized():
-        if config.address:
-            ray.init(address=config.address, log_to_driver=True)
+        # Under `ray job submit` the job's environment names its cluster: join it.
+        address = config.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
         else:
             ray.init(
                 num_cpus=config.num_cpus,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ from ray.data import ActorPoolStrategy
 from ray.data.expressions import col
 
 from pipelines.cli import run_step, step_arguments
+from pipelines.outputs import claim_output_dir, digest
 from pipelines.ray_setup import (
     RaySection,
     check_cpu_headroom,
@@ -173,7 +173,7 @@ def config_hash(cfg: RerankConfig) -> str:
     if section.adapter_dir:
         weights = Path(section.adapter_dir) / WEIGHTS_NAME
         what["adapter"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(what)
 
 
 def check_adapter(section: RerankSection) -> None:
@@ -191,24 +191,9 @@ def check_adapter(section: RerankSection) -> None:
 
 
 def open_output(cfg: RerankConfig) -> Path:
-    """The run's folder, stamped with the config hash; a different config is refused."""
+    """The run's folder (`rerank_config.json` stamps it with the config hash)."""
     out = Path(cfg.rerank.output_dir) / cfg.rerank.run_name
-    digest = config_hash(cfg)
-    stamp = out / "rerank_config.json"
-    if out.exists() and cfg.rerank.overwrite:
-        shutil.rmtree(out)
-    elif out.exists() and not stamp.exists() and any(out.iterdir()):
-        raise ConfigError(
-            f"rerank: {out} exists and was not written by qpeft rerank; choose another "
-            "rerank.name or rerank.output_dir, or set rerank.overwrite=true"
-        )
-    elif stamp.exists() and json.loads(stamp.read_text())["hash"] != digest:
-        raise ConfigError(
-            f"rerank: {out} holds a run made with another configuration (model, template, "
-            "adapter or candidates); set rerank.overwrite=true to replace it"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"hash": digest, "config": to_dict(cfg)}, indent=2))
+    claim_output_dir(out, "rerank", config_hash(cfg), to_dict(cfg), cfg.rerank.overwrite)
     return out
 
 

@@ -1,9 +1,10 @@
 """The bookkeeping that makes reranking resumable and exactly-once, without Ray.
 
-Queries are cut into shards of consecutive query ids. A shard's file is written (atomically)
-only once every one of its candidates has a score, so a shard file on disk is always
-complete; an interrupted run resumes by scoring only the shards that have no file. At the
-end every expected (query, document) pair must appear exactly once across the shard files.
+Queries are cut into shards of consecutive queries (in the candidate files' order). A
+shard's file is written (atomically) only once every one of its candidates has a score, so
+a shard file on disk is always complete; an interrupted run resumes by scoring only the
+shards that have no file. At the end every expected (query, document) pair must appear
+exactly once across the shard files.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class ExactlyOnceError(DataError):
 
 @dataclass
 class ShardPlan:
-    """Which candidates belong to which shard, fixed by the sorted query ids."""
+    """Which candidates belong to which shard, fixed by the candidate files' query order."""
 
     shard_of_query: dict[str, int]
     expected: list[set[Key]]
@@ -49,7 +50,10 @@ class ShardPlan:
                 f"{where}: {len(repeated)} (query, document) pairs appear more than once, "
                 f"e.g. query {q} document {d}"
             )
-        queries = sorted({q for q, _ in pairs})
+        # Shards follow the order queries appear in the candidate files, which is about the
+        # order Ray Data streams them: shards then complete one after another, and an
+        # interrupted run loses little. (Sorted ids would spread each shard over every file.)
+        queries = list(dict.fromkeys(q for q, _ in pairs))
         shard_of_query = {q: i // queries_per_shard for i, q in enumerate(queries)}
         n_shards = (len(queries) + queries_per_shard - 1) // queries_per_shard
         expected: list[set[Key]] = [set() for _ in range(n_shards)]
@@ -63,7 +67,7 @@ class ShardPlan:
 
     def queries_of(self, shards: list[int]) -> list[str]:
         wanted = set(shards)
-        return sorted(q for q, s in self.shard_of_query.items() if s in wanted)
+        return [q for q, s in self.shard_of_query.items() if s in wanted]
 
 
 def shard_path(directory: Path, shard: int) -> Path:

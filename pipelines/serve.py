@@ -262,8 +262,9 @@ def application(cfg: ServeConfig):
 
 
 def app_builder(args: dict):
-    """For `serve run` / `serve deploy`: `pipelines.serve:app_builder config=FILE`."""
-    return application(load_config(ServeConfig, args.get("config")))
+    """For `serve run` / `serve deploy` / a RayService: `pipelines.serve:app_builder` with
+    `args: {config: FILE, set: [key=value, ...]}` (the same overrides as `--set`)."""
+    return application(load_config(ServeConfig, args.get("config"), args.get("set", [])))
 
 
 def start(cfg: ServeConfig) -> str:

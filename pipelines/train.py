@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -65,6 +66,8 @@ class ScalingSection:
     cpus_per_worker: float = 0.5
     deepspeed_stage: int = 2
     bf16: bool = True
+    # PACK fills a node first; SPREAD / STRICT_SPREAD put workers on different nodes.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     def validate(self) -> None:
         if self.num_workers < 1:
@@ -293,6 +296,7 @@ def train_loop(loop_config: dict) -> None:
             peak_rss_mib=all_gather(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, world
             ),
+            worker_nodes=all_gather(ray.get_runtime_context().get_node_id()[:12], world),
         )
         if metrics["dev_ndcg10"] > state.best_ndcg10:
             state.best_ndcg10, state.best_epoch, state.bad_epochs = (
@@ -369,6 +373,7 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
             "CPU": cfg.scaling.cpus_per_worker,
             **({"GPU": 1} if cfg.scaling.use_gpu else {}),
         },
+        placement_strategy=cfg.scaling.placement_strategy,
     )
     trainer = TorchTrainer(
         train_loop,

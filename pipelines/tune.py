@@ -91,11 +91,21 @@ class TuneRunConfig:
     ray: RaySection = field(default_factory=RaySection)
 
 
+def flatten(mapping: dict, prefix: str = ""):
+    """(dotted key, value) pairs; `--set tune.fixed.data.prepared_dir=X` arrives nested."""
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from flatten(value, f"{dotted}.")
+        else:
+            yield dotted, value
+
+
 def base_train_config(section: SweepSection, ray_section: RaySection) -> tuple[dict, int]:
     """The train config every trial starts from: base file, fixed values and the sweep's
     resources, checked (with an example value for every swept key) before anything runs."""
     data = read_yaml(section.base_config) if section.base_config else {}
-    for key, value in section.fixed.items():
+    for key, value in flatten(section.fixed):
         set_dotted(data, key, value, "tune.fixed")
     resources = section.resources
     set_dotted(data, "scaling.num_workers", resources.workers)

@@ -62,4 +62,4 @@ def test_reduced_demo_runs_every_step_and_resumes(ray_session, tmp_path, capsys)
 
     # Another configuration for the same folder is refused, not mixed in.
     assert main(["demo", *args, "--set", "demo.depth=5"]) == 2
-    assert "holds a demo made with another configuration" in capsys.readouterr().err
+    assert "holds outputs made with another configuration" in capsys.readouterr().err

@@ -39,11 +39,11 @@ def scored(query_id, doc_id, score=0.0, first_stage_rank=1):
     }
 
 
-def test_shard_plan_groups_whole_queries_in_id_order():
+def test_shard_plan_groups_whole_queries_in_file_order():
     plan = ShardPlan.build(
         keys([("b", "1"), ("a", "1"), ("c", "1"), ("a", "2"), ("c", "2")]), 2, "here"
     )
-    assert plan.expected == [{("a", "1"), ("a", "2"), ("b", "1")}, {("c", "1"), ("c", "2")}]
+    assert plan.expected == [{("b", "1"), ("a", "1"), ("a", "2")}, {("c", "1"), ("c", "2")}]
     assert plan.queries_of([1]) == ["c"] and plan.pairs == 5
     with pytest.raises(Exception, match=r"here: 1 .* more than once, e.g. query a document 1"):
         ShardPlan.build(keys([("a", "1"), ("a", "1")]), 2, "here")

@@ -3,6 +3,7 @@ the cluster, and a 4-trial ASHA sweep of real `qpeft train` trials on a tiny mod
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -161,3 +162,13 @@ def test_optuna_search_samples_the_yaml_space(ray_session, tmp_path):
     assert len(configs) == 3 and all(1e-3 <= c["train.lr"] <= 1e-1 for c in configs)
     assert all(c["adapter.k"] in (5, 10) for c in configs)
     assert not results.errors
+
+
+@pytest.mark.parametrize("path", sorted(Path("tune_configs").glob("*.yaml")), ids=str)
+def test_shipped_sweeps_check_against_their_base_configs(path):
+    from pipelines.tune import base_train_config
+
+    cfg = load_config(TuneRunConfig, path)
+    base, epochs = base_train_config(cfg.tune, cfg.ray)
+    assert base["adapter"]["method"] in ("qpeft_r", "qpeft_a", "soft_prompt")
+    assert cfg.tune.scheduler.max_t <= epochs
