@@ -52,6 +52,16 @@ def run_step(main, argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_as_module(name: str) -> int:
+    """`python -m pipelines.<step>`: run the step from its imported module, not `__main__`.
+
+    Ray pickles functions and classes of `__main__` by value, and a worker then resolves
+    their postponed annotations in its own `__main__`, where the names do not exist
+    (`NameError: TrainSettings` in every Ray Train worker). Imported, they travel by name.
+    """
+    return run_step(importlib.import_module(name).main)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in STEPS:

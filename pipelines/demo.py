@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pipelines.cli import run_step, step_arguments
+from pipelines.cli import run_as_module, step_arguments
 from pipelines.evaluate import EvaluateSection, evaluate_runs
 from pipelines.outputs import claim_output_dir, digest
 from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_counts
@@ -193,4 +193,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step(main))
+    sys.exit(run_as_module("pipelines.demo"))

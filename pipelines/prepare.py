@@ -24,7 +24,7 @@ from ray.data import ActorPoolStrategy, Datasource, ReadTask
 from ray.data.block import BlockMetadata
 from ray.data.expressions import col
 
-from pipelines.cli import run_step, step_arguments
+from pipelines.cli import run_as_module, step_arguments
 from pipelines.outputs import claim_output_dir, digest
 from pipelines.ray_setup import RaySection, init_ray
 from qpeft.config import ConfigError, load_config, to_dict
@@ -342,4 +342,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step(main))
+    sys.exit(run_as_module("pipelines.prepare"))

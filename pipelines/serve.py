@@ -21,7 +21,7 @@ from typing import Literal
 from fastapi import FastAPI, Header
 from ray import serve
 
-from pipelines.cli import run_step, step_arguments
+from pipelines.cli import run_as_module, step_arguments
 from pipelines.ray_setup import RaySection, init_ray, local_paths_absolute
 from pipelines.serve_api import (
     BodySizeLimit,
@@ -289,4 +289,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step(main))
+    sys.exit(run_as_module("pipelines.serve"))

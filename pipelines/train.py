@@ -30,7 +30,7 @@ from ray.data.expressions import col
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipelines.cli import run_step, step_arguments
+from pipelines.cli import run_as_module, step_arguments
 from pipelines.ray_setup import (
     RaySection,
     check_cpu_headroom,
@@ -424,4 +424,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step(main))
+    sys.exit(run_as_module("pipelines.train"))

@@ -23,7 +23,7 @@ import ray
 import yaml
 from ray import tune
 
-from pipelines.cli import run_step, step_arguments
+from pipelines.cli import run_as_module, step_arguments
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.search_space import check_distribution, example_value, to_domain
 from pipelines.train import TrainRunConfig, train
@@ -317,4 +317,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step(main))
+    sys.exit(run_as_module("pipelines.tune"))

@@ -44,13 +44,21 @@ def two_nodes(tmp_path):
         "--num-cpus=2",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={DASHBOARD_PORT}",
-        "--ray-client-server-port=10003",
+        "--ray-client-server-port=23091",  # outside the worker port range (10002-19999)
+        "--dashboard-agent-listen-port=52391",  # each node's agent needs its own port
         f"--temp-dir={temp}",
         env=env,
     )
     try:
         assert head.returncode == 0, head.stderr
-        worker = ray_cli("start", f"--address=127.0.0.1:{GCS_PORT}", "--num-cpus=2", env=env)
+        worker = ray_cli(
+            "start",
+            f"--address=127.0.0.1:{GCS_PORT}",
+            "--num-cpus=2",
+            "--dashboard-agent-listen-port=52392",
+            f"--temp-dir={temp}",
+            env=env,
+        )
         assert worker.returncode == 0, worker.stderr
         yield env
     finally:
