@@ -20,8 +20,8 @@ from qpeft.config import ConfigError
 DISTRIBUTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "uniform": (("lower", "upper"), ()),
     "quniform": (("lower", "upper", "q"), ()),
-    "loguniform": (("lower", "upper"), ("base",)),
-    "qloguniform": (("lower", "upper", "q"), ("base",)),
+    "loguniform": (("lower", "upper"), ()),
+    "qloguniform": (("lower", "upper", "q"), ()),
     "randint": (("lower", "upper"), ()),
     "choice": (("values",), ()),
     "grid": (("values",), ()),
@@ -90,7 +90,7 @@ def to_domain(spec: dict):
     if kind == "quniform":
         return tune.quniform(lower, upper, float(spec["q"]))
     if kind == "loguniform":
-        return tune.loguniform(lower, upper, base=float(spec.get("base", 10)))
+        return tune.loguniform(lower, upper)
     if kind == "qloguniform":
-        return tune.qloguniform(lower, upper, float(spec["q"]), base=float(spec.get("base", 10)))
+        return tune.qloguniform(lower, upper, float(spec["q"]))
     return tune.randint(int(lower), int(upper))  # upper exclusive, as in Tune
