@@ -100,17 +100,11 @@ def evaluate(
     return results
 
 
-def per_query(qrels: Qrels, run: Run, measures: set[str]) -> dict[str, dict[str, float]]:
-    """Raw pytrec_eval results for the queries that are both judged and in the run."""
-    judged = {q: d for q, d in clip_qrels(qrels).items() if q in run}
-    if not judged:
-        return {}
-    return pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(run)
-
-
 def mean_ndcg10(qrels: Qrels, run: Run) -> float:
-    results = per_query(qrels, run, {"ndcg_cut.10"})
-    return sum(r["ndcg_cut_10"] for r in results.values()) / max(1, len(results))
+    """Mean NDCG@10 over the judged queries the run ranks (dev selection during training)."""
+    ranked_judged = {q: docs for q, docs in qrels.items() if run.get(q)}
+    values = evaluate(ranked_judged, run, ("ndcg@10",))
+    return mean([v["ndcg@10"] for v in values.values()])
 
 
 def mean(values: list[float]) -> float:
