@@ -22,6 +22,7 @@ from pipelines.ray_setup import RaySection, init_ray
 from pipelines.report import write_report
 from pipelines.rerank import RerankConfig, RerankSection, rerank
 from pipelines.train import DataSection, RunSection, ScalingSection, TrainRunConfig, train
+from qpeft import storage
 from qpeft.config import (
     AdapterConfig,
     ConfigError,
@@ -75,6 +76,11 @@ class DemoConfig:
 
 def open_output(cfg: DemoConfig) -> Path:
     """The demo folder; one made with another configuration is refused, not mixed in."""
+    if storage.is_uri(cfg.demo.output_dir):
+        raise ConfigError(
+            "demo.output_dir: the demo writes a local folder; run the steps themselves "
+            "(prepare, train, rerank, evaluate) to keep outputs in cloud storage"
+        )
     out = Path(cfg.demo.output_dir)
     settings = {k: v for k, v in to_dict(cfg).items() if k != "ray"}
     settings["demo"] = {k: v for k, v in settings["demo"].items() if k != "overwrite"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -18,6 +17,7 @@ import pyarrow.compute as pc
 
 from pipelines.cli import run_as_module, step_arguments
 from pipelines.report import write_report
+from qpeft import storage
 from qpeft.answers import DEFAULT_KS, answer_metrics
 from qpeft.config import ConfigError, load_config
 from qpeft.data.first_stage import read_parquet_dir
@@ -84,9 +84,9 @@ class EvaluateConfig:
 def load_qrels(section: EvaluateSection) -> Qrels:
     qrels: Qrels = {}
     if section.qrels:
-        rows = read_trec_qrels(section.qrels)
+        rows = read_trec_qrels(storage.local_copy(section.qrels))
     else:
-        table = read_parquet_dir(Path(section.prepared_dir) / "qrels")
+        table = read_parquet_dir(storage.join(section.prepared_dir, "qrels"))
         rows = [(r["query_id"], r["doc_id"], r["relevance"]) for r in table.to_pylist()]
     for query_id, doc_id, relevance in rows:
         qrels.setdefault(query_id, {})[doc_id] = relevance
@@ -97,7 +97,7 @@ def load_answers(section: EvaluateSection) -> dict[str, list[str]] | None:
     """Gold answers per query, or None when answer metrics are off or there are none."""
     if section.answers == "off" or not section.prepared_dir:
         return None
-    table = read_parquet_dir(Path(section.prepared_dir) / "queries", ["query_id", "answers"])
+    table = read_parquet_dir(storage.join(section.prepared_dir, "queries"), ["query_id", "answers"])
     answers = {r["query_id"]: r["answers"] for r in table.to_pylist()}
     if not any(answers.values()):
         if section.answers == "on":
@@ -110,7 +110,7 @@ def evaluation_queries(section: EvaluateSection, qrels: Qrels, runs: dict[str, R
     queries = set(qrels)
     if section.split:
         table = read_parquet_dir(
-            Path(section.prepared_dir) / "queries",
+            storage.join(section.prepared_dir, "queries"),
             ["query_id"],
             pc.field("split") == section.split,
         )
@@ -128,7 +128,7 @@ def document_texts(section: EvaluateSection, runs: dict[str, Run]) -> dict[str, 
     """Texts of the documents the runs rank (answer matching reads them)."""
     needed = {d for run in runs.values() for docs in run.values() for d in docs}
     corpus = read_parquet_dir(
-        Path(section.prepared_dir) / "corpus",
+        storage.join(section.prepared_dir, "corpus"),
         filter=pc.field("doc_id").isin(pa.array(sorted(needed), pa.string())),
     )
     return {r["doc_id"]: full_text(r["title"], r["text"]) for r in corpus.to_pylist()}
@@ -192,10 +192,11 @@ def main(argv: list[str] | None = None) -> None:
     args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
     cfg = load_config(EvaluateConfig, args.config, args.overrides)
     report = evaluate_runs(cfg.evaluate)
-    out = Path(cfg.evaluate.output_dir)
-    table = write_report(report, out)
+    out = storage.absolute(cfg.evaluate.output_dir)
+    with storage.staged(out, markers=("report.json",)) as folder:
+        table = write_report(report, folder)
     print(table)
-    print(f"\nreport.json, report.md, per_query.tsv and report.png in {out.resolve()}")
+    print(f"\nreport.json, report.md, per_query.tsv and report.png in {out}")
 
 
 if __name__ == "__main__":

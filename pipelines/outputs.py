@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
+from qpeft import storage
 from qpeft.config import ConfigError
 
 
@@ -20,7 +20,7 @@ def digest(what: dict) -> str:
 
 
 def claim_output_dir(
-    root: Path,
+    root: str | Path,
     step: str,
     what: str,
     config: dict,
@@ -28,19 +28,19 @@ def claim_output_dir(
     error: type[Exception] = ConfigError,
 ) -> None:
     """Make `root` the output folder of `step` for the configuration hashed in `what`;
-    `config` is recorded beside the hash for people reading the folder later."""
-    stamp = root / f"{step}_config.json"
-    if root.exists() and overwrite:
-        shutil.rmtree(root)
-    elif root.exists() and not stamp.exists() and any(root.iterdir()):
+    `config` is recorded beside the hash for people reading the folder later. `root` may be
+    a local folder or a cloud URI."""
+    stamp = storage.join(root, f"{step}_config.json")
+    if overwrite:
+        storage.remove(root)
+    elif not storage.exists(stamp) and storage.is_nonempty_dir(root):
         raise error(
             f"{step}: {root} exists and was not written by qpeft {step}; choose another "
             f"folder or set {step}.overwrite=true"
         )
-    elif stamp.exists() and json.loads(stamp.read_text())["hash"] != what:
+    elif storage.exists(stamp) and json.loads(storage.read_text(stamp))["hash"] != what:
         raise error(
             f"{step}: {root} holds outputs made with another configuration; set "
             f"{step}.overwrite=true to replace them, or choose another folder"
         )
-    root.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"hash": what, "config": config}, indent=2))
+    storage.write_text(stamp, json.dumps({"hash": what, "config": config}, indent=2))

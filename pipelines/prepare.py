@@ -1,20 +1,21 @@
 """Prepare data with Ray Data: sources -> parquet shards of corpus, queries, qrels,
 first-stage candidates (with text) and training groups, plus counts.json.
 
-Every output directory is written under a temporary name and renamed when complete, and
-`_SUCCESS` is written last, so an interrupted run never leaves outputs that look finished;
-re-running resumes at the first missing step.
+`output_dir` is a local folder or a cloud URI (Ray Data writes the shards from any node).
+Every table's folder gets its own `_SUCCESS` once complete (local tables are also written
+under a temporary name and renamed) and the top-level `_SUCCESS` is written last, so an
+interrupted run never leaves outputs that look finished; re-running resumes at the first
+unfinished step.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -27,6 +28,7 @@ from ray.data.expressions import col
 from pipelines.cli import run_as_module, step_arguments
 from pipelines.outputs import claim_output_dir, digest
 from pipelines.ray_setup import RaySection, init_ray
+from qpeft import storage
 from qpeft.config import ConfigError, load_config, to_dict
 from qpeft.data import schemas
 from qpeft.data.first_stage import FirstStage, FirstStageConfig, read_parquet_dir
@@ -138,14 +140,14 @@ class Groups(Candidates):
 @ray.remote(num_cpus=1)
 def check_references(root: str) -> dict:
     """Count qrels and run rows that name documents or queries the prepared data lacks."""
-    base = Path(root)
-    doc_ids = set(read_parquet_dir(base / "corpus", ["doc_id"]).column("doc_id").to_pylist())
-    query_ids = set(read_parquet_dir(base / "queries", ["query_id"]).column("query_id").to_pylist())
+    doc_ids = set(read_parquet_dir(storage.join(root, "corpus"), ["doc_id"])["doc_id"].to_pylist())
+    queries = read_parquet_dir(storage.join(root, "queries"), ["query_id"])
+    query_ids = set(queries.column("query_id").to_pylist())
     report = {}
     for name in ("qrels", "run"):
-        if not (base / name).exists():
+        if not storage.exists(storage.join(root, name)):
             continue
-        table = read_parquet_dir(base / name, ["query_id", "doc_id"])
+        table = read_parquet_dir(storage.join(root, name), ["query_id", "doc_id"])
         docs, queries = table.column("doc_id").to_pylist(), table.column("query_id").to_pylist()
         missing_docs = [d for d in docs if d not in doc_ids]
         report[name] = {
@@ -160,17 +162,16 @@ def check_references(root: str) -> dict:
 @ray.remote(num_cpus=1)
 def summarize(root: str) -> dict:
     """Counts of everything written, read from the shards' columns (never the texts' bulk)."""
-    base = Path(root)
-    corpus = read_parquet_dir(base / "corpus", ["doc_id", "text"])
+    corpus = read_parquet_dir(storage.join(root, "corpus"), ["doc_id", "text"])
     ids = corpus.column("doc_id")
     lengths = pa.compute.utf8_length(pa.compute.utf8_trim_whitespace(corpus.column("text")))
-    queries = read_parquet_dir(base / "queries", ["query_id", "split"])
-    qrels = read_parquet_dir(base / "qrels", ["query_id"])
-    cands = read_parquet_dir(base / "candidates", ["query_id"])
+    queries = read_parquet_dir(storage.join(root, "queries"), ["query_id", "split"])
+    qrels = read_parquet_dir(storage.join(root, "qrels"), ["query_id"])
+    cands = read_parquet_dir(storage.join(root, "candidates"), ["query_id"])
     per_query = cands.group_by("query_id").aggregate([("query_id", "count")])
     sizes = per_query.column("query_id_count").to_pylist()
     split_counts = queries.group_by("split").aggregate([("split", "count")]).to_pylist()
-    groups = read_parquet_dir(base / "groups", ["split"])
+    groups = read_parquet_dir(storage.join(root, "groups"), ["split"])
     return {
         "documents": len(ids),
         "empty_documents": int(pa.compute.sum(pa.compute.equal(lengths, 0)).as_py() or 0),
@@ -199,25 +200,32 @@ def config_hash(section: PrepareSection) -> str:
 
 
 class Output:
-    """The output directory: each step is written to `<name>.partial` and renamed."""
+    """The output directory; a table is done once its folder's `_SUCCESS` exists."""
 
-    def __init__(self, root: Path, section: PrepareSection):
+    def __init__(self, root: str, section: PrepareSection):
         self.root = root
         claim_output_dir(
             root, "prepare", config_hash(section), to_dict(section), section.overwrite, PrepareError
         )
 
     def done(self, name: str) -> bool:
-        return (self.root / name).exists()
+        return storage.exists(storage.join(self.root, name, "_SUCCESS"))
 
     def write(self, name: str, dataset, schema: pa.Schema) -> None:
-        partial = self.root / f"{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        dataset.write_parquet(str(partial))
-        if not partial.exists():  # no rows: still a readable, empty table of the schema
-            partial.mkdir()
-            pq.write_table(schema.empty_table(), partial / "empty.parquet")
-        partial.rename(self.root / name)
+        """A local table appears whole (written under a temporary name, then renamed); an
+        object store cannot rename a folder, so there its `_SUCCESS` alone says it is whole."""
+        folder = storage.join(self.root, name)
+        target = folder if storage.is_uri(folder) else f"{folder}.partial"
+        storage.remove(folder)  # what an interrupted attempt left
+        storage.remove(target)
+        dataset.write_parquet(target)
+        if not storage.exists(target):  # no rows: still a readable, empty table of the schema
+            fs, inner = storage.resolve(target)
+            fs.create_dir(inner)
+            pq.write_table(schema.empty_table(), f"{inner}/empty.parquet", filesystem=fs)
+        if target != folder:
+            os.replace(target, folder)
+        storage.write_text(storage.join(folder, "_SUCCESS"), "")
 
 
 def log(message: str, start: float) -> None:
@@ -228,11 +236,11 @@ def prepare(cfg: PrepareConfig) -> dict:
     """Run every missing step and return the counts (also written to counts.json)."""
     section, source = cfg.prepare, cfg.prepare.source
     start = time.perf_counter()
-    root = Path(section.output_dir).resolve()
+    root = storage.absolute(section.output_dir)
     out = Output(root, section)
-    if (root / "_SUCCESS").exists():
+    if storage.exists(storage.join(root, "_SUCCESS")):
         log(f"{root} is complete; nothing to do", start)
-        return json.loads((root / "counts.json").read_text())
+        return json.loads(storage.read_text(storage.join(root, "counts.json")))
     init_ray(cfg.ray)
 
     def read(kind: str, schema: pa.Schema):
@@ -259,9 +267,11 @@ def prepare(cfg: PrepareConfig) -> dict:
             schemas.QUERIES,
         )
         empty = raw.filter(expr=col("skipped") != "").count()
-        (root / "queries_skipped.json").write_text(json.dumps({"empty_query": empty}))
+        storage.write_text(
+            storage.join(root, "queries_skipped.json"), json.dumps({"empty_query": empty})
+        )
         log(f"queries written ({raw.count()} read, {empty} empty skipped)", start)
-    skipped["queries"] = json.loads((root / "queries_skipped.json").read_text())
+    skipped["queries"] = json.loads(storage.read_text(storage.join(root, "queries_skipped.json")))
     if not out.done("qrels"):
         out.write("qrels", read("qrels", schemas.QRELS), schemas.QRELS)
         log("qrels written", start)
@@ -270,7 +280,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         out.write("run", read("run", schemas.RUN), schemas.RUN)
         log("first-stage run written", start)
 
-    references = ray.get(check_references.remote(str(root)))
+    references = ray.get(check_references.remote(root))
     missing = {k: v["missing_documents"] for k, v in references.items() if v["missing_documents"]}
     if missing:
         message = "; ".join(
@@ -283,8 +293,8 @@ def prepare(cfg: PrepareConfig) -> dict:
             raise PrepareError(message + " (set prepare.missing_docs=warn to continue)")
         log(f"warning: {message}; those rows are left out of candidates and groups", start)
 
-    queries = ray.data.read_parquet(str(root / "queries"))
-    udf_args = {"root": str(root), "config": section.first_stage, "has_run": has_run}
+    queries = ray.data.read_parquet(storage.join(root, "queries"))
+    udf_args = {"root": root, "config": section.first_stage, "has_run": has_run}
     actors = {"compute": ActorPoolStrategy(size=1), "num_cpus": 1, "batch_format": "pyarrow"}
     if not out.done("candidates"):
         out.write(
@@ -304,18 +314,19 @@ def prepare(cfg: PrepareConfig) -> dict:
         ok = rows.filter(expr=col("skipped") == "").drop_columns(["skipped"])
         out.write("groups", ok, schemas.GROUPS)
         reasons = rows.filter(expr=col("skipped") != "").select_columns(["skipped"]).to_pandas()
-        (root / "groups_skipped.json").write_text(
-            json.dumps(reasons["skipped"].value_counts().to_dict() if len(reasons) else {})
+        storage.write_text(
+            storage.join(root, "groups_skipped.json"),
+            json.dumps(reasons["skipped"].value_counts().to_dict() if len(reasons) else {}),
         )
         log("training groups written", start)
-    skipped["groups"] = json.loads((root / "groups_skipped.json").read_text())
+    skipped["groups"] = json.loads(storage.read_text(storage.join(root, "groups_skipped.json")))
 
-    counts = ray.get(summarize.remote(str(root)))
+    counts = ray.get(summarize.remote(root))
     counts["skipped"] = skipped
     counts["references"] = references
     counts["seconds"] = round(time.perf_counter() - start, 1)
-    (root / "counts.json").write_text(json.dumps(counts, indent=2) + "\n")
-    (root / "_SUCCESS").write_text("")
+    storage.write_text(storage.join(root, "counts.json"), json.dumps(counts, indent=2) + "\n")
+    storage.write_text(storage.join(root, "_SUCCESS"), "")
     return counts
 
 
@@ -338,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
     cfg = load_config(PrepareConfig, args.config, args.overrides)
     counts = prepare(cfg)
-    print_counts(counts, str(Path(cfg.prepare.output_dir).resolve()))
+    print_counts(counts, storage.absolute(cfg.prepare.output_dir))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Candidate shards of a prepared directory stream through `map_batches` on a pool 
 each holding one model (CPU or GPU), which scores its batch in length-sorted sub-batches.
 Finished shards of queries are written atomically as they complete, so an interrupted run
 resumes without rescoring them; at the end every candidate must have been scored exactly
-once before `run/`, `run.trec`, `counts.json` and `_SUCCESS` appear.
+once before `run/`, `run.trec`, `counts.json` and `_SUCCESS` appear. `output_dir`,
+`prepared_dir` and `adapter_dir` may be cloud URIs: the driver writes the run in a local
+copy that is uploaded after every invocation, `_SUCCESS` last.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pipelines.rerank_shards import (
     verify,
     write_shard,
 )
+from qpeft import storage
 from qpeft.checkpoint import WEIGHTS_NAME, load_reranker, read_adapter_config
 from qpeft.config import (
     ConfigError,
@@ -171,7 +174,7 @@ def config_hash(cfg: RerankConfig) -> str:
         },
     }
     if section.adapter_dir:
-        weights = Path(section.adapter_dir) / WEIGHTS_NAME
+        weights = storage.local_copy(section.adapter_dir) / WEIGHTS_NAME
         what["adapter"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     return digest(what)
 
@@ -190,13 +193,6 @@ def check_adapter(section: RerankSection) -> None:
         )
 
 
-def open_output(cfg: RerankConfig) -> Path:
-    """The run's folder (`rerank_config.json` stamps it with the config hash)."""
-    out = Path(cfg.rerank.output_dir) / cfg.rerank.run_name
-    claim_output_dir(out, "rerank", config_hash(cfg), to_dict(cfg), cfg.rerank.overwrite)
-    return out
-
-
 def candidate_filter(section: RerankSection):
     condition = col("rank") <= section.depth
     if section.split:
@@ -204,27 +200,27 @@ def candidate_filter(section: RerankSection):
     return condition
 
 
-def plan_shards(root: Path, section: RerankSection) -> ShardPlan:
+def plan_shards(root: str, section: RerankSection) -> ShardPlan:
     """Candidate keys (ids only, never texts) cut into shards of whole queries."""
     condition = pc.field("rank") <= section.depth
     if section.split:
         condition = condition & (pc.field("split") == section.split)
-    keys = read_parquet_dir(root / "candidates", ["query_id", "doc_id"], condition)
+    keys = read_parquet_dir(storage.join(root, "candidates"), ["query_id", "doc_id"], condition)
     if section.max_queries:
         first = sorted(set(keys.column("query_id").to_pylist()))[: section.max_queries]
         keys = keys.filter(pc.is_in(keys.column("query_id"), pa.array(first)))
-    return ShardPlan.build(keys, section.queries_per_shard, str(root / "candidates"))
+    return ShardPlan.build(keys, section.queries_per_shard, storage.join(root, "candidates"))
 
 
 def log(message: str, start: float) -> None:
     print(f"[rerank {time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
 
-def scored_batches(cfg: RerankConfig, root: Path, queries: list[str]):
+def scored_batches(cfg: RerankConfig, root: str, queries: list[str]):
     """Stream scored tables of the candidates of `queries` through Ray Data."""
     section = cfg.rerank
     data = (
-        ray.data.read_parquet(str(root / "candidates"))
+        ray.data.read_parquet(storage.join(root, "candidates"))
         .filter(expr=candidate_filter(section) & col("query_id").is_in(queries))
         .select_columns(SCORE_COLUMNS)
         # Blocks of one actor call each, so every actor of the pool gets work.
@@ -258,22 +254,33 @@ def rerank(cfg: RerankConfig) -> dict:
     """Score every missing shard, verify, and publish the run; returns the counts."""
     section = cfg.rerank
     start = time.perf_counter()
-    root = Path(section.prepared_dir)
-    if not (root / "_SUCCESS").exists():
+    root = storage.absolute(section.prepared_dir)
+    if not storage.exists(storage.join(root, "_SUCCESS")):
         raise ConfigError(f"rerank.prepared_dir: {root} is not a complete `qpeft prepare` output")
     check_adapter(section)
-    out = open_output(cfg)
-    if section.adapter_dir:  # the actors may run in another directory
-        section = replace(section, adapter_dir=str(Path(section.adapter_dir).resolve()))
-    cfg = replace(cfg, model=local_paths_absolute(cfg.model), rerank=section)
+    dest = storage.join(section.output_dir, section.run_name)
+    with storage.staged(dest, markers=("_SUCCESS",)) as out:
+        # `rerank_config.json` stamps the run's folder with the config hash.
+        claim_output_dir(out, "rerank", config_hash(cfg), to_dict(cfg), section.overwrite)
+        if section.adapter_dir:  # the actors may run in another directory
+            section = replace(section, adapter_dir=storage.absolute(section.adapter_dir))
+        cfg = replace(cfg, model=local_paths_absolute(cfg.model), rerank=section)
+        return score_missing_shards(cfg, root, out, dest, start)
+
+
+def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, start: float) -> dict:
+    """The body of `rerank` once its output folder `out` (a local copy of `dest`) is claimed."""
+    section = cfg.rerank
     if (out / "_SUCCESS").exists():
-        log(f"{out} is complete; nothing to do", start)
+        log(f"{dest} is complete; nothing to do", start)
         return json.loads((out / "counts.json").read_text())
     shards_dir = out / "run.partial"
     shards_dir.mkdir(exist_ok=True)
     plan = plan_shards(root, section)
     if not plan.expected:
-        raise DataError(f"{root / 'candidates'}: no candidates for split {section.split!r}")
+        raise DataError(
+            f"{storage.join(root, 'candidates')}: no candidates for split {section.split!r}"
+        )
     done = finished_shards(shards_dir, plan)
     todo = [i for i in range(len(plan.expected)) if i not in set(done)]
     if section.max_new_shards is not None:
@@ -308,7 +315,7 @@ def rerank(cfg: RerankConfig) -> dict:
                 )
         if collector.buffers:
             raise DataError(
-                f"{out}: {collector.pending_pairs} scored pairs belong to shards that never "
+                f"{dest}: {collector.pending_pairs} scored pairs belong to shards that never "
                 "completed; the run is left incomplete"
             )
     seconds = time.perf_counter() - start
@@ -337,7 +344,7 @@ def rerank(cfg: RerankConfig) -> dict:
     (out / "_SUCCESS").write_text("")
     log(
         f"{counts['pairs_written']} pairs scored exactly once ({scored_now} this run); "
-        f"run in {out / 'run'} and {out / 'run.trec'}",
+        f"run in {storage.join(dest, 'run')} and {storage.join(dest, 'run.trec')}",
         start,
     )
     return counts

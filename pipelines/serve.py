@@ -35,7 +35,7 @@ from pipelines.serve_api import (
     request_byte_limit,
     set_request_byte_limit,
 )
-from qpeft import __version__
+from qpeft import __version__, storage
 from qpeft.config import (
     ConfigError,
     ModelConfig,
@@ -238,7 +238,8 @@ def application(cfg: ServeConfig):
     """The Serve application a config describes (replicas, resources, batching)."""
     section = cfg.serve
     if section.adapter_dir:
-        section = replace(section, adapter_dir=os.path.abspath(section.adapter_dir))
+        # Replicas may start in another folder or on another node (where a URI is fetched).
+        section = replace(section, adapter_dir=storage.absolute(section.adapter_dir))
     cfg = replace(cfg, model=local_paths_absolute(cfg.model), serve=section)
     scaling = (
         {"autoscaling_config": to_dict(section.autoscaling)}

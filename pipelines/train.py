@@ -4,7 +4,9 @@
 Data (one shard per worker), trains with the paper's loss, evaluates on the dev split after
 every epoch (dev loss and NDCG@10 through the shared scorer), stops early with patience and
 exports the best adapter to `<storage_path>/<name>/adapter`. Checkpoints go through
-`ray.train.report`; re-running with the same name resumes from the last one.
+`ray.train.report`; re-running with the same name resumes from the last one. `storage_path`
+and `data.prepared_dir` may be cloud URIs (s3://, gs://) that every node reads and writes;
+`metrics.json`, written last, marks a finished run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipelines.ray_setup import (
     init_ray,
     local_paths_absolute,
 )
+from qpeft import storage
 from qpeft.backbone import load_backbone
 from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
 from qpeft.config import ConfigError, QPeftConfig, from_dict, load_config, to_dict
@@ -117,22 +120,25 @@ def load_dev(prepared_dir: str, settings: TrainSettings) -> dict:
     Every rank needs all of it and it is small (capped by `train.dev_max_queries`); three
     Ray Data executions per worker took about a minute on a 2-core machine.
     """
-    root = Path(prepared_dir)
+    root = prepared_dir
     dev_split = pc.field("split") == "dev"
     queries = sorted(
-        read_parquet_dir(root / "queries", ["query_id"], dev_split)["query_id"].to_pylist()
+        read_parquet_dir(storage.join(root, "queries"), ["query_id"], dev_split)[
+            "query_id"
+        ].to_pylist()
     )
     if settings.dev_max_queries:
         queries = queries[: settings.dev_max_queries]
     chosen = pc.field("query_id").isin(pa.array(queries, pa.string()))
     groups = sorted(
-        read_parquet_dir(root / "groups", filter=chosen).to_pylist(), key=lambda r: r["query_id"]
+        read_parquet_dir(storage.join(root, "groups"), filter=chosen).to_pylist(),
+        key=lambda r: r["query_id"],
     )
     candidates = read_parquet_dir(
-        root / "candidates", filter=chosen & (pc.field("rank") <= settings.dev_depth)
+        storage.join(root, "candidates"), filter=chosen & (pc.field("rank") <= settings.dev_depth)
     ).to_pylist()
     qrels: dict[str, dict[str, int]] = {}
-    for row in read_parquet_dir(root / "qrels", filter=chosen).to_pylist():
+    for row in read_parquet_dir(storage.join(root, "qrels"), filter=chosen).to_pylist():
         qrels.setdefault(row["query_id"], {})[row["doc_id"]] = row["relevance"]
     return {
         "groups": groups_from_rows(groups, settings.max_negatives),
@@ -326,10 +332,10 @@ def train_loop(loop_config: dict) -> None:
 
 
 def build_datasets(cfg: TrainRunConfig) -> tuple[dict, int]:
-    root = Path(cfg.data.prepared_dir)
-    if not (root / "_SUCCESS").exists():
+    root = cfg.data.prepared_dir
+    if not storage.exists(storage.join(root, "_SUCCESS")):
         raise ConfigError(f"data.prepared_dir: {root} is not a complete `qpeft prepare` output")
-    groups = ray.data.read_parquet(str(root / "groups"))
+    groups = ray.data.read_parquet(storage.join(root, "groups"))
     train = groups.filter(expr=col("split") == "train")
     n_train = train.count()
     per_step = cfg.train.queries_per_batch * cfg.scaling.num_workers
@@ -350,14 +356,15 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
     cfg = replace(
         cfg,
         model=local_paths_absolute(cfg.model),
-        data=replace(cfg.data, prepared_dir=str(Path(cfg.data.prepared_dir).resolve())),
+        data=replace(cfg.data, prepared_dir=storage.absolute(cfg.data.prepared_dir)),
+        run=replace(cfg.run, storage_path=storage.absolute(cfg.run.storage_path)),
     )
-    storage = Path(cfg.run.storage_path).resolve()
-    finished = storage / cfg.run.name / "metrics.json"
-    if finished.exists():
-        summary = json.loads(finished.read_text())
+    out = storage.join(cfg.run.storage_path, cfg.run.name)
+    finished = storage.join(out, "metrics.json")
+    if storage.exists(finished):
+        summary = json.loads(storage.read_text(finished))
         if summary["config"] == to_dict(cfg):
-            print(f"[train] {finished.parent} is complete; nothing to do", flush=True)
+            print(f"[train] {out} is complete; nothing to do", flush=True)
             return summary
     init_ray(cfg.ray)
     check_cpu_headroom(
@@ -382,7 +389,7 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=RunConfig(
             name=cfg.run.name,
-            storage_path=str(storage),
+            storage_path=cfg.run.storage_path,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
             callbacks=callbacks,
@@ -390,16 +397,13 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
         datasets=datasets,
     )
     result = trainer.fit()
-    out = storage / cfg.run.name
+    adapter = storage.join(out, "adapter")
     with result.checkpoint.as_directory() as ckpt:
         ckpt = Path(ckpt)
         state = TrainState.load(ckpt)
-        adapter = out / "adapter"
-        if adapter.exists():
-            shutil.rmtree(adapter)
-        shutil.copytree(ckpt / "best_adapter", adapter)
+        storage.upload(ckpt / "best_adapter", adapter)
     summary = {
-        "adapter": str(adapter),
+        "adapter": adapter,
         "best_dev_ndcg10": state.best_ndcg10,
         "best_epoch": state.best_epoch,
         "steps": state.step,
@@ -409,7 +413,7 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
         "history": state.history,
         "config": to_dict(cfg),
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    storage.write_text(finished, json.dumps(summary, indent=2) + "\n")  # written last
     return summary
 
 

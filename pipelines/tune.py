@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pipelines.cli import run_as_module, step_arguments
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.search_space import check_distribution, example_value, to_domain
 from pipelines.train import TrainRunConfig, train
+from qpeft import storage
 from qpeft.config import ConfigError, from_dict, load_config, read_yaml, set_dotted, to_dict
 
 
@@ -151,8 +151,8 @@ def concurrency(resources: ResourcesSection) -> int:
     return fits
 
 
-def trial_train_dir(sweep_dir: Path) -> Path:
-    return sweep_dir / "train"
+def trial_train_dir(sweep_dir: str) -> str:
+    return storage.join(sweep_dir, "train")
 
 
 def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
@@ -165,7 +165,7 @@ def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
         set_dotted(data, key, value, "tune.search_space")
     trial_id = tune.get_context().get_trial_id()
     set_dotted(data, "run.name", trial_id)
-    set_dotted(data, "run.storage_path", str(trial_train_dir(Path(sweep_dir))))
+    set_dotted(data, "run.storage_path", trial_train_dir(sweep_dir))
     # Only epoch-end reports carry the metric ASHA compares.
     set_dotted(data, "train.checkpoint_every", 10**9)
     train(from_dict(TrainRunConfig, data), callbacks=[TuneReportCallback()])
@@ -198,7 +198,7 @@ def build_search_alg(section: SweepSection, max_concurrent: int):
     )
 
 
-def trial_rows(results, section: SweepSection, sweep_dir: Path) -> list[dict]:
+def trial_rows(results, section: SweepSection, sweep_dir: str) -> list[dict]:
     """One row per trial, best first: swept values, best metric, epochs, how it ended."""
     metric = f"best_{section.metric}"
     rows = []
@@ -207,10 +207,10 @@ def trial_rows(results, section: SweepSection, sweep_dir: Path) -> list[dict]:
         history = result.metrics_dataframe
         has_metric = history is not None and section.metric in history
         values = history[section.metric].dropna().tolist() if has_metric else []
-        train_dir = trial_train_dir(sweep_dir) / trial_id
+        train_dir = storage.join(trial_train_dir(sweep_dir), trial_id)
         if result.error:
             status = f"error: {str(result.error).splitlines()[0][:120]}"
-        elif (train_dir / "metrics.json").exists():
+        elif storage.exists(storage.join(train_dir, "metrics.json")):
             status = "completed"
         else:
             status = "stopped early"
@@ -221,7 +221,7 @@ def trial_rows(results, section: SweepSection, sweep_dir: Path) -> list[dict]:
                 metric: ((max if section.mode == "max" else min)(values) if values else None),
                 "epochs": int(history["epoch"].max()) if values else 0,
                 "status": status,
-                "train_dir": str(train_dir),
+                "train_dir": train_dir,
             }
         )
     sign = -1 if section.mode == "max" else 1
@@ -229,15 +229,15 @@ def trial_rows(results, section: SweepSection, sweep_dir: Path) -> list[dict]:
     return rows
 
 
-def best_adapter(train_dir: Path) -> Path:
+def best_adapter(train_dir: str) -> str:
     """The trial's exported adapter, or for a trial ASHA stopped, its last checkpoint's
     best adapter so far."""
-    if (train_dir / "adapter").exists():
-        return train_dir / "adapter"
-    checkpoints = sorted(train_dir.glob("checkpoint_*"))
+    if storage.exists(storage.join(train_dir, "adapter")):
+        return storage.join(train_dir, "adapter")
+    checkpoints = [n for n in storage.list_dir(train_dir) if n.startswith("checkpoint_")]
     for checkpoint in reversed(checkpoints):
-        if (checkpoint / "best_adapter").exists():
-            return checkpoint / "best_adapter"
+        if storage.exists(storage.join(train_dir, checkpoint, "best_adapter")):
+            return storage.join(train_dir, checkpoint, "best_adapter")
     raise FileNotFoundError(f"{train_dir}: no adapter or checkpoint with a best adapter")
 
 
@@ -250,10 +250,10 @@ def markdown(rows: list[dict], section: SweepSection) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(rows: list[dict], base: dict, section: SweepSection, sweep_dir: Path) -> dict:
+def write_outputs(rows: list[dict], base: dict, section: SweepSection, sweep_dir: str) -> dict:
     table = markdown(rows, section)
-    (sweep_dir / "results.md").write_text(table + "\n")
-    (sweep_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    storage.write_text(storage.join(sweep_dir, "results.md"), table + "\n")
+    storage.write_text(storage.join(sweep_dir, "results.json"), json.dumps(rows, indent=2) + "\n")
     best = rows[0]
     if best[f"best_{section.metric}"] is None:
         raise ConfigError(f"tune: no trial reported {section.metric}")
@@ -261,35 +261,35 @@ def write_outputs(rows: list[dict], base: dict, section: SweepSection, sweep_dir
     for key in section.search_space:
         set_dotted(config, key, best[key])
     set_dotted(config, "run.name", f"{section.name}-best")
-    (sweep_dir / "best_config.yaml").write_text(
+    storage.write_text(
+        storage.join(sweep_dir, "best_config.yaml"),
         f"# Best trial {best['trial_id']} of sweep {section.name}: "
         f"{section.metric} {best[f'best_{section.metric}']:.4f}\n"
-        + yaml.safe_dump(config, sort_keys=False)
+        + yaml.safe_dump(config, sort_keys=False),
     )
-    adapter = sweep_dir / "best_adapter"
-    if adapter.exists():
-        shutil.rmtree(adapter)
-    shutil.copytree(best_adapter(Path(best["train_dir"])), adapter)
+    adapter = storage.join(sweep_dir, "best_adapter")
+    storage.copy_dir(best_adapter(best["train_dir"]), adapter)
     print(table)
     print(
         f"\n[tune] best trial {best['trial_id']}: {section.metric} "
         f"{best[f'best_{section.metric}']:.4f}; best_config.yaml and best_adapter/ in {sweep_dir}"
     )
-    return {"best": best, "trials": rows, "best_adapter": str(adapter)}
+    return {"best": best, "trials": rows, "best_adapter": adapter}
 
 
 def sweep(cfg: TuneRunConfig) -> dict:
     section = cfg.tune
     base, epochs = base_train_config(section, cfg.ray)
     init_ray(cfg.ray)
-    sweep_dir = Path(section.storage_path).resolve() / section.name
+    storage_path = storage.absolute(section.storage_path)  # a local folder or a cloud URI
+    sweep_dir = storage.join(storage_path, section.name)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, sweep_dir=str(sweep_dir)),
+        tune.with_parameters(run_trial, base=base, sweep_dir=sweep_dir),
         {"cpu": section.resources.driver_cpus},
     )
-    if tune.Tuner.can_restore(str(sweep_dir)):
+    if tune.Tuner.can_restore(sweep_dir):
         print(f"[tune] resuming sweep {sweep_dir}", flush=True)
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(sweep_dir, trainable, resume_errored=True)
     else:
         running = concurrency(section.resources)
         print(f"[tune] up to {running} trials at once", flush=True)
@@ -304,7 +304,7 @@ def sweep(cfg: TuneRunConfig) -> dict:
                 num_samples=section.num_samples,
                 trial_dirname_creator=lambda trial: trial.trial_id,
             ),
-            run_config=tune.RunConfig(name=section.name, storage_path=str(sweep_dir.parent)),
+            run_config=tune.RunConfig(name=section.name, storage_path=storage_path),
         )
     results = tuner.fit()
     rows = trial_rows(results, section, sweep_dir)

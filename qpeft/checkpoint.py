@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from qpeft import __version__
+from qpeft import __version__, storage
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig, TemplateConfig, from_dict, to_dict
 from qpeft.model import QPeftModel
@@ -60,12 +60,13 @@ def save_adapter(model: QPeftModel, directory: str | Path, extra: dict | None = 
 
 
 def read_adapter_config(directory: str | Path) -> dict:
-    """The parsed `adapter_config.json`, with errors that name the file."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.exists():
+    """The parsed `adapter_config.json` (of a local folder or a cloud URI), with errors that
+    name the file."""
+    path = storage.join(directory, CONFIG_NAME)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no adapter config (is {directory} an adapter directory?)")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(storage.read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON: {err}") from None
     if config.get("format") != FORMAT:
@@ -73,7 +74,7 @@ def read_adapter_config(directory: str | Path) -> dict:
     return config
 
 
-def check_base_model(saved: dict, backbone: Backbone, where: Path) -> None:
+def check_base_model(saved: dict, backbone: Backbone, where: str | Path) -> None:
     """Raise `AdapterMismatchError` naming every field where the base models differ."""
     current = backbone.shape()
     diffs = [
@@ -89,10 +90,11 @@ def check_base_model(saved: dict, backbone: Backbone, where: Path) -> None:
 
 
 def load_adapter(directory: str | Path, backbone: Backbone) -> QPeftModel:
-    """Rebuild the model an adapter directory describes on `backbone`, weights included."""
-    directory = Path(directory)
+    """Rebuild the model an adapter directory describes on `backbone`, weights included.
+    A cloud URI is downloaded once per node into the cache first."""
     config = read_adapter_config(directory)
     check_base_model(config["base_model"], backbone, directory)
+    directory = storage.local_copy(directory)
     model = QPeftModel.build(
         backbone,
         from_dict(TemplateConfig, config["template"], "template"),

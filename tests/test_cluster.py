@@ -105,6 +105,11 @@ def test_launcher_yaml_has_a_head_gpu_workers_and_the_image():
 def test_runtime_env_keeps_outputs_and_environments_out():
     env = manifest("runtime_env.yaml")
     assert {"runs/", ".venv/", ".git/"} <= set(env["excludes"])
+    # docs/cluster.md adds a job's cloud variables by appending lines to a copy.
+    text = (CLUSTER / "runtime_env.yaml").read_text()
+    extended = yaml.safe_load(text + "  AWS_ENDPOINT_URL: http://minio:9000\n")
+    assert extended["env_vars"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert extended["excludes"] == env["excludes"]
 
 
 def pins() -> dict[str, str]:

@@ -1,6 +1,7 @@
-"""Two Ray nodes on one machine (`ray start --head`, `ray start --address`) and a training
-job sent with `ray job submit`: its 2 workers land one per node and checkpoint to the
-shared storage path."""
+"""Two Ray nodes on one machine (`ray start --head`, `ray start --address`) and jobs sent
+with `ray job submit`, all reading and writing s3:// paths of a local S3 (moto): training's
+2 workers land one per node and checkpoint to the shared storage path, then a rerank job
+scores with the adapter from S3 and an evaluate job reports on its run."""
 
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from qpeft import storage
 from tests.conftest import TINY_TEMPLATE
 from tests.synthetic import save_tiny_model, write_prepared
 
@@ -27,12 +29,15 @@ def ray_cli(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedPr
 
 
 @pytest.fixture
-def two_nodes(tmp_path):
+def two_nodes(tmp_path, s3_server):
     """A head and a worker node of 2 CPUs each, in their own temp folder so that stopping
-    them leaves any other Ray on this machine alone."""
+    them leaves any other Ray on this machine alone; both see the S3 endpoint and keys."""
     temp = Path("/tmp") / f"qpeft-mn-{os.getpid()}"
     env = {
         **os.environ,
+        **s3_server,
+        # The jobs' `python` must be this interpreter, activated or not.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "RAY_AUTH_MODE": "disabled",  # both the nodes and the job client (RAY_NOTES.md)
         "RAY_USAGE_STATS_ENABLED": "0",
     }
@@ -65,26 +70,11 @@ def two_nodes(tmp_path):
         subprocess.run(["pkill", "-f", str(temp)], check=False)
 
 
-def test_job_submit_trains_one_worker_per_node_to_shared_storage(two_nodes, tmp_path):
-    model = save_tiny_model(tmp_path / "tiny")
-    data = write_prepared(tmp_path / "prepared", n_train=16, n_dev=4, n_test=2)
-    storage = tmp_path / "shared"
-    config = {
-        "model": {"name": model},
-        "template": TINY_TEMPLATE,
-        "adapter": {"method": "qpeft_r", "k": 3},
-        "train": {"epochs": 1, "queries_per_batch": 2, "checkpoint_every": 2, "dev_depth": 5},
-        "data": {"prepared_dir": str(data)},
-        "scaling": {
-            "num_workers": 2,
-            "cpus_per_worker": 0.5,
-            "placement_strategy": "STRICT_SPREAD",
-        },
-        "run": {"name": "two-nodes", "storage_path": str(storage), "max_failures": 0},
-    }
-    path = tmp_path / "train.yaml"
+def submit(module: str, config: dict, folder: Path, env: dict) -> str:
+    """`ray job submit` one step with its config; returns the job's output."""
+    path = folder / f"{module}.yaml"
     path.write_text(yaml.safe_dump(config))
-    submit = ray_cli(
+    job = ray_cli(
         "job",
         "submit",
         "--address",
@@ -96,17 +86,89 @@ def test_job_submit_trains_one_worker_per_node_to_shared_storage(two_nodes, tmp_
         "--",
         "python",
         "-m",
-        "pipelines.train",
+        f"pipelines.{module}",
         "--config",
         str(path),
-        env=two_nodes,
+        env=env,
         timeout=800,
     )
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    assert "succeeded" in submit.stdout.lower()
-    metrics = json.loads((storage / "two-nodes" / "metrics.json").read_text())
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in job.stdout.lower()
+    return job.stdout
+
+
+def test_jobs_on_two_nodes_share_checkpoints_and_outputs_in_s3(two_nodes, s3_dir, tmp_path):
+    model = save_tiny_model(tmp_path / "tiny")
+    prepared = storage.join(s3_dir, "prepared")
+    storage.copy_dir(str(write_prepared(tmp_path / "prepared", n_train=16, n_dev=4)), prepared)
+    train_dir = storage.join(s3_dir, "train", "two-nodes")
+    submit(
+        "train",
+        {
+            "model": {"name": model},
+            "template": TINY_TEMPLATE,
+            "adapter": {"method": "qpeft_r", "k": 3},
+            "train": {"epochs": 1, "queries_per_batch": 2, "checkpoint_every": 2, "dev_depth": 5},
+            "data": {"prepared_dir": prepared},
+            "scaling": {
+                "num_workers": 2,
+                "cpus_per_worker": 0.5,
+                "placement_strategy": "STRICT_SPREAD",
+            },
+            "run": {
+                "name": "two-nodes",
+                "storage_path": storage.join(s3_dir, "train"),
+                "max_failures": 0,
+            },
+        },
+        tmp_path,
+        two_nodes,
+    )
+    metrics = json.loads(storage.read_text(storage.join(train_dir, "metrics.json")))
     nodes = metrics["history"][-1]["worker_nodes"]
     assert len(nodes) == 2 and len(set(nodes)) == 2, nodes  # one worker per node
     assert metrics["steps"] == 16 // (2 * 2)
-    assert list((storage / "two-nodes").glob("checkpoint_*"))
-    assert (storage / "two-nodes" / "adapter" / "adapter_model.safetensors").exists()
+    assert any(n.startswith("checkpoint_") for n in storage.list_dir(train_dir))
+    assert metrics["adapter"] == storage.join(train_dir, "adapter")
+    assert "adapter_model.safetensors" in storage.list_dir(metrics["adapter"])
+
+    reranked = storage.join(s3_dir, "rerank")
+    submit(
+        "rerank",
+        {
+            "model": {"name": model},
+            "template": TINY_TEMPLATE,
+            "rerank": {
+                "prepared_dir": prepared,
+                "method": "qpeft_r",
+                "adapter_dir": metrics["adapter"],
+                "output_dir": reranked,
+                "queries_per_shard": 2,
+                "cpus_per_actor": 0.5,
+            },
+        },
+        tmp_path,
+        two_nodes,
+    )
+    run = storage.join(reranked, "qpeft_r")
+    assert {"_SUCCESS", "run", "run.trec", "counts.json"} <= set(storage.list_dir(run))
+    counts = json.loads(storage.read_text(storage.join(run, "counts.json")))
+    assert counts["pairs_written"] == 8 * 5 and counts["duplicated"] == 0  # 8 test queries
+
+    report = storage.join(s3_dir, "evaluate")
+    output = submit(
+        "evaluate",
+        {
+            "evaluate": {
+                "prepared_dir": prepared,
+                "runs": {"qpeft_r": run},
+                "measures": ["ndcg@10"],
+                "output_dir": report,
+            }
+        },
+        tmp_path,
+        two_nodes,
+    )
+    result = json.loads(storage.read_text(storage.join(report, "report.json")))
+    assert result["queries"] == 8 and 0 < result["runs"]["qpeft_r"]["mean"]["ndcg@10"] <= 1
+    assert "| qpeft_r (baseline) |" in output

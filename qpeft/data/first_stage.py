@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from qpeft import storage
 from qpeft.data import schemas
 from qpeft.data.bm25 import BM25Index
 from qpeft.data.groups import choose_group
@@ -40,15 +41,14 @@ def read_parquet_dir(path: str | Path, columns: list[str] | None = None, filter=
 
 class FirstStage:
     def __init__(self, root: str, config: FirstStageConfig, has_run: bool):
-        root_path = Path(root)
         self.config = config
-        qrels = read_parquet_dir(root_path / "qrels").to_pylist()
+        qrels = read_parquet_dir(storage.join(root, "qrels")).to_pylist()
         self.judgments: dict[str, dict[str, int]] = defaultdict(dict)
         for row in qrels:
             self.judgments[row["query_id"]][row["doc_id"]] = row["relevance"]
         self.run: dict[str, list[tuple[str, float]]] | None = None
         if has_run:
-            rows = read_parquet_dir(root_path / "run").to_pylist()
+            rows = read_parquet_dir(storage.join(root, "run")).to_pylist()
             grouped: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
             for row in rows:
                 grouped[row["query_id"]].append((row["score"], row["rank"], row["doc_id"]))
@@ -65,10 +65,11 @@ class FirstStage:
                 if g >= config.min_relevance
             }
             corpus = read_parquet_dir(
-                root_path / "corpus", filter=pc.field("doc_id").isin(pa.array(sorted(needed)))
+                storage.join(root, "corpus"),
+                filter=pc.field("doc_id").isin(pa.array(sorted(needed))),
             )
         else:
-            corpus = read_parquet_dir(root_path / "corpus")
+            corpus = read_parquet_dir(storage.join(root, "corpus"))
         ids = corpus.column("doc_id").to_pylist()
         texts = [
             full_text(t, x)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from qpeft import storage
 from qpeft.data.readers import DataError, read_trec_run
 
 Run = dict[str, dict[str, float]]
@@ -53,7 +54,17 @@ def run_from_rows(rows: list[dict]) -> Run:
 
 
 def read_run(path: str | Path) -> Run:
-    """A run from a TREC file, a `qpeft rerank` output directory or a parquet directory."""
+    """A run from a TREC file, a `qpeft rerank` output directory or a parquet directory,
+    local or at a cloud URI (read from a downloaded copy)."""
+    if storage.is_uri(path):
+        try:
+            local = storage.local_copy(path)
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such run file or directory") from None
+        try:
+            return read_run(local)
+        except DataError as err:
+            raise DataError(f"{path} (downloaded to {local}): {err}") from None
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such run file or directory")
