@@ -59,16 +59,33 @@ def init_ray(config: RaySection) -> None:
     context.print_on_execution_start = False
 
 
-def check_cpu_headroom(wanted: float, what: str, advice: str) -> None:
-    """Refuse work whose CPU requests take every CPU of the cluster: Ray Data's read tasks
-    then never get one and the run hangs without an error (RAY_NOTES.md)."""
+def cpu_nodes() -> int:
+    """Alive nodes that offer CPUs."""
     import ray
 
-    total = ray.cluster_resources().get("CPU", 0)
-    if wanted >= total:
+    return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
+
+
+def usable_cpus(reserved_per_node: float = 1.0) -> float:
+    """CPUs that actors and trials may request while Ray Data keeps a whole CPU somewhere.
+    The reserve is per node: when requests leave `nodes` CPUs free in all, at least one node
+    has a whole CPU free, however the requests were spread (with 2 nodes of 2 CPUs, 3 CPUs
+    of requests could leave half a CPU on each node, and Ray Data's tasks wait forever)."""
+    import ray
+
+    return ray.cluster_resources().get("CPU", 0) - reserved_per_node * cpu_nodes()
+
+
+def check_cpu_headroom(wanted: float, what: str, advice: str) -> None:
+    """Refuse work whose CPU requests leave no whole CPU for Ray Data's tasks: they then
+    never start and the run hangs without an error (RAY_NOTES.md)."""
+    import ray
+
+    if wanted > usable_cpus() + 1e-9:
+        total = ray.cluster_resources().get("CPU", 0)
         raise ConfigError(
-            f"{what} take all {total:g} CPUs of the cluster and leave none for Ray Data, "
-            f"which then waits forever; {advice}"
+            f"{what} leave less than a whole CPU per node of the cluster's {total:g} CPUs "
+            f"({cpu_nodes()} nodes) for Ray Data, which then waits forever; {advice}"
         )
 
 

@@ -23,7 +23,7 @@ import yaml
 from ray import tune
 
 from pipelines.cli import run_as_module, step_arguments
-from pipelines.ray_setup import RaySection, init_ray
+from pipelines.ray_setup import RaySection, cpu_nodes, init_ray, usable_cpus
 from pipelines.search_space import check_distribution, example_value, to_domain
 from pipelines.train import TrainRunConfig, train
 from qpeft import storage
@@ -55,7 +55,7 @@ class ResourcesSection:
     use_gpu: bool = False
     driver_cpus: float = 0.01  # the trial's own process only waits on its trainer (Tune
     # refuses 0)
-    reserved_cpus: float = 1.0  # free for Ray Data's tasks, which take a whole CPU each
+    reserved_cpus: float = 1.0  # per node, free for Ray Data's tasks (a whole CPU each)
     max_concurrent_trials: int | None = None  # null: as many as the cluster fits
 
 
@@ -129,14 +129,15 @@ def base_train_config(section: SweepSection, ray_section: RaySection) -> tuple[d
 
 
 def concurrency(resources: ResourcesSection) -> int:
-    """Trials that fit at once: CPUs (keeping `reserved_cpus` free) and GPUs per trial."""
+    """Trials that fit at once: CPUs (keeping `reserved_cpus` per node free) and GPUs."""
     cluster = ray.cluster_resources()
     per_trial = resources.driver_cpus + resources.workers * resources.cpus_per_worker
-    usable = cluster.get("CPU", 0) - resources.reserved_cpus
+    usable = usable_cpus(resources.reserved_cpus)
     if per_trial > usable:
         raise ConfigError(
             f"tune.resources: a trial needs {per_trial:g} CPUs but the cluster has "
-            f"{cluster.get('CPU', 0):g} with {resources.reserved_cpus:g} kept for Ray Data"
+            f"{cluster.get('CPU', 0):g} with {resources.reserved_cpus:g} per node "
+            f"({cpu_nodes()} nodes) kept for Ray Data"
         )
     fits = math.floor(usable / per_trial + 1e-9)
     if resources.use_gpu:

@@ -1,20 +1,25 @@
-"""Two Ray nodes on one machine (`ray start --head`, `ray start --address`) and jobs sent
-with `ray job submit`, all reading and writing s3:// paths of a local S3 (moto): training's
-2 workers land one per node and checkpoint to the shared storage path, then a rerank job
-scores with the adapter from S3 and an evaluate job reports on its run."""
+"""Two Ray nodes on one machine (`ray start --head`, `ray start --address`) and every step
+sent as a job with `ray job submit`, all reading and writing s3:// paths of a local S3
+(moto): prepare writes its tables from both nodes; training's 2 workers land one per node
+and checkpoint to the shared storage path; a rerank job scores with the adapter from S3 and
+an evaluate job reports on its run; a Tune sweep keeps trials and results there."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from qpeft import storage
+from qpeft.data.first_stage import read_parquet_dir
 from tests.conftest import TINY_TEMPLATE
 from tests.synthetic import save_tiny_model, write_prepared
+from tests.test_prepare import write_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +33,8 @@ def ray_cli(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedPr
     )
 
 
-@pytest.fixture
-def two_nodes(tmp_path, s3_server):
+@pytest.fixture(scope="module")
+def two_nodes(s3_server):
     """A head and a worker node of 2 CPUs each, in their own temp folder so that stopping
     them leaves any other Ray on this machine alone; both see the S3 endpoint and keys."""
     temp = Path("/tmp") / f"qpeft-mn-{os.getpid()}"
@@ -68,6 +73,9 @@ def two_nodes(tmp_path, s3_server):
         yield env
     finally:
         subprocess.run(["pkill", "-f", str(temp)], check=False)
+        time.sleep(5)  # a GCS server outlived SIGTERM here; what is left is killed
+        subprocess.run(["pkill", "-9", "-f", str(temp)], check=False)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def submit(module: str, config: dict, folder: Path, env: dict) -> str:
@@ -97,10 +105,46 @@ def submit(module: str, config: dict, folder: Path, env: dict) -> str:
     return job.stdout
 
 
-def test_jobs_on_two_nodes_share_checkpoints_and_outputs_in_s3(two_nodes, s3_dir, tmp_path):
-    model = save_tiny_model(tmp_path / "tiny")
-    prepared = storage.join(s3_dir, "prepared")
-    storage.copy_dir(str(write_prepared(tmp_path / "prepared", n_train=16, n_dev=4)), prepared)
+@pytest.fixture(scope="module")
+def shared(s3_server, tmp_path_factory) -> dict:
+    """A tiny model on local disk (every node of this machine sees it) and a prepared
+    directory in the bucket, for all the jobs of this module."""
+    local = tmp_path_factory.mktemp("multinode")
+    bucket = f"s3://qpeft-test/multinode-{os.getpid()}"
+    prepared = storage.join(bucket, "prepared")
+    storage.copy_dir(str(write_prepared(local / "prepared", n_train=16, n_dev=4)), prepared)
+    return {"model": save_tiny_model(local / "tiny"), "prepared": prepared, "s3": bucket}
+
+
+def test_prepare_job_writes_its_tables_to_s3(two_nodes, shared, tmp_path):
+    source = write_files(tmp_path)
+    out = storage.join(shared["s3"], "prepare-files")
+    output = submit(
+        "prepare",
+        {"prepare": {"output_dir": out, "source": source, "first_stage": {"depth": 3}}},
+        tmp_path,
+        two_nodes,
+    )
+    assert "documents: 5" in output
+    for table in ("corpus", "queries", "qrels", "run", "candidates", "groups"):
+        assert "_SUCCESS" in storage.list_dir(storage.join(out, table)), table
+    counts = json.loads(storage.read_text(storage.join(out, "counts.json")))
+    assert counts["queries"] == 2 and counts["skipped"]["queries"] == {"empty_query": 1}
+    assert counts["candidates"] == 5 and "_SUCCESS" in storage.list_dir(out)
+    cands = read_parquet_dir(storage.join(out, "candidates"), ["query_id", "doc_id", "rank"])
+    assert sorted(tuple(c.values()) for c in cands.to_pylist()) == [
+        ("q1", "d1", 1),
+        ("q1", "d3", 2),
+        ("q1", "d5", 3),
+        ("q2", "d2", 1),
+        ("q2", "d4", 2),
+    ]
+
+
+def test_train_rerank_evaluate_jobs_share_checkpoints_and_outputs_in_s3(
+    two_nodes, shared, tmp_path
+):
+    model, prepared, s3_dir = shared["model"], shared["prepared"], shared["s3"]
     train_dir = storage.join(s3_dir, "train", "two-nodes")
     submit(
         "train",
@@ -172,3 +216,40 @@ def test_jobs_on_two_nodes_share_checkpoints_and_outputs_in_s3(two_nodes, s3_dir
     result = json.loads(storage.read_text(storage.join(report, "report.json")))
     assert result["queries"] == 8 and 0 < result["runs"]["qpeft_r"]["mean"]["ndcg@10"] <= 1
     assert "| qpeft_r (baseline) |" in output
+
+
+def test_tune_sweep_job_keeps_trials_and_results_in_s3(two_nodes, shared, tmp_path):
+    base = {
+        "model": {"name": shared["model"]},
+        "template": TINY_TEMPLATE,
+        "adapter": {"method": "qpeft_r", "k": 3},
+        "train": {"epochs": 1, "queries_per_batch": 4, "dev_depth": 5},
+        "data": {"prepared_dir": shared["prepared"]},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweeps = storage.join(shared["s3"], "tune")
+    submit(
+        "tune",
+        {
+            "tune": {
+                "name": "lr",
+                "storage_path": sweeps,
+                "base_config": str(tmp_path / "base.yaml"),
+                "fixed": {"run.max_failures": 0},
+                "search_space": {"train.lr": {"type": "grid", "values": [0.03, 1e-9]}},
+                "num_samples": 1,
+                "scheduler": {"type": "fifo"},
+                "resources": {"workers": 1, "cpus_per_worker": 0.49},
+            }
+        },
+        tmp_path,
+        two_nodes,
+    )
+    sweep = storage.join(sweeps, "lr")
+    rows = json.loads(storage.read_text(storage.join(sweep, "results.json")))
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows), rows
+    assert all(r["train_dir"].startswith("s3://") for r in rows)
+    assert {"best_adapter", "best_config.yaml", "results.md", "train"} <= set(
+        storage.list_dir(sweep)
+    )
+    assert "adapter_model.safetensors" in storage.list_dir(storage.join(sweep, "best_adapter"))

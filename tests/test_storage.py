@@ -68,15 +68,19 @@ def test_upload_replaces_the_folder_and_sends_markers_last(s3_dir, tmp_path, mon
 
 def test_staged_outputs_resume_from_the_store_and_upload_even_on_failure(s3_dir):
     with pytest.raises(RuntimeError), storage.staged(s3_dir, markers=("_SUCCESS",)) as out:
-        (out / "shard-0").write_text("first")
+        (out / "run.partial").mkdir()
+        (out / "run.partial" / "shard-0").write_text("first")
         raise RuntimeError("interrupted")
     # The finished part is kept; the marker never went up.
-    assert storage.list_dir(s3_dir) == ["shard-0"]
+    assert storage.list_dir(s3_dir) == ["run.partial"]
     with storage.staged(s3_dir, markers=("_SUCCESS",)) as out:
-        assert (out / "shard-0").read_text() == "first"  # a fresh stage starts from the store
-        (out / "shard-1").write_text("second")
+        # A fresh stage starts from what the store holds.
+        assert (out / "run.partial" / "shard-0").read_text() == "first"
+        (out / "run.partial" / "shard-1").write_text("second")
+        (out / "run.partial").rename(out / "run")
         (out / "_SUCCESS").write_text("")
-    assert storage.list_dir(s3_dir) == ["_SUCCESS", "shard-0", "shard-1"]
+    assert storage.list_dir(s3_dir) == ["_SUCCESS", "run"]  # nothing stale is left
+    assert storage.list_dir(storage.join(s3_dir, "run")) == ["shard-0", "shard-1"]
 
 
 def test_local_copy_downloads_each_version_once(s3_dir, tmp_path, monkeypatch):

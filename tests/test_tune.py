@@ -71,6 +71,22 @@ def test_concurrency_follows_cluster_cpus(ray_session):
         concurrency(ResourcesSection(workers=2, cpus_per_worker=1.0))
 
 
+def test_the_ray_data_cpu_is_kept_on_every_node(monkeypatch):
+    """Two nodes of 2 CPUs: 6 trials of 0.5 CPU fit in 4 - 1 CPUs but could leave half a
+    CPU on each node, and the two-node sweep hung that way; one CPU per node is kept."""
+    import ray
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}] * 2 + [
+        {"Alive": False, "Resources": {"CPU": 2.0}},
+        {"Alive": True, "Resources": {"GPU": 1.0}},  # no CPUs: nothing to keep there
+    ]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "GPU": 1.0})
+    assert concurrency(ResourcesSection(workers=1, cpus_per_worker=0.49)) == 4
+    with pytest.raises(ConfigError, match=r"1 per node \(2 nodes\)"):
+        concurrency(ResourcesSection(workers=3, cpus_per_worker=0.9))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_four_trial_asha_sweep_stops_weak_trials_and_exports_the_best(ray_session, tmp_path):
