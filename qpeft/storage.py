@@ -132,6 +132,7 @@ def list_dir(path: str | Path) -> list[str]:
 
 
 def download(source: str | Path, local_dir: Path) -> None:
+    """Copy the folder `source` (local or remote) into `local_dir`."""
     fs, inner = resolve(source)
     local_dir.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(inner, str(local_dir), fs, pafs.LocalFileSystem())
@@ -170,6 +171,7 @@ def local_copy(path: str | Path) -> Path:
 
 
 def snapshot(folder: Path) -> set[tuple[str, int, int]]:
+    """What a folder holds, to tell whether a step changed it."""
     return {
         (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
         for p in folder.rglob("*")
