@@ -140,9 +140,11 @@ class Groups(Candidates):
 @ray.remote(num_cpus=1)
 def check_references(root: str) -> dict:
     """Count qrels and run rows that name documents or queries the prepared data lacks."""
-    doc_ids = set(read_parquet_dir(storage.join(root, "corpus"), ["doc_id"])["doc_id"].to_pylist())
-    queries = read_parquet_dir(storage.join(root, "queries"), ["query_id"])
-    query_ids = set(queries.column("query_id").to_pylist())
+
+    def ids(table: str, column: str) -> set[str]:
+        return set(read_parquet_dir(storage.join(root, table), [column])[column].to_pylist())
+
+    doc_ids, query_ids = ids("corpus", "doc_id"), ids("queries", "query_id")
     report = {}
     for name in ("qrels", "run"):
         if not storage.exists(storage.join(root, name)):
@@ -216,8 +218,8 @@ class Output:
         object store cannot rename a folder, so there its `_SUCCESS` alone says it is whole."""
         folder = storage.join(self.root, name)
         target = folder if storage.is_uri(folder) else f"{folder}.partial"
-        storage.remove(folder)  # what an interrupted attempt left
-        storage.remove(target)
+        for stale in {folder, target}:  # what an interrupted attempt left
+            storage.remove(stale)
         dataset.write_parquet(target)
         if not storage.exists(target):  # no rows: still a readable, empty table of the schema
             fs, inner = storage.resolve(target)

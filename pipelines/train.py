@@ -120,25 +120,21 @@ def load_dev(prepared_dir: str, settings: TrainSettings) -> dict:
     Every rank needs all of it and it is small (capped by `train.dev_max_queries`); three
     Ray Data executions per worker took about a minute on a 2-core machine.
     """
-    root = prepared_dir
+
+    def table(name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+        return read_parquet_dir(storage.join(prepared_dir, name), columns, filter)
+
     dev_split = pc.field("split") == "dev"
-    queries = sorted(
-        read_parquet_dir(storage.join(root, "queries"), ["query_id"], dev_split)[
-            "query_id"
-        ].to_pylist()
-    )
+    queries = sorted(table("queries", ["query_id"], dev_split)["query_id"].to_pylist())
     if settings.dev_max_queries:
         queries = queries[: settings.dev_max_queries]
     chosen = pc.field("query_id").isin(pa.array(queries, pa.string()))
-    groups = sorted(
-        read_parquet_dir(storage.join(root, "groups"), filter=chosen).to_pylist(),
-        key=lambda r: r["query_id"],
-    )
-    candidates = read_parquet_dir(
-        storage.join(root, "candidates"), filter=chosen & (pc.field("rank") <= settings.dev_depth)
+    groups = sorted(table("groups", filter=chosen).to_pylist(), key=lambda r: r["query_id"])
+    candidates = table(
+        "candidates", filter=chosen & (pc.field("rank") <= settings.dev_depth)
     ).to_pylist()
     qrels: dict[str, dict[str, int]] = {}
-    for row in read_parquet_dir(storage.join(root, "qrels"), filter=chosen).to_pylist():
+    for row in table("qrels", filter=chosen).to_pylist():
         qrels.setdefault(row["query_id"], {})[row["doc_id"]] = row["relevance"]
     return {
         "groups": groups_from_rows(groups, settings.max_negatives),
@@ -401,7 +397,7 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
     with result.checkpoint.as_directory() as ckpt:
         ckpt = Path(ckpt)
         state = TrainState.load(ckpt)
-        storage.upload(ckpt / "best_adapter", adapter)
+        storage.copy(ckpt / "best_adapter", adapter)
     summary = {
         "adapter": adapter,
         "best_dev_ndcg10": state.best_ndcg10,

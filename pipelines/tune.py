@@ -269,7 +269,7 @@ def write_outputs(rows: list[dict], base: dict, section: SweepSection, sweep_dir
         + yaml.safe_dump(config, sort_keys=False),
     )
     adapter = storage.join(sweep_dir, "best_adapter")
-    storage.copy_dir(best_adapter(best["train_dir"]), adapter)
+    storage.copy(best_adapter(best["train_dir"]), adapter)
     print(table)
     print(
         f"\n[tune] best trial {best['trial_id']}: {section.metric} "

@@ -102,25 +102,22 @@ def remove(path: str | Path) -> None:
         fs.delete_file(inner)
 
 
-def upload(local_dir: Path, dest: str | Path, markers: tuple[str, ...] = ()) -> None:
-    """Copy the files under `local_dir` to the folder `dest`, replacing what it held; the
-    top-level `markers` go last, so `dest` never looks complete before it is."""
-    remove(dest)
-    fs, inner = resolve(dest)
-    fs.create_dir(inner)
-    local = pafs.LocalFileSystem()
-    for name in sorted(os.listdir(local_dir), key=lambda n: n in markers):
-        pafs.copy_files(str(local_dir / name), f"{inner}/{name}", local, fs)
-
-
-def copy_dir(source: str | Path, dest: str | Path) -> None:
-    """Replace the folder `dest` with a copy of the folder `source` (any two filesystems)."""
+def copy(source: str | Path, dest: str | Path, markers: tuple[str, ...] = ()) -> None:
+    """Replace `dest` with a copy of the file or folder `source` (any two filesystems); a
+    folder's top-level `markers` go last, so `dest` never looks complete before it is."""
     remove(dest)
     source_fs, source_inner = resolve(source)
     dest_fs, dest_inner = resolve(dest)
-    if source_fs.get_file_info(source_inner).type == pafs.FileType.Directory:
-        dest_fs.create_dir(dest_inner)  # a local destination must exist first
-    pafs.copy_files(source_inner, dest_inner, source_fs, dest_fs)
+    if source_fs.get_file_info(source_inner).type != pafs.FileType.Directory:
+        pafs.copy_files(source_inner, dest_inner, source_fs, dest_fs)
+        return
+    dest_fs.create_dir(dest_inner)  # local destination folders must exist first
+    entries = source_fs.get_file_info(pafs.FileSelector(source_inner))
+    for entry in sorted(entries, key=lambda e: (e.base_name in markers, e.base_name)):
+        target = f"{dest_inner}/{entry.base_name}"
+        if entry.type == pafs.FileType.Directory:
+            dest_fs.create_dir(target)
+        pafs.copy_files(entry.path, target, source_fs, dest_fs)
 
 
 def list_dir(path: str | Path) -> list[str]:
@@ -129,13 +126,6 @@ def list_dir(path: str | Path) -> list[str]:
     return sorted(
         i.base_name for i in fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
     )
-
-
-def download(source: str | Path, local_dir: Path) -> None:
-    """Copy the folder `source` (local or remote) into `local_dir`."""
-    fs, inner = resolve(source)
-    local_dir.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(inner, str(local_dir), fs, pafs.LocalFileSystem())
 
 
 def local_copy(path: str | Path) -> Path:
@@ -159,10 +149,7 @@ def local_copy(path: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
     try:
-        if info.type == pafs.FileType.Directory:
-            download(path, tmp / name)
-        else:
-            pafs.copy_files(inner, str(tmp / name), fs, pafs.LocalFileSystem())
+        copy(path, tmp / name)
         with contextlib.suppress(OSError):  # another process finished the same copy first
             tmp.rename(target)
     finally:
@@ -190,11 +177,11 @@ def staged(dest: str | Path, markers: tuple[str, ...]) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="qpeft-stage-") as tmp:
         stage = Path(tmp) / "out"
         if exists(dest):
-            download(dest, stage)
+            copy(dest, stage)
         stage.mkdir(exist_ok=True)
         before = snapshot(stage)
         try:
             yield stage
         finally:
             if snapshot(stage) != before:
-                upload(stage, dest, markers)
+                copy(stage, dest, markers)

@@ -112,7 +112,7 @@ def shared(s3_server, tmp_path_factory) -> dict:
     local = tmp_path_factory.mktemp("multinode")
     bucket = f"s3://qpeft-test/multinode-{os.getpid()}"
     prepared = storage.join(bucket, "prepared")
-    storage.copy_dir(str(write_prepared(local / "prepared", n_train=16, n_dev=4)), prepared)
+    storage.copy(str(write_prepared(local / "prepared", n_train=16, n_dev=4)), prepared)
     return {"model": save_tiny_model(local / "tiny"), "prepared": prepared, "s3": bucket}
 
 

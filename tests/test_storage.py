@@ -35,7 +35,7 @@ def test_files_and_folders_round_trip(base, tmp_path):
     local = tmp_path / "src"
     (local / "sub").mkdir(parents=True)
     (local / "sub" / "w.bin").write_bytes(b"\x00\x01")
-    storage.copy_dir(str(local), storage.join(base, "copy"))
+    storage.copy(str(local), storage.join(base, "copy"))
     assert storage.read_text(storage.join(base, "copy", "sub", "w.bin")) == "\x00\x01"
     storage.remove(storage.join(base, "a"))
     assert not storage.exists(path) and storage.list_dir(base) == ["copy"]
@@ -61,7 +61,7 @@ def test_upload_replaces_the_folder_and_sends_markers_last(s3_dir, tmp_path, mon
     monkeypatch.setattr(
         storage.pafs, "copy_files", lambda src, dst, *a: (order.append(dst), copy(src, dst, *a))
     )
-    storage.upload(local, s3_dir, markers=("_SUCCESS",))
+    storage.copy(local, s3_dir, markers=("_SUCCESS",))
     assert order[-1].endswith("/_SUCCESS") and len(order) == 3
     assert storage.list_dir(s3_dir) == ["_SUCCESS", "counts.json", "run"]
 
@@ -115,7 +115,7 @@ def test_adapter_loads_from_a_cloud_uri(tiny, s3_dir, tmp_path, monkeypatch):
     model = build_model(tiny, "qpeft_r", k=3)
     saved = save_adapter(model, tmp_path / "adapter")
     uri = storage.join(s3_dir, "adapter")
-    storage.copy_dir(str(saved), uri)
+    storage.copy(str(saved), uri)
     assert read_adapter_config(uri)["method"] == "qpeft_r"
     loaded = load_adapter(uri, tiny)
     queries, docs = ["what is flow", "heat"], ["wing flow heat", "beta gamma"]
@@ -129,7 +129,7 @@ def test_adapter_loads_from_a_cloud_uri(tiny, s3_dir, tmp_path, monkeypatch):
 
 def test_runs_read_from_cloud_files_and_incomplete_rerank_folders_are_refused(s3_dir, tmp_path):
     write_trec(tmp_path / "run.trec", RUN)
-    storage.copy_dir(str(tmp_path / "run.trec"), storage.join(s3_dir, "run.trec"))
+    storage.copy(str(tmp_path / "run.trec"), storage.join(s3_dir, "run.trec"))
     run = read_run(storage.join(s3_dir, "run.trec"))
     assert run["1"] == pytest.approx(RUN["1"])
     storage.write_text(storage.join(s3_dir, "rerank", "run", "part.parquet"), "not yet")
@@ -142,9 +142,9 @@ def test_runs_read_from_cloud_files_and_incomplete_rerank_folders_are_refused(s3
 def test_evaluate_reads_and_writes_cloud_storage(s3_dir, tmp_path, capsys):
     write_prepared_qa(tmp_path / "prepared")
     prepared = storage.join(s3_dir, "prepared")
-    storage.copy_dir(str(tmp_path / "prepared"), prepared)
+    storage.copy(str(tmp_path / "prepared"), prepared)
     write_trec(tmp_path / "base.trec", RUN)
-    storage.copy_dir(str(tmp_path / "base.trec"), storage.join(s3_dir, "base.trec"))
+    storage.copy(str(tmp_path / "base.trec"), storage.join(s3_dir, "base.trec"))
     out = storage.join(s3_dir, "report")
     args = [
         f"evaluate.prepared_dir={prepared}",
