@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
-from qpeft.config import ConfigError
+import yaml
+
+from qpeft.config import ConfigError, load_config, to_dict
 from qpeft.data.readers import DataError
 
-STEPS = {
-    "prepare": "pipelines.prepare",
-    "train": "pipelines.train",
-    "rerank": "pipelines.rerank",
-    "evaluate": "pipelines.evaluate",
-    "tune": "pipelines.tune",
-    "demo": "pipelines.demo",
-}
+# The one registry of steps: `qpeft <step>` runs `pipelines.<step>`'s `main`, which is also
+# what `python -m pipelines.<step>` runs (a test checks that both agree with the docs).
+STEPS = ("prepare", "train", "rerank", "evaluate", "tune", "serve", "demo")
+
+
+def step_module(step: str) -> str:
+    return f"pipelines.{step}"
 
 
 def step_arguments(description: str) -> argparse.ArgumentParser:
@@ -31,7 +33,23 @@ def step_arguments(description: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set adapter.k=5 (repeatable)",
     )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (file, defaults and --set) as YAML and exit",
+    )
     return parser
+
+
+def step_config(config_class: type, description: str, argv: list[str] | None) -> Any:
+    """Parse a step's arguments and load its validated config. With `--print-config` the
+    config is printed and the step exits without running: a dry run of a command line."""
+    args = step_arguments(description).parse_args(argv)
+    cfg = load_config(config_class, args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        raise SystemExit(0)
+    return cfg
 
 
 def run_step(main, argv: list[str] | None = None) -> int:
@@ -71,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown step {argv[0]!r} (known: {known})", file=sys.stderr)
             return 2
         return 0
-    module = importlib.import_module(STEPS[argv[0]])
+    module = importlib.import_module(step_module(argv[0]))
     return run_step(module.main, argv[1:])
 
 

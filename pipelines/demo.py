@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pipelines.cli import run_as_module, step_arguments
+from pipelines.cli import run_as_module, step_config
 from pipelines.evaluate import EvaluateSection, evaluate_runs
 from pipelines.outputs import claim_output_dir, digest
 from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_counts
@@ -30,7 +30,6 @@ from qpeft.config import (
     ModelConfig,
     ScoringConfig,
     TemplateConfig,
-    load_config,
     to_dict,
 )
 from qpeft.data.first_stage import FirstStageConfig
@@ -194,8 +193,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    run_demo(load_config(DemoConfig, args.config, args.overrides))
+    run_demo(step_config(DemoConfig, __doc__.splitlines()[0], argv))
 
 
 if __name__ == "__main__":

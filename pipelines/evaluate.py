@@ -15,11 +15,11 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.cli import run_as_module, step_arguments
+from pipelines.cli import run_as_module, step_config
 from pipelines.report import write_report
 from qpeft import storage
 from qpeft.answers import DEFAULT_KS, answer_metrics
-from qpeft.config import ConfigError, load_config
+from qpeft.config import ConfigError
 from qpeft.data.first_stage import read_parquet_dir
 from qpeft.data.readers import DataError, read_trec_qrels
 from qpeft.data.runs import Run, read_run
@@ -189,8 +189,7 @@ def evaluate_runs(section: EvaluateSection) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = load_config(EvaluateConfig, args.config, args.overrides)
+    cfg = step_config(EvaluateConfig, __doc__.splitlines()[0], argv)
     report = evaluate_runs(cfg.evaluate)
     out = storage.absolute(cfg.evaluate.output_dir)
     with storage.staged(out, markers=("report.json",)) as folder:

@@ -25,11 +25,11 @@ from ray.data import ActorPoolStrategy, Datasource, ReadTask
 from ray.data.block import BlockMetadata
 from ray.data.expressions import col
 
-from pipelines.cli import run_as_module, step_arguments
+from pipelines.cli import run_as_module, step_config
 from pipelines.outputs import claim_output_dir, digest
 from pipelines.ray_setup import RaySection, init_ray
 from qpeft import storage
-from qpeft.config import ConfigError, load_config, to_dict
+from qpeft.config import ConfigError, to_dict
 from qpeft.data import schemas
 from qpeft.data.first_stage import FirstStage, FirstStageConfig, read_parquet_dir
 from qpeft.data.readers import DataError
@@ -348,8 +348,7 @@ def print_counts(counts: dict, root: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = load_config(PrepareConfig, args.config, args.overrides)
+    cfg = step_config(PrepareConfig, __doc__.splitlines()[0], argv)
     counts = prepare(cfg)
     print_counts(counts, storage.absolute(cfg.prepare.output_dir))
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
-from qpeft.config import ConfigError, ModelConfig
+from qpeft.config import ConfigError
 
 # Cut start-up work and noise (RAY_NOTES.md); set before ray is imported anywhere.
 for _name, _value in (
@@ -87,10 +86,3 @@ def check_cpu_headroom(wanted: float, what: str, advice: str) -> None:
             f"{what} leave less than a whole CPU per node of the cluster's {total:g} CPUs "
             f"({cpu_nodes()} nodes) for Ray Data, which then waits forever; {advice}"
         )
-
-
-def local_paths_absolute(model: ModelConfig) -> ModelConfig:
-    """Ray workers may run in another directory (Ray Train moves them into the run's
-    folder): a model given as a relative local path must be made absolute first."""
-    path = Path(model.name)
-    return replace(model, name=str(path.resolve())) if path.exists() else model

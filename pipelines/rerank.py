@@ -26,13 +26,12 @@ import ray
 from ray.data import ActorPoolStrategy
 from ray.data.expressions import col
 
-from pipelines.cli import run_as_module, step_arguments
+from pipelines.cli import run_as_module, step_config
 from pipelines.outputs import claim_output_dir, digest
 from pipelines.ray_setup import (
     RaySection,
     check_cpu_headroom,
     init_ray,
-    local_paths_absolute,
 )
 from pipelines.rerank_shards import (
     ShardCollector,
@@ -49,7 +48,6 @@ from qpeft.config import (
     ScoringConfig,
     TemplateConfig,
     from_dict,
-    load_config,
     to_dict,
 )
 from qpeft.data.first_stage import read_parquet_dir
@@ -264,7 +262,7 @@ def rerank(cfg: RerankConfig) -> dict:
         claim_output_dir(out, "rerank", config_hash(cfg), to_dict(cfg), section.overwrite)
         if section.adapter_dir:  # the actors may run in another directory
             section = replace(section, adapter_dir=storage.absolute(section.adapter_dir))
-        cfg = replace(cfg, model=local_paths_absolute(cfg.model), rerank=section)
+        cfg = replace(cfg, rerank=section)
         return score_missing_shards(cfg, root, out, dest, start)
 
 
@@ -301,6 +299,10 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
                 f"rerank: {section.num_actors} actors x {section.cpus_per_actor} CPUs",
                 "lower rerank.cpus_per_actor or rerank.num_actors",
             )
+            from qpeft.backbone import pin_model
+
+            # The actors only read the model cache; the driver fills it once.
+            cfg = replace(cfg, model=pin_model(cfg.model))
         collector = ShardCollector(plan)
         tick = time.perf_counter()
         for batch in scored_batches(cfg, root, plan.queries_of(todo)):
@@ -351,8 +353,7 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    rerank(load_config(RerankConfig, args.config, args.overrides))
+    rerank(step_config(RerankConfig, __doc__.splitlines()[0], argv))
 
 
 if __name__ == "__main__":

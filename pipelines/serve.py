@@ -21,8 +21,8 @@ from typing import Literal
 from fastapi import FastAPI, Header
 from ray import serve
 
-from pipelines.cli import run_as_module, step_arguments
-from pipelines.ray_setup import RaySection, init_ray, local_paths_absolute
+from pipelines.cli import run_as_module, step_config
+from pipelines.ray_setup import RaySection, init_ray
 from pipelines.serve_api import (
     BodySizeLimit,
     RerankRequest,
@@ -240,7 +240,10 @@ def application(cfg: ServeConfig):
     if section.adapter_dir:
         # Replicas may start in another folder or on another node (where a URI is fetched).
         section = replace(section, adapter_dir=storage.absolute(section.adapter_dir))
-    cfg = replace(cfg, model=local_paths_absolute(cfg.model), serve=section)
+    from qpeft.backbone import pin_model
+
+    # Replicas only read the model cache; the driver fills it once.
+    cfg = replace(cfg, model=pin_model(cfg.model), serve=section)
     scaling = (
         {"autoscaling_config": to_dict(section.autoscaling)}
         if section.autoscaling
@@ -278,8 +281,7 @@ def start(cfg: ServeConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = load_config(ServeConfig, args.config, args.overrides)
+    cfg = step_config(ServeConfig, __doc__.splitlines()[0], argv)
     url = start(cfg)
     print(f"[serve] POST {url}/v1/rerank  (docs: {url}/docs); Ctrl-C stops", flush=True)
     try:

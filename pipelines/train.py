@@ -32,17 +32,16 @@ from ray.data.expressions import col
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipelines.cli import run_as_module, step_arguments
+from pipelines.cli import run_as_module, step_config
 from pipelines.ray_setup import (
     RaySection,
     check_cpu_headroom,
     init_ray,
-    local_paths_absolute,
 )
 from qpeft import storage
-from qpeft.backbone import load_backbone
+from qpeft.backbone import load_backbone, pin_model
 from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
-from qpeft.config import ConfigError, QPeftConfig, from_dict, load_config, to_dict
+from qpeft.config import ConfigError, QPeftConfig, from_dict, to_dict
 from qpeft.data.first_stage import read_parquet_dir
 from qpeft.engines import DeepSpeedEngine, TorchEngine
 from qpeft.metrics import mean_ndcg10
@@ -349,9 +348,11 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
     A finished run (its metrics.json written with this same config) is not started again;
     an unfinished one resumes from its last checkpoint (Ray Train does that by name).
     `callbacks` go to Ray Train's RunConfig (a Tune trial passes TuneReportCallback)."""
+    pinned = pin_model(cfg.model)  # workers only read the model cache from here on
     cfg = replace(
         cfg,
-        model=local_paths_absolute(cfg.model),
+        # Where the model is cached is not part of the run: keep the user's cache_dir.
+        model=replace(pinned, cache_dir=cfg.model.cache_dir),
         data=replace(cfg.data, prepared_dir=storage.absolute(cfg.data.prepared_dir)),
         run=replace(cfg.run, storage_path=storage.absolute(cfg.run.storage_path)),
     )
@@ -380,7 +381,10 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
     )
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": to_dict(cfg), "steps_per_epoch": steps_per_epoch},
+        train_loop_config={
+            "config": to_dict(replace(cfg, model=pinned)),
+            "steps_per_epoch": steps_per_epoch,
+        },
         scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -414,8 +418,7 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = load_config(TrainRunConfig, args.config, args.overrides)
+    cfg = step_config(TrainRunConfig, __doc__.splitlines()[0], argv)
     summary = train(cfg)
     print(
         f"[train] best dev NDCG@10 {summary['best_dev_ndcg10']:.4f} at epoch "

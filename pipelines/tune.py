@@ -22,12 +22,13 @@ import ray
 import yaml
 from ray import tune
 
-from pipelines.cli import run_as_module, step_arguments
+from pipelines.cli import run_as_module, step_config
 from pipelines.ray_setup import RaySection, cpu_nodes, init_ray, usable_cpus
 from pipelines.search_space import check_distribution, example_value, to_domain
 from pipelines.train import TrainRunConfig, train
 from qpeft import storage
-from qpeft.config import ConfigError, from_dict, load_config, read_yaml, set_dotted, to_dict
+from qpeft.backbone import pin_model
+from qpeft.config import ConfigError, from_dict, read_yaml, set_dotted, to_dict
 
 
 @dataclass
@@ -156,12 +157,14 @@ def trial_train_dir(sweep_dir: str) -> str:
     return storage.join(sweep_dir, "train")
 
 
-def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
+def run_trial(params: dict, base: dict, model: dict, sweep_dir: str) -> None:
     """One trial: the sampled values on the base config, trained by `qpeft train`'s code;
-    each epoch's report reaches Tune through TuneReportCallback."""
+    each epoch's report reaches Tune through TuneReportCallback. `model` is the base's model
+    section as the driver resolved it (trials only read the model cache)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     data = copy.deepcopy(base)
+    data["model"] = model
     for key, value in params.items():
         set_dotted(data, key, value, "tune.search_space")
     trial_id = tune.get_context().get_trial_id()
@@ -281,11 +284,12 @@ def write_outputs(rows: list[dict], base: dict, section: SweepSection, sweep_dir
 def sweep(cfg: TuneRunConfig) -> dict:
     section = cfg.tune
     base, epochs = base_train_config(section, cfg.ray)
+    model = to_dict(pin_model(from_dict(TrainRunConfig, base).model))
     init_ray(cfg.ray)
     storage_path = storage.absolute(section.storage_path)  # a local folder or a cloud URI
     sweep_dir = storage.join(storage_path, section.name)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, sweep_dir=sweep_dir),
+        tune.with_parameters(run_trial, base=base, model=model, sweep_dir=sweep_dir),
         {"cpu": section.resources.driver_cpus},
     )
     if tune.Tuner.can_restore(sweep_dir):
@@ -313,8 +317,7 @@ def sweep(cfg: TuneRunConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = step_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    sweep(load_config(TuneRunConfig, args.config, args.overrides))
+    sweep(step_config(TuneRunConfig, __doc__.splitlines()[0], argv))
 
 
 if __name__ == "__main__":

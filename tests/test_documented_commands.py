@@ -1,0 +1,137 @@
+"""Every `qpeft <step>` command line that README.md and docs/*.md show works as typed: the
+step exists for `qpeft` and for `python -m pipelines.<step>`, `--help` answers, and the
+config file and `--set` overrides it names load (`--print-config`). The short ones run."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import STEPS, main
+from tests.test_evaluate import RUN, write_prepared_qa, write_trec
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL_OPERATORS = {"&&", "||", ";", "|"}
+
+
+def code_lines(path: Path) -> list[tuple[int, str]]:
+    """Lines of a markdown file's code (indented blocks and fences), with backslash
+    continuations joined; numbered by their first line."""
+    lines, fenced, joined, first = [], False, "", 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if not (fenced or line.startswith("    ") or joined):
+            continue
+        if not joined:
+            first = number
+        if line.rstrip().endswith("\\"):
+            joined += line.rstrip()[:-1] + " "
+            continue
+        lines.append((first, joined + line))
+        joined = ""
+    return lines
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(where, argv after `qpeft`) for every `qpeft ...` command in the docs' code."""
+    found = []
+    for path in DOCUMENTS:
+        for number, line in code_lines(path):
+            try:
+                tokens = shlex.split(line, comments=True)
+            except ValueError:  # prose that happens to be indented, with a stray quote
+                continue
+            for i, token in enumerate(tokens):
+                if token != "qpeft" or i + 1 == len(tokens):
+                    continue
+                argv = []
+                for arg in tokens[i + 1 :]:
+                    if arg in SHELL_OPERATORS:
+                        break
+                    argv.append(arg)
+                found.append((f"{path.relative_to(ROOT)}:{number}", argv))
+    return found
+
+
+COMMANDS = documented_commands()
+
+
+def test_docs_show_every_step_and_only_real_steps():
+    assert len(COMMANDS) >= 15, COMMANDS  # the parser still finds the docs' commands
+    for where, argv in COMMANDS:
+        assert argv[0] in STEPS, f"{where}: `qpeft {argv[0]}` is not a step ({STEPS})"
+        assert not any("$" in arg for arg in argv), f"{where}: shell variables do not paste"
+    assert {argv[0] for _, argv in COMMANDS} == set(STEPS)
+
+
+def test_every_pipelines_module_with_a_main_is_a_step():
+    modules = {
+        path.stem
+        for path in (ROOT / "pipelines").glob("*.py")
+        if "\ndef main(" in path.read_text() and path.stem != "cli"
+    }
+    assert modules == set(STEPS)
+
+
+@pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[where for where, _ in COMMANDS])
+def test_documented_command_line_loads_its_config(where, argv, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--print-config"])
+    assert done.value.code == 0, f"{where}: {capsys.readouterr().err}"
+    printed = capsys.readouterr().out
+    assert printed.startswith(("model:", "prepare:", "evaluate:", "tune:", "demo:", "ray:"))
+
+
+def test_help_of_every_step_through_both_entry_points():
+    """`qpeft <step> --help` (the console script) and `python -m pipelines.<step> --help`,
+    all started at once: each exits 0 and shows the shared options."""
+    qpeft = Path(sys.executable).parent / "qpeft"
+    runs = {}
+    for step in STEPS:
+        for form, argv in (
+            ("qpeft", [str(qpeft), step, "--help"]),
+            ("module", [sys.executable, "-m", f"pipelines.{step}", "--help"]),
+        ):
+            runs[(step, form)] = subprocess.Popen(
+                argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+    for (step, form), proc in runs.items():
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, f"{form} {step}: {err[-2000:]}"
+        assert "--config" in out and "--print-config" in out, f"{form} {step}: {out}"
+
+
+def test_unknown_step_is_refused_with_the_known_ones(capsys):
+    assert main(["serv"]) == 2
+    assert "unknown step 'serv'" in capsys.readouterr().err
+
+
+def test_documented_evaluate_runs_for_real_on_tiny_runs(tmp_path, monkeypatch, capsys):
+    """README's `qpeft evaluate --config configs/evaluate-cranfield.yaml`, as typed, with
+    its inputs and output pointed at a tiny prepared folder and three TREC runs."""
+    typed = ["evaluate", "--config", "configs/evaluate-cranfield.yaml"]
+    where, argv = next((w, a) for w, a in COMMANDS if a == typed)
+    monkeypatch.chdir(ROOT)
+    write_prepared_qa(tmp_path / "prepared")
+    runs = {}
+    for name in ("bm25", "zero_shot", "qpeft_a"):
+        write_trec(tmp_path / f"{name}.trec", RUN)
+        runs[name] = str(tmp_path / f"{name}.trec")
+    overrides = [
+        f"evaluate.prepared_dir={tmp_path / 'prepared'}",
+        f"evaluate.runs={json.dumps(runs)}",
+        f"evaluate.output_dir={tmp_path / 'report'}",
+    ]
+    assert main([*argv, *(x for o in overrides for x in ("--set", o))]) == 0, where
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["baseline"] == "zero_shot" and set(report["runs"]) == set(runs)
+    assert "| qpeft_a |" in capsys.readouterr().out
