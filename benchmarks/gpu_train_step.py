@@ -25,7 +25,7 @@ from qpeft.config import AdapterConfig, LossConfig, TemplateConfig
 from qpeft.engines import DeepSpeedEngine
 from qpeft.losses import TrainingGroup
 from qpeft.model import QPeftModel
-from qpeft.training import TrainSettings, batch_loss
+from qpeft.training import TrainSettings, backward_step
 
 
 def groups_from_pairs(path: str, per_query: int, n_queries: int) -> list[TrainingGroup]:
@@ -80,17 +80,17 @@ def main() -> None:
     engine = DeepSpeedEngine(qpeft, settings, args.steps, args.stage, bf16=True, world_size=1)
     groups = groups_from_pairs(args.pairs, args.negatives, args.queries_per_batch)
     loss_config = LossConfig(in_batch_negatives=1)
-    pairs = sum(1 + len(g.negatives) + 1 for g in groups)
     losses, times = [], []
     torch.cuda.reset_peak_memory_stats()
     for _ in range(args.steps):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        loss = batch_loss(engine.module, qpeft, groups, loss_config)
-        engine.step(loss)
+        result = backward_step(engine, qpeft, groups, loss_config, settings.micro_batch_tokens)
+        engine.step()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-        losses.append(loss.item())
+        losses.append(result.loss)
+    pairs = result.pairs
     steady = times[1:] or times
     per_step = sum(steady) / len(steady)
     print(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipelines.cli import run_as_module, step_config
 from pipelines.evaluate import EvaluateSection, evaluate_runs
-from pipelines.outputs import claim_output_dir, digest
+from pipelines.outputs import claim_output_dir, digest, exclusive
 from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_counts
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.report import write_report
@@ -102,7 +102,11 @@ class Progress:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    out = open_output(cfg)
+    with exclusive(cfg.demo.output_dir, "demo"):
+        return run_demo_steps(cfg, open_output(cfg))
+
+
+def run_demo_steps(cfg: DemoConfig, out: Path) -> dict:
     progress = Progress(3 + len(cfg.demo.methods))
     init_ray(cfg.ray)
 
@@ -113,6 +117,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             prepare=PrepareSection(
                 output_dir=str(prepared), source=cfg.source, first_stage=cfg.first_stage
             ),
+            model=cfg.model,
+            template=cfg.template,
             ray=cfg.ray,
         )
     )

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.cli import run_as_module, step_config
+from pipelines.outputs import exclusive
 from pipelines.report import write_report
 from qpeft import storage
 from qpeft.answers import DEFAULT_KS, answer_metrics
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = step_config(EvaluateConfig, __doc__.splitlines()[0], argv)
     report = evaluate_runs(cfg.evaluate)
     out = storage.absolute(cfg.evaluate.output_dir)
-    with storage.staged(out, markers=("report.json",)) as folder:
+    with exclusive(out, "evaluate"), storage.staged(out, markers=("report.json",)) as folder:
         table = write_report(report, folder)
     print(table)
     print(f"\nreport.json, report.md, per_query.tsv and report.png in {out}")

@@ -7,9 +7,13 @@ configuration, is refused instead of being mixed with new outputs (unless `overw
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from qpeft import storage
 from qpeft.config import ConfigError
@@ -44,3 +48,29 @@ def claim_output_dir(
             f"{step}.overwrite=true to replace them, or choose another folder"
         )
     storage.write_text(stamp, json.dumps({"hash": what, "config": config}, indent=2))
+
+
+@contextlib.contextmanager
+def exclusive(root: str | Path, step: str) -> Iterator[None]:
+    """Hold `root` for one run of `step`: a second run started into the same folder (same
+    configuration or not) is refused at once instead of writing beside the first.
+
+    The lock is a file beside the folder (an overwrite may remove the folder itself). Object
+    stores have no locks: for a cloud URI, runs must not share an output folder."""
+    if storage.is_uri(root):
+        yield
+        return
+    path = Path(root).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(
+            f"{step}: another run is writing {path} (it holds {lock.lock_file}); wait for it "
+            "to finish or choose another output folder"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

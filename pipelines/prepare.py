@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import pyarrow as pa
@@ -26,15 +26,17 @@ from ray.data.block import BlockMetadata
 from ray.data.expressions import col
 
 from pipelines.cli import run_as_module, step_config
-from pipelines.outputs import claim_output_dir, digest
+from pipelines.outputs import claim_output_dir, digest, exclusive
 from pipelines.ray_setup import RaySection, init_ray
 from qpeft import storage
-from qpeft.config import ConfigError, to_dict
+from qpeft.config import AdapterConfig, ConfigError, ModelConfig, TemplateConfig, to_dict
 from qpeft.data import schemas
 from qpeft.data.first_stage import FirstStage, FirstStageConfig, read_parquet_dir
 from qpeft.data.readers import DataError
 from qpeft.data.sources import Part, SourceConfig, parts
 from qpeft.data.splits import SPLITS, split_of
+from qpeft.input_check import check_queries
+from qpeft.template import Template
 
 
 @dataclass
@@ -61,7 +63,35 @@ class PrepareSection:
 @dataclass
 class PrepareConfig:
     prepare: PrepareSection = field(default_factory=PrepareSection)
+    # With a model, counts.json also says how many queries are over template.max_query_tokens
+    # for that model's tokenizer (what train, rerank and serve will cut, skip or refuse).
+    model: ModelConfig | None = None
+    template: TemplateConfig = field(default_factory=TemplateConfig)
     ray: RaySection = field(default_factory=RaySection)
+
+
+def query_lengths(cfg: PrepareConfig, root: str) -> dict:
+    """Queries over the template's limit, by split, for the configured tokenizer."""
+    from qpeft.backbone import load_tokenizer
+
+    where = storage.join(root, "queries")
+    rows = read_parquet_dir(where, ["query_id", "text", "split"]).to_pylist()
+    template = Template(replace(cfg.template, long_queries="truncate"), load_tokenizer(cfg.model))
+    zero_shot = AdapterConfig(method="zero_shot")
+    by_split = {}
+    for split in sorted({r["split"] for r in rows}):
+        pairs = ((r["query_id"], r["text"]) for r in rows if r["split"] == split)
+        by_split[split] = check_queries(template, zero_shot, pairs, where).counts()
+    return {
+        "model": cfg.model.name,
+        "max_query_tokens": cfg.template.max_query_tokens,
+        "long_queries": cfg.template.long_queries,
+        "queries_over_limit": sum(c["queries_over_limit"] for c in by_split.values()),
+        "longest_query_tokens": max(
+            (c["longest_query_tokens"] for c in by_split.values()), default=0
+        ),
+        "by_split": by_split,
+    }
 
 
 class PrepareError(DataError):
@@ -236,9 +266,14 @@ def log(message: str, start: float) -> None:
 
 def prepare(cfg: PrepareConfig) -> dict:
     """Run every missing step and return the counts (also written to counts.json)."""
+    root = storage.absolute(cfg.prepare.output_dir)
+    with exclusive(root, "prepare"):
+        return prepare_into(cfg, root)
+
+
+def prepare_into(cfg: PrepareConfig, root: str) -> dict:
     section, source = cfg.prepare, cfg.prepare.source
     start = time.perf_counter()
-    root = storage.absolute(section.output_dir)
     out = Output(root, section)
     if storage.exists(storage.join(root, "_SUCCESS")):
         log(f"{root} is complete; nothing to do", start)
@@ -326,6 +361,8 @@ def prepare(cfg: PrepareConfig) -> dict:
     counts = ray.get(summarize.remote(root))
     counts["skipped"] = skipped
     counts["references"] = references
+    if cfg.model is not None:
+        counts["query_lengths"] = query_lengths(cfg, root)
     counts["seconds"] = round(time.perf_counter() - start, 1)
     storage.write_text(storage.join(root, "counts.json"), json.dumps(counts, indent=2) + "\n")
     storage.write_text(storage.join(root, "_SUCCESS"), "")
@@ -343,7 +380,14 @@ def print_counts(counts: dict, root: str) -> None:
         f"candidates: {counts['candidates']} ({per['min']}-{per['max']} per query, "
         f"mean {per['mean']:.1f}; {counts['queries_without_candidates']} queries without any)\n"
         f"groups: {counts['groups']} (skipped: {counts['skipped']['groups']})\n"
-        f"shards and counts.json in {root}"
+        + (
+            f"queries over template.max_query_tokens={lengths['max_query_tokens']} "
+            f"({lengths['model']} tokens): {lengths['queries_over_limit']}, longest "
+            f"{lengths['longest_query_tokens']} (template.long_queries={lengths['long_queries']})\n"
+            if (lengths := counts.get("query_lengths"))
+            else ""
+        )
+        + f"shards and counts.json in {root}"
     )
 
 

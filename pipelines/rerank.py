@@ -27,7 +27,7 @@ from ray.data import ActorPoolStrategy
 from ray.data.expressions import col
 
 from pipelines.cli import run_as_module, step_config
-from pipelines.outputs import claim_output_dir, digest
+from pipelines.outputs import claim_output_dir, digest, exclusive
 from pipelines.ray_setup import (
     RaySection,
     check_cpu_headroom,
@@ -41,7 +41,7 @@ from pipelines.rerank_shards import (
     write_shard,
 )
 from qpeft import storage
-from qpeft.checkpoint import WEIGHTS_NAME, load_reranker, read_adapter_config
+from qpeft.checkpoint import WEIGHTS_NAME, load_reranker, read_adapter_config, reranker_configs
 from qpeft.config import (
     ConfigError,
     ModelConfig,
@@ -53,7 +53,8 @@ from qpeft.config import (
 from qpeft.data.first_stage import read_parquet_dir
 from qpeft.data.readers import DataError
 from qpeft.data.runs import write_trec_run
-from qpeft.template import QueryTooLongError
+from qpeft.input_check import QueryCheck, check_queries
+from qpeft.template import Template
 
 TRAINED_METHODS = ("soft_prompt", "qpeft_r", "qpeft_a")
 
@@ -138,23 +139,14 @@ class PairScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from qpeft.scoring import score_pairs
 
-        queries = batch.column("query").to_pylist()
-        try:
-            scores = score_pairs(
-                self.model,
-                queries,
-                batch.column("text").to_pylist(),
-                self.scoring.batch_size,
-                self.scoring.share_prefix,
-            )
-        except QueryTooLongError as err:
-            query_ids = batch.column("query_id").to_pylist()
-            for query_id, query in zip(query_ids, queries, strict=True):
-                try:
-                    self.model.encode([query], [""])
-                except QueryTooLongError:
-                    raise DataError(f"query {query_id}: {err}") from None
-            raise
+        # The driver checked every query against the template (check_rerank_queries).
+        scores = score_pairs(
+            self.model,
+            batch.column("query").to_pylist(),
+            batch.column("text").to_pylist(),
+            self.scoring.batch_size,
+            self.scoring.share_prefix,
+        )
         return scored_table(batch, scores)
 
 
@@ -198,8 +190,9 @@ def candidate_filter(section: RerankSection):
     return condition
 
 
-def plan_shards(root: str, section: RerankSection) -> ShardPlan:
-    """Candidate keys (ids only, never texts) cut into shards of whole queries."""
+def plan_shards(root: str, section: RerankSection, skip: list[str] = ()) -> ShardPlan:
+    """Candidate keys (ids only, never texts) cut into shards of whole queries; `skip`:
+    queries the long-query policy leaves out."""
     condition = pc.field("rank") <= section.depth
     if section.split:
         condition = condition & (pc.field("split") == section.split)
@@ -207,7 +200,23 @@ def plan_shards(root: str, section: RerankSection) -> ShardPlan:
     if section.max_queries:
         first = sorted(set(keys.column("query_id").to_pylist()))[: section.max_queries]
         keys = keys.filter(pc.is_in(keys.column("query_id"), pa.array(first)))
+    if skip:
+        keys = keys.filter(pc.invert(pc.is_in(keys.column("query_id"), pa.array(list(skip)))))
     return ShardPlan.build(keys, section.queries_per_shard, storage.join(root, "candidates"))
+
+
+def check_rerank_queries(cfg: RerankConfig, root: str, query_ids: list[str]) -> QueryCheck:
+    """The plan's queries against the template (the adapter's own, for a trained method)
+    and its long-query policy, in the driver, before any actor loads the model."""
+    from qpeft.backbone import load_tokenizer
+
+    template_cfg, adapter_cfg = reranker_configs(cfg.template, cfg.rerank.adapter_dir)
+    where = storage.join(root, "queries")
+    rows = read_parquet_dir(
+        where, ["query_id", "text"], pc.field("query_id").isin(pa.array(query_ids, pa.string()))
+    ).to_pylist()
+    template = Template(template_cfg, load_tokenizer(cfg.model))
+    return check_queries(template, adapter_cfg, ((r["query_id"], r["text"]) for r in rows), where)
 
 
 def log(message: str, start: float) -> None:
@@ -257,7 +266,7 @@ def rerank(cfg: RerankConfig) -> dict:
         raise ConfigError(f"rerank.prepared_dir: {root} is not a complete `qpeft prepare` output")
     check_adapter(section)
     dest = storage.join(section.output_dir, section.run_name)
-    with storage.staged(dest, markers=("_SUCCESS",)) as out:
+    with exclusive(dest, "rerank"), storage.staged(dest, markers=("_SUCCESS",)) as out:
         # `rerank_config.json` stamps the run's folder with the config hash.
         claim_output_dir(out, "rerank", config_hash(cfg), to_dict(cfg), section.overwrite)
         if section.adapter_dir:  # the actors may run in another directory
@@ -275,6 +284,20 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
     shards_dir = out / "run.partial"
     shards_dir.mkdir(exist_ok=True)
     plan = plan_shards(root, section)
+    query_check = QueryCheck()
+    if section.method != "first_stage":
+        from qpeft.backbone import pin_model
+
+        # The actors only read the model cache; the driver fills it once.
+        cfg = replace(cfg, model=pin_model(cfg.model))
+        query_check = check_rerank_queries(cfg, root, sorted(plan.shard_of_query))
+        if query_check.skipped:
+            plan = plan_shards(root, section, query_check.skipped)
+        log(
+            f"queries: {query_check.over_limit} over the template's max_query_tokens; "
+            f"{query_check.truncated} truncated, {len(query_check.skipped)} skipped",
+            start,
+        )
     if not plan.expected:
         raise DataError(
             f"{storage.join(root, 'candidates')}: no candidates for split {section.split!r}"
@@ -299,10 +322,6 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
                 f"rerank: {section.num_actors} actors x {section.cpus_per_actor} CPUs",
                 "lower rerank.cpus_per_actor or rerank.num_actors",
             )
-            from qpeft.backbone import pin_model
-
-            # The actors only read the model cache; the driver fills it once.
-            cfg = replace(cfg, model=pin_model(cfg.model))
         collector = ShardCollector(plan)
         tick = time.perf_counter()
         for batch in scored_batches(cfg, root, plan.queries_of(todo)):
@@ -341,6 +360,7 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
         invocations=history,
         method=section.method,
         adapter_dir=section.adapter_dir,
+        query_check=query_check.counts(),
     )
     (out / "counts.json").write_text(json.dumps(counts, indent=2) + "\n")
     (out / "_SUCCESS").write_text("")

@@ -211,6 +211,7 @@ class Reranker:
                 documents=len(texts),
                 total_tokens=total_tokens(layouts),
                 truncated_documents=sum(layout.doc_truncated for layout in layouts),
+                query_tokens_cut=layouts[0].query_tokens_cut if layouts else 0,
             ),
         )
 

@@ -63,6 +63,8 @@ class Usage(BaseModel):
     documents: int
     total_tokens: int
     truncated_documents: int
+    # Tokens cut from the end of the query (template.long_queries=truncate).
+    query_tokens_cut: int = 0
 
 
 class RerankResponse(BaseModel):

@@ -33,23 +33,26 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines.cli import run_as_module, step_config
+from pipelines.outputs import exclusive
 from pipelines.ray_setup import (
     RaySection,
     check_cpu_headroom,
     init_ray,
 )
 from qpeft import storage
-from qpeft.backbone import load_backbone, pin_model
+from qpeft.backbone import load_backbone, load_tokenizer, pin_model
 from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
-from qpeft.config import ConfigError, QPeftConfig, from_dict, to_dict
+from qpeft.config import ConfigError, ModelConfig, QPeftConfig, from_dict, to_dict
 from qpeft.data.first_stage import read_parquet_dir
 from qpeft.engines import DeepSpeedEngine, TorchEngine
+from qpeft.input_check import QueryCheck, check_queries
 from qpeft.metrics import mean_ndcg10
 from qpeft.model import QPeftModel
+from qpeft.template import Template
 from qpeft.training import (
     TrainSettings,
     TrainState,
-    batch_loss,
+    backward_step,
     dev_loss,
     dev_run,
     groups_from_rows,
@@ -113,7 +116,33 @@ def all_gather(obj, world: int) -> list:
     return out
 
 
-def load_dev(prepared_dir: str, settings: TrainSettings) -> dict:
+def check_training_queries(cfg: TrainRunConfig) -> QueryCheck:
+    """Every train and dev query against the template and its long-query policy, in the
+    driver, with the tokenizer alone: a data or template error stops the run here, in
+    seconds, instead of in Ray workers that Ray Train would restart as if a node died."""
+    root = cfg.data.prepared_dir
+    if not storage.exists(storage.join(root, "_SUCCESS")):
+        raise ConfigError(f"data.prepared_dir: {root} is not a complete `qpeft prepare` output")
+    rows = read_parquet_dir(
+        storage.join(root, "queries"),
+        ["query_id", "text"],
+        pc.field("split").isin(pa.array(["train", "dev"], pa.string())),
+    ).to_pylist()
+    template = Template(cfg.template, load_tokenizer(cfg.model))
+    where = storage.join(root, "queries")
+    return check_queries(template, cfg.adapter, ((r["query_id"], r["text"]) for r in rows), where)
+
+
+def describe_query_check(check: QueryCheck, template) -> str:
+    return (
+        f"{check.queries} train/dev queries (longest {check.longest_tokens} tokens); "
+        f"{check.over_limit} over template.max_query_tokens={template.max_query_tokens}: "
+        f"{check.truncated} truncated ({check.tokens_cut} tokens cut), "
+        f"{len(check.skipped)} skipped"
+    )
+
+
+def load_dev(prepared_dir: str, settings: TrainSettings, skip: list[str] = ()) -> dict:
     """The dev queries' groups, top candidates and qrels, read with pyarrow in each worker.
 
     Every rank needs all of it and it is small (capped by `train.dev_max_queries`); three
@@ -124,7 +153,9 @@ def load_dev(prepared_dir: str, settings: TrainSettings) -> dict:
         return read_parquet_dir(storage.join(prepared_dir, name), columns, filter)
 
     dev_split = pc.field("split") == "dev"
-    queries = sorted(table("queries", ["query_id"], dev_split)["query_id"].to_pylist())
+    queries = sorted(
+        set(table("queries", ["query_id"], dev_split)["query_id"].to_pylist()) - set(skip)
+    )
     if settings.dev_max_queries:
         queries = queries[: settings.dev_max_queries]
     chosen = pc.field("query_id").isin(pa.array(queries, pa.string()))
@@ -232,7 +263,7 @@ def train_loop(loop_config: dict) -> None:
         if rank == 0:
             print(f"[train] resumed at step {state.step} (epoch {state.epoch})", flush=True)
 
-    dev = load_dev(cfg.data.prepared_dir, settings)
+    dev = load_dev(cfg.data.prepared_dir, settings, loop_config["skip_query_ids"])
     shard = ray.train.get_dataset_shard("train")
     steps_per_epoch = loop_config["steps_per_epoch"]
     start = time.perf_counter()
@@ -240,7 +271,7 @@ def train_loop(loop_config: dict) -> None:
 
     while state.epoch < settings.epochs and not state.stopped_early:
         done_in_epoch = state.step - state.epoch * steps_per_epoch
-        throughput = {"seconds": 0.0, "pairs": 0}
+        throughput = {"seconds": 0.0, "pairs": 0, "query_tokens_cut": 0}
         batches = shard.iter_batches(
             batch_size=settings.queries_per_batch,
             batch_format="pyarrow",
@@ -260,11 +291,12 @@ def train_loop(loop_config: dict) -> None:
                 break
             tick = time.perf_counter()
             groups = groups_from_rows(batch.to_pylist(), settings.max_negatives)
-            loss = batch_loss(engine.module, qpeft, groups, cfg.loss)
-            engine.step(loss)
+            result = backward_step(engine, qpeft, groups, cfg.loss, settings.micro_batch_tokens)
+            engine.step()
             state.step += 1
             seconds = time.perf_counter() - tick
-            pairs = sum(1 + len(g.negatives) + cfg.loss.in_batch_negatives for g in groups)
+            pairs = result.pairs
+            throughput["query_tokens_cut"] += result.query_tokens_cut
             if state.step - first_step > 1:  # the first step of a process includes warm-up
                 throughput["seconds"] += seconds
                 throughput["pairs"] += pairs * world  # ranks step in lockstep (all-reduce)
@@ -273,8 +305,9 @@ def train_loop(loop_config: dict) -> None:
                 eta = (total_steps - state.step) / rate if rate else 0.0
                 print(
                     f"[train] step {state.step}/{total_steps} epoch {state.epoch + 1} "
-                    f"loss {loss.item():.4f} lr {engine.lr:.2e} "
-                    f"{pairs * world / seconds:.1f} pairs/s ETA {eta:.0f}s",
+                    f"loss {result.loss:.4f} lr {engine.lr:.2e} "
+                    f"{pairs * world / seconds:.1f} pairs/s ({result.micro_batches} micro-batches) "
+                    f"ETA {eta:.0f}s",
                     flush=True,
                 )
             if state.step % settings.checkpoint_every == 0 and index + 1 < steps_per_epoch:
@@ -284,7 +317,7 @@ def train_loop(loop_config: dict) -> None:
                     state,
                     best_dir,
                     rank,
-                    {"step": state.step, "epoch": state.epoch, "loss": loss.item()},
+                    {"step": state.step, "epoch": state.epoch, "loss": result.loss},
                 )
         state.epoch += 1
         if settings.max_steps and state.step >= settings.max_steps:
@@ -294,6 +327,8 @@ def train_loop(loop_config: dict) -> None:
             step=state.step,
             epoch=state.epoch,
             train_pairs_per_s=throughput["pairs"] / max(throughput["seconds"], 1e-9),
+            # Query tokens the long-query policy cut from this epoch's training pairs.
+            query_tokens_cut=sum(all_gather(throughput["query_tokens_cut"], world)),
             peak_rss_mib=all_gather(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, world
             ),
@@ -326,12 +361,15 @@ def train_loop(loop_config: dict) -> None:
         save_checkpoint(engine, qpeft, state, best_dir, rank, metrics)
 
 
-def build_datasets(cfg: TrainRunConfig) -> tuple[dict, int]:
+def build_datasets(cfg: TrainRunConfig, skip: list[str]) -> tuple[dict, int]:
+    """The training groups (less the queries the long-query policy skips) and the number
+    of optimizer steps per epoch."""
     root = cfg.data.prepared_dir
-    if not storage.exists(storage.join(root, "_SUCCESS")):
-        raise ConfigError(f"data.prepared_dir: {root} is not a complete `qpeft prepare` output")
     groups = ray.data.read_parquet(storage.join(root, "groups"))
-    train = groups.filter(expr=col("split") == "train")
+    condition = col("split") == "train"
+    if skip:
+        condition = condition & col("query_id").not_in(list(skip))
+    train = groups.filter(expr=condition)
     n_train = train.count()
     per_step = cfg.train.queries_per_batch * cfg.scaling.num_workers
     if n_train < per_step:
@@ -357,19 +395,27 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
         run=replace(cfg.run, storage_path=storage.absolute(cfg.run.storage_path)),
     )
     out = storage.join(cfg.run.storage_path, cfg.run.name)
+    with exclusive(out, "train"):
+        return fit(cfg, pinned, out, callbacks)
+
+
+def fit(cfg: TrainRunConfig, pinned: ModelConfig, out: str, callbacks: list | None) -> dict:
+    """The body of `train` once it holds the run's folder."""
     finished = storage.join(out, "metrics.json")
     if storage.exists(finished):
         summary = json.loads(storage.read_text(finished))
         if summary["config"] == to_dict(cfg):
             print(f"[train] {out} is complete; nothing to do", flush=True)
             return summary
+    query_check = check_training_queries(cfg)
+    print(f"[train] {describe_query_check(query_check, cfg.template)}", flush=True)
     init_ray(cfg.ray)
     check_cpu_headroom(
         cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
         f"scaling: {cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker} CPUs",
         "lower scaling.cpus_per_worker (e.g. 0.5 on a 2-core machine)",
     )
-    datasets, steps_per_epoch = build_datasets(cfg)
+    datasets, steps_per_epoch = build_datasets(cfg, query_check.skipped)
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.scaling.num_workers,
         use_gpu=cfg.scaling.use_gpu,
@@ -384,6 +430,7 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
         train_loop_config={
             "config": to_dict(replace(cfg, model=pinned)),
             "steps_per_epoch": steps_per_epoch,
+            "skip_query_ids": query_check.skipped,
         },
         scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
@@ -411,6 +458,7 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
         "stopped_early": state.stopped_early,
         "resumed_at": state.resumed_at or [],
         "history": state.history,
+        "query_check": query_check.counts(),
         "config": to_dict(cfg),
     }
     storage.write_text(finished, json.dumps(summary, indent=2) + "\n")  # written last

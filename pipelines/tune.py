@@ -25,7 +25,12 @@ from ray import tune
 from pipelines.cli import run_as_module, step_config
 from pipelines.ray_setup import RaySection, cpu_nodes, init_ray, usable_cpus
 from pipelines.search_space import check_distribution, example_value, to_domain
-from pipelines.train import TrainRunConfig, train
+from pipelines.train import (
+    TrainRunConfig,
+    check_training_queries,
+    describe_query_check,
+    train,
+)
 from qpeft import storage
 from qpeft.backbone import pin_model
 from qpeft.config import ConfigError, from_dict, read_yaml, set_dotted, to_dict
@@ -284,7 +289,12 @@ def write_outputs(rows: list[dict], base: dict, section: SweepSection, sweep_dir
 def sweep(cfg: TuneRunConfig) -> dict:
     section = cfg.tune
     base, epochs = base_train_config(section, cfg.ray)
-    model = to_dict(pin_model(from_dict(TrainRunConfig, base).model))
+    base_cfg = from_dict(TrainRunConfig, base)
+    model = to_dict(pin_model(base_cfg.model))
+    # Data and template errors stop the sweep here, not in every trial's workers. (A swept
+    # template or adapter key is checked again by each trial's own driver.)
+    check = check_training_queries(base_cfg)
+    print(f"[tune] {describe_query_check(check, base_cfg.template)}", flush=True)
     init_ray(cfg.ray)
     storage_path = storage.absolute(section.storage_path)  # a local folder or a cloud URI
     sweep_dir = storage.join(storage_path, section.name)

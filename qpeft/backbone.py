@@ -246,6 +246,13 @@ def pin_model(config: ModelConfig) -> ModelConfig:
     return replace(config, name=str(path.resolve())) if path.exists() else config
 
 
+def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    """The model's tokenizer alone: what drivers need to check inputs against the
+    template without loading the weights."""
+    path = resolve_model_path(config.name, config.cache_dir)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+
+
 def load_backbone(config: ModelConfig) -> Backbone:
     """Load the frozen LM and tokenizer named by `config` (alias, directory or hub id)."""
     if config.num_threads:

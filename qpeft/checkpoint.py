@@ -113,6 +113,20 @@ def load_adapter(directory: str | Path, backbone: Backbone) -> QPeftModel:
     return model
 
 
+def reranker_configs(
+    template: TemplateConfig, adapter_dir: str | Path | None
+) -> tuple[TemplateConfig, AdapterConfig]:
+    """The template and adapter config `load_reranker` will use, read without the weights
+    (drivers check inputs with them before any worker loads the model)."""
+    if adapter_dir is None:
+        return template, AdapterConfig(method="zero_shot")
+    config = read_adapter_config(adapter_dir)
+    return (
+        from_dict(TemplateConfig, config["template"], "template"),
+        from_dict(AdapterConfig, config["adapter"], "adapter"),
+    )
+
+
 def load_reranker(
     backbone: Backbone, template: TemplateConfig, adapter_dir: str | Path | None
 ) -> QPeftModel:

@@ -48,7 +48,10 @@ class TemplateConfig:
     hint_position: Literal["suffix", "prefix"] = "suffix"
     max_length: int = 300
     max_doc_tokens: int | None = None
+    # Queries longer than this many tokens are cut to their first max_query_tokens
+    # (`truncate`), left out (`skip`: training groups, rerank queries) or refused (`fail`).
     max_query_tokens: int = 64
+    long_queries: Literal["truncate", "skip", "fail"] = "truncate"
 
     def validate(self) -> None:
         _require(self.max_length > 0, "template.max_length", "must be positive")
@@ -68,9 +71,15 @@ class AdapterConfig:
     stopwords: list[str] = field(default_factory=list)
     heads: int = 2
     dropout: float = 0.1
+    # Q-PEFT-A: hint vectors from the first `max_hints` query tokens at most (null: one per
+    # query token, up to template.max_query_tokens)
+    max_hints: int | None = None
 
     def validate(self) -> None:
         _require(self.k > 0, "adapter.k", "must be positive")
+        _require(
+            self.max_hints is None or self.max_hints > 0, "adapter.max_hints", "must be positive"
+        )
         _require(self.heads > 0, "adapter.heads", "must be positive")
         _require(0.0 <= self.dropout < 1.0, "adapter.dropout", "must be in [0, 1)")
 

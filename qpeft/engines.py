@@ -26,6 +26,7 @@ class TorchEngine:
         self.qpeft = qpeft
         self.params = [p for p in qpeft.adapter.parameters() if p.requires_grad]
         self.settings = settings
+        self.distributed = distributed
         self.module = torch.nn.parallel.DistributedDataParallel(qpeft) if distributed else qpeft
         self.optimizer, self.scheduler = make_optimizer(self.params, settings, total_steps)
 
@@ -33,13 +34,29 @@ class TorchEngine:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def padding_micro_batches(self, count: int) -> int:
+        """DDP synchronises once per step, whatever each rank's number of micro-batches."""
+        return 0
+
+    @contextlib.contextmanager
+    def micro_step(self, last: bool):
+        """Forward and backward of one micro-batch; gradients are all-reduced on the last."""
+        if self.distributed and not last:
+            with self.module.no_sync():
+                yield
+        else:
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
+
+    def step(self) -> None:
+        """Clip, update and clear the gradients accumulated since the last step."""
         if self.settings.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def gathered(self):
         """Context in which the adapter's full weights are readable (trivial here)."""
@@ -90,8 +107,27 @@ class DeepSpeedEngine:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def step(self, loss: torch.Tensor) -> None:
+    def padding_micro_batches(self, count: int) -> int:
+        """ZeRO reduces gradients (and, at stage 3, gathers parameters) inside every micro
+        step: each rank must run as many as the busiest one, or the collectives hang."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return 0
+        most = torch.tensor([count], device=self.module.device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return int(most.item()) - count
+
+    @contextlib.contextmanager
+    def micro_step(self, last: bool):
+        # DeepSpeed's documented manual accumulation: reduce and allow a step on the last.
+        self.module.set_gradient_accumulation_boundary(last)
+        yield
+
+    def backward(self, loss: torch.Tensor) -> None:
         self.module.backward(loss)
+
+    def step(self) -> None:
         self.module.step()
 
     def gathered(self):

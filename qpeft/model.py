@@ -24,7 +24,9 @@ class QPeftModel(nn.Module):
         cls, backbone: Backbone, template_config: TemplateConfig, adapter_config: AdapterConfig
     ) -> QPeftModel:
         template = Template(template_config, backbone.tokenizer)
-        return cls(backbone, template, build_adapter(adapter_config, backbone, template))
+        adapter = build_adapter(adapter_config, backbone, template)
+        template.check_room(adapter.hint_slots(template_config.max_query_tokens))
+        return cls(backbone, template, adapter)
 
     @property
     def method(self) -> str:
@@ -43,7 +45,8 @@ class QPeftModel(nn.Module):
             return []
         query_ids = self.template.tokenize_queries(queries)
         doc_ids = self.template.tokenize_docs(docs)
-        return [
-            self.template.encode(q, d, self.adapter.hint_slots(len(q)))
-            for q, d in zip(query_ids, doc_ids, strict=True)
-        ]
+        layouts = []
+        for query, doc in zip(query_ids, doc_ids, strict=True):
+            kept, cut = self.template.clip_query(query)
+            layouts.append(self.template.encode(kept, doc, self.adapter.hint_slots(len(kept)), cut))
+        return layouts

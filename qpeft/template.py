@@ -23,7 +23,7 @@ from enum import IntEnum
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from qpeft.config import TemplateConfig
+from qpeft.config import ConfigError, TemplateConfig
 
 
 class Segment(IntEnum):
@@ -44,6 +44,7 @@ class PairLayout:
     query_ids: list[int]
     doc_tokens: int
     doc_truncated: bool
+    query_tokens_cut: int = 0  # tokens cut from the end of a long query (template policy)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Batch:
 
 
 class QueryTooLongError(ValueError):
-    """The query plus the fixed template does not fit in `max_length` tokens."""
+    """A query is over `template.max_query_tokens` and the policy is `skip` or `fail`."""
 
 
 class Template:
@@ -106,6 +107,37 @@ class Template:
     def tokenize_docs(self, docs: list[str]) -> list[list[int]]:
         return self.tokenizer(list(docs), add_special_tokens=False)["input_ids"]
 
+    def clip_query(self, query_ids: list[int]) -> tuple[list[int], int]:
+        """Apply `template.long_queries` to a tokenized query: (tokens kept, tokens cut).
+
+        `truncate` keeps the first `max_query_tokens` tokens: a query states its need first
+        (a title before a narrative, a question before its context), and the label must be
+        a prefix of the text a user typed, not its tail. `skip` and `fail` raise here;
+        pipelines find such queries before any worker starts and leave them out or stop.
+        """
+        limit = self.config.max_query_tokens
+        if len(query_ids) <= limit:
+            return list(query_ids), 0
+        if self.config.long_queries == "truncate":
+            return list(query_ids[:limit]), len(query_ids) - limit
+        raise QueryTooLongError(
+            f"{len(query_ids)} tokens, over template.max_query_tokens={limit} "
+            f"(template.long_queries={self.config.long_queries})"
+        )
+
+    def check_room(self, max_hint_slots: int) -> None:
+        """Refuse a template whose longest allowed query and its hints leave no room for a
+        document in `max_length`: every pair must fit, whatever the data."""
+        cfg = self.config
+        fixed = self.fixed_length(max_hint_slots, cfg.max_query_tokens)
+        if fixed >= cfg.max_length:
+            raise ConfigError(
+                f"template.max_length={cfg.max_length} leaves no room for a document: a query "
+                f"of template.max_query_tokens={cfg.max_query_tokens} tokens with its "
+                f"{max_hint_slots} hint slots and the template takes {fixed} tokens; raise "
+                "template.max_length or lower template.max_query_tokens (or adapter.max_hints)"
+            )
+
     def fixed_length(self, n_hint_slots: int, query_len: int) -> int:
         """Tokens of a pair other than the document."""
         return (
@@ -119,14 +151,17 @@ class Template:
             + 2
         )
 
-    def encode(self, query_ids: list[int], doc_ids: list[int], n_hint_slots: int) -> PairLayout:
-        """Lay out one pair, cutting the document (never the query) to fit `max_length`."""
+    def encode(
+        self, query_ids: list[int], doc_ids: list[int], n_hint_slots: int, query_tokens_cut: int = 0
+    ) -> PairLayout:
+        """Lay out one pair (query already clipped), cutting the document to fit
+        `max_length`."""
         cfg = self.config
         fixed = self.fixed_length(n_hint_slots, len(query_ids))
-        if fixed > cfg.max_length:
-            raise QueryTooLongError(
-                f"query of {len(query_ids)} tokens needs {fixed} tokens with the template, "
-                f"over template.max_length={cfg.max_length}"
+        if fixed >= cfg.max_length:  # check_room rules this out for clipped queries
+            raise ConfigError(
+                f"a query of {len(query_ids)} tokens needs {fixed} tokens with the template, "
+                f"leaving no document in template.max_length={cfg.max_length}"
             )
         budget = cfg.max_length - fixed
         if cfg.max_doc_tokens is not None:
@@ -150,6 +185,7 @@ class Template:
             query_ids=list(query_ids),
             doc_tokens=len(doc),
             doc_truncated=len(doc) < len(doc_ids),
+            query_tokens_cut=query_tokens_cut,
         )
 
     def collate(self, layouts: list[PairLayout], share_prefix: bool = True) -> Batch:

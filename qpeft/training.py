@@ -21,6 +21,7 @@ from qpeft.losses import TrainingGroup, group_pairs, ranking_loss
 from qpeft.metrics import Qrels, mean_ndcg10
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_pairs
+from qpeft.template import PairLayout
 
 
 @dataclass
@@ -42,12 +43,21 @@ class TrainSettings:
     dev_max_queries: int | None = None
     max_steps: int | None = None  # stop after this many optimizer steps in all
     max_negatives: int | None = None  # use at most this many of each group's hard negatives
+    # Memory is set by tokens, not queries: a step's pairs run in micro-batches of at most
+    # this many (padded) tokens, with the same update as one batch (`backward_step`).
+    micro_batch_tokens: int = 2048
     fail_at_step: int | None = None  # testing: kill one worker once at this step
 
     def validate(self) -> None:
         from qpeft.config import ConfigError
 
-        for key in ("epochs", "queries_per_batch", "checkpoint_every", "dev_depth"):
+        for key in (
+            "epochs",
+            "queries_per_batch",
+            "checkpoint_every",
+            "dev_depth",
+            "micro_batch_tokens",
+        ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key}: must be positive")
         if self.lr <= 0:
@@ -72,12 +82,99 @@ def groups_from_rows(rows: list[dict], max_negatives: int | None = None) -> list
 def batch_loss(
     model: torch.nn.Module, qpeft: QPeftModel, groups: list[TrainingGroup], loss: LossConfig
 ) -> torch.Tensor:
-    """The paper's loss for one batch of groups; `model` is `qpeft` or its DDP/DeepSpeed
-    wrapper (calling it runs `log_likelihood`, so wrappers see the forward pass)."""
+    """The paper's loss for one batch of groups in one pass; `model` is `qpeft` or its
+    DDP/DeepSpeed wrapper (calling it runs `log_likelihood`, so wrappers see the forward)."""
     pairs = group_pairs(groups, loss.in_batch_negatives)
     batch = qpeft.template.collate(qpeft.encode(pairs.queries, pairs.docs), share_prefix=False)
     nll = -model(batch.to(qpeft.backbone.device))
     return ranking_loss(nll[pairs.index.to(nll.device)], pairs.valid.to(nll.device), loss)
+
+
+def token_micro_batches(layouts: list[PairLayout], budget: int) -> list[list[int]]:
+    """Indices of `layouts` in length-sorted micro-batches whose padded size (rows x the
+    longest row) stays within `budget` tokens; a pair longer than the budget goes alone."""
+    order = sorted(range(len(layouts)), key=lambda i: -len(layouts[i].input_ids))
+    batches: list[list[int]] = []
+    for i in order:
+        # Sorted longest first, so a batch's first row sets its width.
+        width = len(layouts[batches[-1][0]].input_ids) if batches else 0
+        if batches and width * (len(batches[-1]) + 1) <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@dataclass
+class StepResult:
+    loss: float
+    pairs: int
+    micro_batches: int
+    query_tokens_cut: int
+
+
+def backward_step(
+    engine, qpeft: QPeftModel, groups: list[TrainingGroup], loss: LossConfig, token_budget: int
+) -> StepResult:
+    """Gradients of the batch loss, computed in micro-batches of at most `token_budget`
+    tokens, so memory follows tokens and not queries per batch.
+
+    The loss couples all pairs of a batch (hinge between a query's positive and negatives,
+    in-batch negatives), so the batch runs in two passes (as in GradCache, Gao et al. 2021):
+    every pair's NLL without autograd, the loss and its gradient with respect to those
+    NLLs, then each micro-batch again with autograd, back-propagating its share. Dropout
+    replays the first pass's random numbers, so the update equals the one-pass update. A
+    batch that fits the budget takes the plain single pass. The engine decides when
+    gradients are synchronised across workers (once per step)."""
+    pairs = group_pairs(groups, loss.in_batch_negatives)
+    layouts = qpeft.encode(pairs.queries, pairs.docs)
+    device = qpeft.backbone.device
+    index, valid = pairs.index.to(device), pairs.valid.to(device)
+    chunks = token_micro_batches(layouts, token_budget)
+    # Ranks whose collectives must pair up (DeepSpeed) repeat their last micro-batch with
+    # zero weight until every rank runs as many as the busiest one.
+    runs = chunks + [chunks[-1]] * engine.padding_micro_batches(len(chunks))
+    cut = sum(layout.query_tokens_cut for layout in layouts)
+
+    def nll_of(rows: list[int]) -> torch.Tensor:
+        batch = qpeft.template.collate([layouts[i] for i in rows], share_prefix=False)
+        return -engine.module(batch.to(device)).float()
+
+    if len(runs) == 1:
+        value = ranking_loss(nll_of(list(range(len(layouts))))[index], valid, loss)
+        with engine.micro_step(last=True):
+            engine.backward(value)
+        return StepResult(value.item(), len(layouts), 1, cut)
+    states = []
+    nll = torch.zeros(len(layouts), device=device)
+    with torch.no_grad():
+        for n, rows in enumerate(runs):
+            states.append(_rng_state(device))
+            values = nll_of(rows)
+            if n < len(chunks):
+                nll[rows] = values
+    after_first_pass = _rng_state(device)
+    nll.requires_grad_(True)
+    value = ranking_loss(nll[index], valid, loss)
+    (grad,) = torch.autograd.grad(value, nll)
+    for n, (rows, state) in enumerate(zip(runs, states, strict=True)):
+        _set_rng_state(device, state)
+        weight = grad[rows] if n < len(chunks) else torch.zeros_like(grad[rows])
+        with engine.micro_step(last=n == len(runs) - 1):
+            engine.backward((nll_of(rows) * weight).sum())
+    _set_rng_state(device, after_first_pass)
+    return StepResult(value.item(), len(layouts), len(runs), cut)
+
+
+def _rng_state(device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 @torch.no_grad()

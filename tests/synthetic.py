@@ -29,14 +29,17 @@ def write_prepared(
     n_test: int = 8,
     n_candidates: int = 5,
     seed: int = 0,
+    long_queries: tuple[str, ...] = (),
 ) -> Path:
+    """`long_queries`: query ids whose text gets 20 more words (over a small
+    template.max_query_tokens)."""
     rng = random.Random(seed)
     queries, qrels, candidates, groups, corpus = [], [], [], [], []
     splits = ["train"] * n_train + ["dev"] * n_dev + ["test"] * n_test
     for i, split in enumerate(splits):
         qid = f"q{i}"
         words = rng.sample(CONTENT, 2)
-        query = " ".join(words)
+        query = " ".join(words + (CONTENT[:20] if qid in long_queries else []))
         docs = []
         for j in range(n_candidates):
             fill = rng.sample([w for w in CONTENT if w not in words], 4)

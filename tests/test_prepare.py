@@ -130,6 +130,12 @@ def test_malformed_file_stops_with_path_and_line(ray_session, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"data error: {tmp_path / 'c.jsonl'}:2: invalid JSON (Expecting value)"
     assert not (out / "corpus").exists() and not (out / "_SUCCESS").exists()
+    # A latin-1 file (as spreadsheets export) is named with its line, not a traceback.
+    (tmp_path / "c.jsonl").write_bytes('{"id": "d1", "text": "café"}\n'.encode("latin-1"))
+    assert main(["prepare", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"data error: {tmp_path / 'c.jsonl'}:1: not UTF-8 text (byte 0xe9")
+    assert not (out / "corpus").exists() and not (out / "_SUCCESS").exists()
 
 
 def test_dpr_json_end_to_end(ray_session, tmp_path):

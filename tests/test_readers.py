@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from qpeft.data.readers import (
+    DataError,
     InputFormatError,
     TextRecord,
     read_dpr_json,
@@ -94,4 +95,34 @@ def test_dpr_json(tmp_path):
     ctx["has_answer"] = "yes"
     path.write_text(json.dumps([{"question": "q", "answers": [], "ctxs": [ctx]}]))
     with pytest.raises(InputFormatError, match=r"example 0.ctxs\[0\].has_answer"):
+        list(read_dpr_json(path))
+
+
+def test_a_byte_order_mark_is_dropped_not_kept_in_the_first_id(tmp_path):
+    path = tmp_path / "c.tsv"
+    path.write_bytes("\ufeffd1\tcafé\nd2\tnaïve\n".encode())
+    assert [(r.id, r.text) for r in read_texts(path)] == [("d1", "café"), ("d2", "naïve")]
+    qrels = tmp_path / "q.txt"
+    qrels.write_bytes(b"\xef\xbb\xbfq1 0 d1 1\n")
+    assert list(read_trec_qrels(qrels)) == [("q1", "d1", 1)]
+
+
+@pytest.mark.parametrize("name", ["c.jsonl", "c.tsv", "q.trec"])
+def test_latin1_files_are_refused_with_path_line_and_byte(tmp_path, name):
+    lines = {
+        "c.jsonl": ['{"id": "d1", "text": "ok"}', '{"id": "d2", "text": "café"}'],
+        "c.tsv": ["d1\tok", "d2\tcafé"],
+        "q.trec": ["q1 0 d1 1", "q2 0 dé 1"],
+    }[name]
+    path = tmp_path / name
+    path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    reader = read_trec_qrels if name.endswith(".trec") else read_texts
+    with pytest.raises(DataError, match=rf"{name}:2: not UTF-8 text \(byte 0xe9 at column"):
+        list(reader(path))
+
+
+def test_latin1_dpr_json_names_the_line(tmp_path):
+    path = tmp_path / "dpr.json"
+    path.write_bytes('[\n{"question": "où", "answers": []}\n]'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"dpr.json:2: not UTF-8 text \(byte 0xf9 at column 16\)"):
         list(read_dpr_json(path))

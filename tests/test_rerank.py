@@ -1,6 +1,8 @@
 """Reranking with Ray Data: exactly-once bookkeeping, resume, and scores equal to the
 in-process scorer for every method."""
 
+import json
+
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
@@ -184,3 +186,50 @@ def test_adapter_on_two_actors_and_first_stage_pass_through(ray_session, setup, 
     ranks = pads.dataset(str(tmp_path / "bm25" / "run")).to_table().to_pylist()
     assert all(r["rank"] == r["first_stage_rank"] for r in ranks)
     assert all(r["score"] == pytest.approx(r["first_stage_score"]) for r in ranks)
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from pipelines.outputs import exclusive
+with exclusive(sys.argv[1], "rerank"):
+    Path(sys.argv[2]).write_text("held")
+    while not Path(sys.argv[3]).exists():
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_is_refused(ray_session, setup, tmp_path):
+    """While another process writes a run's folder, a rerank into it stops at once (exit 2)
+    and writes nothing; once that process is done, the run completes exactly once."""
+    import subprocess
+    import sys
+    import time
+
+    from pipelines.cli import main
+
+    held, release = tmp_path / "held", tmp_path / "release"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "bm25"), str(held), str(release)]
+    )
+    try:
+        while not held.exists():
+            assert holder.poll() is None
+            time.sleep(0.05)
+        args = [
+            "--set",
+            f"rerank.prepared_dir={setup['data']}",
+            "--set",
+            f"rerank.output_dir={tmp_path}",
+        ]
+        args += ["--set", "rerank.method=first_stage", "--set", "rerank.name=bm25"]
+        assert main(["rerank", *args]) == 2
+        assert not (tmp_path / "bm25").exists()
+    finally:
+        release.write_text("")
+        holder.wait(timeout=60)
+    assert main(["rerank", *args]) == 0
+    counts = json.loads((tmp_path / "bm25" / "counts.json").read_text())
+    assert counts["pairs_written"] == counts["pairs_expected"] == len(setup["rows"])
+    assert counts["missing"] == counts["duplicated"] == 0

@@ -20,12 +20,17 @@ PORT = 8431
 KEY_ENV = "QPEFT_TEST_SERVE_KEY"
 
 
-def config(model: str, **serve_section) -> ServeConfig:
+def config(model: str, template: dict | None = None, **serve_section) -> ServeConfig:
     return from_dict(
         ServeConfig,
         {
             "model": {"name": model},
-            "template": {**TINY_TEMPLATE, "max_doc_tokens": 12},
+            "template": {
+                **TINY_TEMPLATE,
+                "max_doc_tokens": 12,
+                "max_query_tokens": 6,
+                **(template or {}),
+            },
             "serve": {
                 "host": "127.0.0.1",
                 "port": PORT,
@@ -48,7 +53,9 @@ def service(ray_session, tmp_path_factory, monkeypatch_module):
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     try:
         serve.run(application(config(model)), name="open", route_prefix="/")
-        strict = config(model, oversize_documents="reject", api_key_env=KEY_ENV)
+        strict = config(
+            model, {"long_queries": "fail"}, oversize_documents="reject", api_key_env=KEY_ENV
+        )
         serve.run(application(strict), name="strict", route_prefix="/strict")
         yield {"url": f"http://127.0.0.1:{PORT}", "model": model}
     finally:
@@ -70,7 +77,7 @@ def offline(model_dir: str, query: str, docs: list[str]) -> list[float]:
     backbone = load_backbone(ModelConfig(name=model_dir))
     model = QPeftModel.build(
         backbone,
-        TemplateConfig(**{**TINY_TEMPLATE, "max_doc_tokens": 12}),
+        TemplateConfig(**{**TINY_TEMPLATE, "max_doc_tokens": 12, "max_query_tokens": 6}),
         AdapterConfig(method="zero_shot"),
     )
     return score_pairs(model, [query] * len(docs), docs)
@@ -105,6 +112,24 @@ def test_long_documents_are_truncated_and_flagged(service):
     data = httpx.post(f"{service['url']}/v1/rerank", json=body).json()
     flags = {r["index"]: r.get("truncated", False) for r in data["results"]}
     assert flags == {0: True, 1: False} and data["usage"]["truncated_documents"] == 1
+
+
+def test_long_queries_are_cut_and_counted_or_refused(service):
+    """The open app keeps a long query's first 6 tokens (template.max_query_tokens) and
+    says how many it cut; the strict one (long_queries: fail) refuses it, naming the field."""
+    query, docs = words(3, 10), [words(0), words(1)]
+    data = httpx.post(f"{service['url']}/v1/rerank", json={"query": query, "documents": docs})
+    assert data.status_code == 200 and data.json()["usage"]["query_tokens_cut"] == 4
+    scores = {r["index"]: r["relevance_score"] for r in data.json()["results"]}
+    expected = offline(service["model"], words(3, 6), docs)
+    assert [scores[0], scores[1]] == pytest.approx(expected, abs=1e-5)
+    strict = httpx.post(
+        f"{service['url']}/strict/v1/rerank",
+        json={"query": query, "documents": docs},
+        headers={"authorization": "Bearer s3cret"},
+    )
+    assert strict.status_code == 422
+    assert "query: 10 tokens, over template.max_query_tokens=6" in strict.json()["error"]
 
 
 BAD_INPUT = [

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qpeft.config import TemplateConfig
+from qpeft.config import ConfigError, TemplateConfig
 from qpeft.template import QueryTooLongError, Segment, Template
 from tests.conftest import TINY_TEMPLATE
 
@@ -52,11 +52,25 @@ def test_truncation_cuts_document_never_query(tiny):
     assert layout.input_ids[-len(query) - 1 : -1] == query
 
 
-def test_max_doc_tokens_and_too_long_query(tiny):
+def test_max_doc_tokens(tiny):
     t = make(tiny, max_doc_tokens=3)
     assert t.encode([5], [6] * 10, 0).doc_tokens == 3
-    with pytest.raises(QueryTooLongError, match="max_length=30"):
-        make(tiny, max_length=30).encode(list(range(5, 30)), [6], 0)
+
+
+def test_long_query_policy_keeps_the_first_tokens_skips_or_fails(tiny):
+    query = list(range(5, 30))  # 25 tokens
+    assert make(tiny, max_query_tokens=8).clip_query(query) == (query[:8], 17)
+    assert make(tiny, max_query_tokens=25).clip_query(query) == (query, 0)
+    for policy in ("skip", "fail"):
+        with pytest.raises(QueryTooLongError, match=r"25 tokens, over template\.max_query_tokens=8"):
+            make(tiny, max_query_tokens=8, long_queries=policy).clip_query(query)
+
+
+def test_a_template_without_room_for_a_document_is_refused(tiny):
+    t = make(tiny, max_length=30, max_query_tokens=20)
+    with pytest.raises(ConfigError, match=r"template\.max_length=30 leaves no room"):
+        t.check_room(max_hint_slots=4)
+    make(tiny, max_length=60, max_query_tokens=20).check_room(max_hint_slots=4)
 
 
 def test_collate_left_pads_and_keeps_queries(tiny):

@@ -9,7 +9,7 @@ import pytest
 from pipelines.train import TrainRunConfig, train
 from qpeft.backbone import load_backbone
 from qpeft.checkpoint import load_adapter
-from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
+from qpeft.config import AdapterConfig, ConfigError, ModelConfig, TemplateConfig, from_dict
 from qpeft.metrics import mean_ndcg10
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_pairs
@@ -99,9 +99,31 @@ def test_injected_worker_failure_resumes_and_finishes(ray_session, setup, tmp_pa
     assert again["steps"] == summary["steps"] and again["history"] == summary["history"]
 
 
-def test_workers_taking_every_cpu_are_refused(ray_session, setup, tmp_path):
-    from qpeft.config import ConfigError
+def test_a_long_query_fails_in_the_driver_before_any_worker_starts(
+    ray_session, setup, tmp_path, monkeypatch
+):
+    """A data error is found by the driver's check, in seconds, and never reaches Ray
+    Train (whose FailureConfig would restart the workers as if a node had died)."""
+    import pipelines.train as train_module
+    from qpeft.data.readers import DataError
 
+    def no_workers(*args, **kwargs):
+        raise AssertionError("a worker group was started")
+
+    monkeypatch.setattr(train_module, "TorchTrainer", no_workers)
+    data = write_prepared(tmp_path / "prepared", long_queries=("q3",))
+    cfg = run_config({**setup, "data": data}, tmp_path)
+    cfg.template.max_query_tokens = 8
+    cfg.template.long_queries = "fail"
+    with pytest.raises(DataError, match=r"query 'q3' has 22 tokens, over template\.max_query"):
+        train(cfg)
+    cfg.template.max_length = 20  # no room for a document after an 8-token query
+    cfg.template.long_queries = "truncate"
+    with pytest.raises(ConfigError, match=r"template\.max_length=20 leaves no room"):
+        train(cfg)
+
+
+def test_workers_taking_every_cpu_are_refused(ray_session, setup, tmp_path):
     cfg = run_config(setup, tmp_path)
     cfg.scaling.cpus_per_worker = 0.75  # 1.5 of 2 CPUs: half a CPU is not enough
     with pytest.raises(ConfigError, match="leave less than a whole CPU per node"):

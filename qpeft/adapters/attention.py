@@ -24,16 +24,26 @@ class QueryAttention(QueryDependentAdapter):
             dim, config.heads, dropout=config.dropout, batch_first=True
         )
 
-    def qd_slots(self, query_len: int) -> int:
-        return query_len
+    @classmethod
+    def qd_slots(cls, config: AdapterConfig, query_len: int) -> int:
+        """One hint per query token, for the first `adapter.max_hints` tokens at most."""
+        return min(query_len, config.max_hints) if config.max_hints else query_len
 
     def hyperparameters(self) -> dict:
-        return {"method": self.method, "heads": self.config.heads, "dropout": self.config.dropout}
+        c = self.config
+        return {
+            "method": self.method,
+            "heads": c.heads,
+            "dropout": c.dropout,
+            "max_hints": c.max_hints,
+        }
 
     def query_dependent(self, batch: Batch, frozen_embeds: torch.Tensor):
-        query = self.embed(batch.query_ids)
+        cap = self.config.max_hints or batch.query_ids.shape[1]
+        query_ids, query_mask = batch.query_ids[:, :cap], batch.query_mask[:, :cap]
+        query = self.embed(query_ids)
         keys = frozen_embeds.to(query.dtype)  # the adapter's dtype: fp32, or bf16 under DeepSpeed
         out, _ = self.attention(
             query, keys, keys, key_padding_mask=~key_mask(batch), need_weights=False
         )
-        return out, batch.query_mask, batch.query_mask
+        return out, query_mask, query_mask

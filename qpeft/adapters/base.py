@@ -37,10 +37,16 @@ class Adapter(nn.Module):
     def __init__(self, config: AdapterConfig, backbone: Backbone, template: Template):
         super().__init__()
         self.config = config
+        self.template = template
+
+    @classmethod
+    def slots_for(cls, config: AdapterConfig, template: Template, query_len: int) -> int:
+        """Hint positions a query of `query_len` tokens needs; known from the config alone,
+        so drivers can check inputs against the template without loading the model."""
+        return 0
 
     def hint_slots(self, query_len: int) -> int:
-        """Hint positions to reserve for a query of `query_len` tokens."""
-        return 0
+        return self.slots_for(self.config, self.template, query_len)
 
     def prompt_embeddings(self) -> torch.Tensor | None:
         """Trainable vectors for the prompt P positions, or None to keep the hard prompt."""
@@ -90,11 +96,14 @@ class QueryDependentAdapter(Adapter):
             persistent=False,
         )
 
-    def qd_slots(self, query_len: int) -> int:
+    @classmethod
+    def qd_slots(cls, config: AdapterConfig, query_len: int) -> int:
         raise NotImplementedError
 
-    def hint_slots(self, query_len: int) -> int:
-        return len(self.hint_prefix_ids) + self.qd_slots(query_len) + len(self.hint_suffix_ids)
+    @classmethod
+    def slots_for(cls, config: AdapterConfig, template: Template, query_len: int) -> int:
+        fixed = len(template.hint_prefix_ids) + len(template.hint_suffix_ids)
+        return fixed + cls.qd_slots(config, query_len)
 
     def query_dependent(
         self, batch: Batch, frozen_embeds: torch.Tensor

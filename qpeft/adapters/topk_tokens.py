@@ -40,8 +40,9 @@ class TopKTokens(QueryDependentAdapter):
             "banned_ids", torch.tensor(sorted(banned), dtype=torch.long), persistent=False
         )
 
-    def qd_slots(self, query_len: int) -> int:
-        return self.config.k
+    @classmethod
+    def qd_slots(cls, config: AdapterConfig, query_len: int) -> int:
+        return config.k
 
     def hyperparameters(self) -> dict:
         c = self.config

@@ -77,6 +77,30 @@ def _record_from_mapping(row: dict, where: str) -> TextRecord:
     return TextRecord(str(doc_id), text, str(row.get("title") or ""))
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _not_utf8(path: Path, line_number: int, line: bytes, column: int) -> InputFormatError:
+    return InputFormatError(
+        f"{path}:{line_number}: not UTF-8 text (byte 0x{line[column : column + 1].hex()} at "
+        f"column {column + 1}); re-save the file as UTF-8"
+    )
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, one line at a time. A byte-order mark is
+    dropped (it would end up inside the first id); other encodings are refused with the
+    line, as guessing latin-1 vs cp1252 silently would change texts."""
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, 1):
+            if line_number == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM) :]
+            try:
+                yield line_number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(path, line_number, raw, err.start) from None
+
+
 def read_texts(path: str | Path) -> Iterator[TextRecord]:
     """Documents or queries from JSONL (`{"id", "text", "title"?}`), TSV (`id<TAB>text` or
     `id<TAB>title<TAB>text`, no header) or parquet (same columns as JSONL)."""
@@ -89,51 +113,46 @@ def read_texts(path: str | Path) -> Iterator[TextRecord]:
                 row_number += 1
                 yield _record_from_mapping(row, f"{path}: row {row_number}")
         return
-    with path.open(encoding="utf-8") as handle:
-        if fmt == "jsonl":
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputFormatError(
-                        f"{path}:{line_number}: invalid JSON ({err.msg})"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise InputFormatError(f"{path}:{line_number}: expected a JSON object")
-                yield _record_from_mapping(row, f"{path}:{line_number}")
-            return
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for line_number, fields in enumerate(reader, 1):
-            if not fields:
+    if fmt == "jsonl":
+        for line_number, line in text_lines(path):
+            if not line.strip():
                 continue
-            if len(fields) == 2:
-                yield TextRecord(fields[0], fields[1])
-            elif len(fields) == 3:
-                yield TextRecord(fields[0], fields[2], fields[1])
-            else:
-                raise InputFormatError(
-                    f"{path}:{line_number}: expected 2 (id, text) or 3 (id, title, text) "
-                    f"tab-separated fields, got {len(fields)}"
-                )
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputFormatError(f"{path}:{line_number}: invalid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise InputFormatError(f"{path}:{line_number}: expected a JSON object")
+            yield _record_from_mapping(row, f"{path}:{line_number}")
+        return
+    for line_number, line in text_lines(path):
+        fields = next(csv.reader([line.rstrip("\r\n")], delimiter="\t", quoting=csv.QUOTE_NONE))
+        if not fields:
+            continue
+        if len(fields) == 2:
+            yield TextRecord(fields[0], fields[1])
+        elif len(fields) == 3:
+            yield TextRecord(fields[0], fields[2], fields[1])
+        else:
+            raise InputFormatError(
+                f"{path}:{line_number}: expected 2 (id, text) or 3 (id, title, text) "
+                f"tab-separated fields, got {len(fields)}"
+            )
 
 
 def _trec_lines(path: Path, layout: str) -> Iterator[tuple[str, list[str]]]:
     """(`path:line`, fields) of each non-blank whitespace-separated line, checked to have
     as many fields as `layout` names."""
     expected = len(layout.split())
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != expected:
-                raise InputFormatError(
-                    f"{path}:{line_number}: expected {expected} fields '{layout}', "
-                    f"got {len(fields)}"
-                )
-            yield f"{path}:{line_number}", fields
+    for line_number, line in text_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != expected:
+            raise InputFormatError(
+                f"{path}:{line_number}: expected {expected} fields '{layout}', got {len(fields)}"
+            )
+        yield f"{path}:{line_number}", fields
 
 
 def read_trec_qrels(path: str | Path) -> Iterator[tuple[str, str, int]]:
@@ -180,8 +199,13 @@ def _context(raw: object, where: str) -> QAContext:
 def read_dpr_json(path: str | Path) -> Iterator[QAExample]:
     """Examples of a DPR/UPR retrieval file: a JSON list of `{question, answers, ctxs}`."""
     path = Path(path)
+    raw = path.read_bytes().removeprefix(UTF8_BOM)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line_start = raw.rfind(b"\n", 0, err.start) + 1
+        line_number = raw.count(b"\n", 0, err.start) + 1
+        raise _not_utf8(path, line_number, raw[line_start:], err.start - line_start) from None
     except json.JSONDecodeError as err:
         raise InputFormatError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
     if not isinstance(data, list):
