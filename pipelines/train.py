@@ -40,6 +40,7 @@ from pipelines.ray_setup import (
     init_ray,
 )
 from qpeft import storage
+from qpeft.adapters import ADAPTERS
 from qpeft.backbone import load_backbone, load_tokenizer, pin_model
 from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
 from qpeft.config import ConfigError, ModelConfig, QPeftConfig, from_dict, to_dict
@@ -114,6 +115,23 @@ def all_gather(obj, world: int) -> list:
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def training_token_ids(cfg: TrainRunConfig, template: Template) -> list[int] | None:
+    """The vocabulary rows of E' that training can reach (the method decides which: query
+    tokens, hint words, and for Q-PEFT-R the documents' tokens), found once in the driver
+    so that every worker builds the same sparse E'."""
+    rows = read_parquet_dir(
+        storage.join(cfg.data.prepared_dir, "groups"),
+        ["query", "positive_text", "negative_texts"],
+        pc.field("split") == "train",
+    ).to_pylist()
+    docs = {r["positive_text"] for r in rows} | {t for r in rows for t in r["negative_texts"]}
+    return ADAPTERS[cfg.adapter.method].trainable_token_ids(
+        template,
+        template.tokenize_queries(sorted({r["query"] for r in rows})) if rows else [],
+        template.tokenize_docs(sorted(docs)) if docs else [],
+    )
 
 
 def check_training_queries(cfg: TrainRunConfig) -> QueryCheck:
@@ -232,7 +250,10 @@ def train_loop(loop_config: dict) -> None:
     backbone = load_backbone(model_cfg)
     if settings.gradient_checkpointing:
         backbone.model.gradient_checkpointing_enable({"use_reentrant": False})
-    qpeft = QPeftModel.build(backbone, cfg.template, cfg.adapter)
+    ids = loop_config["trainable_ids"]
+    qpeft = QPeftModel.build(
+        backbone, cfg.template, cfg.adapter, torch.tensor(ids) if ids is not None else None
+    )
     qpeft.adapter.train()
     total_steps = loop_config["steps_per_epoch"] * settings.epochs
     if settings.max_steps:
@@ -409,6 +430,7 @@ def fit(cfg: TrainRunConfig, pinned: ModelConfig, out: str, callbacks: list | No
             return summary
     query_check = check_training_queries(cfg)
     print(f"[train] {describe_query_check(query_check, cfg.template)}", flush=True)
+    trainable_ids = training_token_ids(cfg, Template(cfg.template, load_tokenizer(cfg.model)))
     init_ray(cfg.ray)
     check_cpu_headroom(
         cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
@@ -431,6 +453,7 @@ def fit(cfg: TrainRunConfig, pinned: ModelConfig, out: str, callbacks: list | No
             "config": to_dict(replace(cfg, model=pinned)),
             "steps_per_epoch": steps_per_epoch,
             "skip_query_ids": query_check.skipped,
+            "trainable_ids": trainable_ids,
         },
         scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),

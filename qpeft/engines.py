@@ -27,15 +27,23 @@ class TorchEngine:
         self.params = [p for p in qpeft.adapter.parameters() if p.requires_grad]
         self.settings = settings
         self.distributed = distributed
-        self.module = torch.nn.parallel.DistributedDataParallel(qpeft) if distributed else qpeft
+        # The adapter's buffers (token ids) never change: nothing to broadcast each step.
+        self.module = (
+            torch.nn.parallel.DistributedDataParallel(qpeft, broadcast_buffers=False)
+            if distributed
+            else qpeft
+        )
         self.optimizer, self.scheduler = make_optimizer(self.params, settings, total_steps)
 
     @property
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    # DDP synchronises once per step, whatever each rank does before: a query group over
+    # the token budget may run in two passes, and ranks need not match micro-batch counts.
+    splits_groups = True
+
     def padding_micro_batches(self, count: int) -> int:
-        """DDP synchronises once per step, whatever each rank's number of micro-batches."""
         return 0
 
     @contextlib.contextmanager
@@ -107,9 +115,12 @@ class DeepSpeedEngine:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    # ZeRO reduces gradients (and, at stage 3, gathers parameters) inside every forward and
+    # backward: every rank must run the same sequence of them. So no two-pass groups (their
+    # extra forwards), and every rank runs as many micro-steps as the busiest one.
+    splits_groups = False
+
     def padding_micro_batches(self, count: int) -> int:
-        """ZeRO reduces gradients (and, at stage 3, gathers parameters) inside every micro
-        step: each rank must run as many as the busiest one, or the collectives hang."""
         import torch.distributed as dist
 
         if not dist.is_initialized():

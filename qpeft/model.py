@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from qpeft.adapters import Adapter, build_adapter
@@ -21,10 +22,14 @@ class QPeftModel(nn.Module):
 
     @classmethod
     def build(
-        cls, backbone: Backbone, template_config: TemplateConfig, adapter_config: AdapterConfig
+        cls,
+        backbone: Backbone,
+        template_config: TemplateConfig,
+        adapter_config: AdapterConfig,
+        trainable_ids: torch.Tensor | None = None,
     ) -> QPeftModel:
         template = Template(template_config, backbone.tokenizer)
-        adapter = build_adapter(adapter_config, backbone, template)
+        adapter = build_adapter(adapter_config, backbone, template, trainable_ids)
         template.check_room(adapter.hint_slots(template_config.max_query_tokens))
         return cls(backbone, template, adapter)
 

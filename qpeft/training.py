@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from qpeft.config import LossConfig, ScoringConfig
-from qpeft.losses import TrainingGroup, group_pairs, ranking_loss
+from qpeft.losses import GroupedPairs, LossScale, TrainingGroup, group_pairs, ranking_loss
 from qpeft.metrics import Qrels, mean_ndcg10
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_pairs
@@ -45,7 +45,7 @@ class TrainSettings:
     max_negatives: int | None = None  # use at most this many of each group's hard negatives
     # Memory is set by tokens, not queries: a step's pairs run in micro-batches of at most
     # this many (padded) tokens, with the same update as one batch (`backward_step`).
-    micro_batch_tokens: int = 2048
+    micro_batch_tokens: int = 768
     fail_at_step: int | None = None  # testing: kill one worker once at this step
 
     def validate(self) -> None:
@@ -106,6 +106,52 @@ def token_micro_batches(layouts: list[PairLayout], budget: int) -> list[list[int
 
 
 @dataclass
+class MicroBatch:
+    """Whole query groups (rows of the loss matrix) scored and back-propagated together.
+    One chunk: a single pass. Several: one group alone is over the token budget and runs
+    in two passes over those chunks of its pairs."""
+
+    groups: list[int]
+    chunks: list[list[int]]
+
+
+def plan_micro_batches(
+    layouts: list[PairLayout], pairs: GroupedPairs, budget: int, split_groups: bool
+) -> list[MicroBatch]:
+    """Pack whole query groups, longest first, into micro-batches of at most `budget`
+    padded tokens. A group over the budget by itself is cut into pair chunks when
+    `split_groups` (two passes), else it runs alone."""
+    rows_of = [pairs.index[q][pairs.valid[q]].tolist() for q in range(len(pairs.index))]
+
+    def width(rows: list[int]) -> int:
+        return max(len(layouts[i].input_ids) for i in rows)
+
+    plan: list[MicroBatch] = []
+    packed: list[int] = []  # groups of the micro-batch being filled
+    for q in sorted(range(len(rows_of)), key=lambda q: -width(rows_of[q])):
+        rows = rows_of[q]
+        if width(rows) * len(rows) > budget:
+            chunks = (
+                [
+                    [rows[i] for i in c]
+                    for c in token_micro_batches([layouts[r] for r in rows], budget)
+                ]
+                if split_groups
+                else [rows]
+            )
+            plan.append(MicroBatch([q], chunks))
+            continue
+        current = [r for g in packed for r in rows_of[g]]
+        if packed and width(current) * (len(current) + len(rows)) <= budget:
+            packed.append(q)
+            plan[-1] = MicroBatch(list(packed), [current + rows])
+        else:
+            packed = [q]
+            plan.append(MicroBatch([q], [list(rows)]))
+    return plan
+
+
+@dataclass
 class StepResult:
     loss: float
     pairs: int
@@ -116,54 +162,66 @@ class StepResult:
 def backward_step(
     engine, qpeft: QPeftModel, groups: list[TrainingGroup], loss: LossConfig, token_budget: int
 ) -> StepResult:
-    """Gradients of the batch loss, computed in micro-batches of at most `token_budget`
-    tokens, so memory follows tokens and not queries per batch.
+    """Gradients of the batch loss, in micro-batches of at most `token_budget` padded
+    tokens, so memory follows tokens and not queries per batch; the update equals one pass
+    over the whole batch.
 
-    The loss couples all pairs of a batch (hinge between a query's positive and negatives,
-    in-batch negatives), so the batch runs in two passes (as in GradCache, Gao et al. 2021):
-    every pair's NLL without autograd, the loss and its gradient with respect to those
-    NLLs, then each micro-batch again with autograd, back-propagating its share. Dropout
-    replays the first pass's random numbers, so the update equals the one-pass update. A
-    batch that fits the budget takes the plain single pass. The engine decides when
-    gradients are synchronised across workers (once per step)."""
+    The loss is a sum of per-query terms over batch-wide denominators (`LossScale`), so
+    whole query groups are packed into micro-batches and each back-propagates its exact
+    share, at no extra cost. A single group over the budget (long pairs, many negatives)
+    runs in two passes, as in GradCache (Gao et al., 2021): its pairs' NLLs without
+    autograd, the gradient of its share with respect to them, then each chunk again with
+    autograd; dropout replays the first pass's random numbers. The engine decides when
+    gradients are synchronised across workers (once per step) and may ask for padding."""
     pairs = group_pairs(groups, loss.in_batch_negatives)
     layouts = qpeft.encode(pairs.queries, pairs.docs)
     device = qpeft.backbone.device
     index, valid = pairs.index.to(device), pairs.valid.to(device)
-    chunks = token_micro_batches(layouts, token_budget)
-    # Ranks whose collectives must pair up (DeepSpeed) repeat their last micro-batch with
-    # zero weight until every rank runs as many as the busiest one.
-    runs = chunks + [chunks[-1]] * engine.padding_micro_batches(len(chunks))
-    cut = sum(layout.query_tokens_cut for layout in layouts)
+    scale = LossScale.of(pairs.valid)
+    plan = plan_micro_batches(layouts, pairs, token_budget, engine.splits_groups)
+    calls = sum(len(micro.chunks) for micro in plan)
+    padding = engine.padding_micro_batches(calls)
+    done = 0
 
     def nll_of(rows: list[int]) -> torch.Tensor:
         batch = qpeft.template.collate([layouts[i] for i in rows], share_prefix=False)
         return -engine.module(batch.to(device)).float()
 
-    if len(runs) == 1:
-        value = ranking_loss(nll_of(list(range(len(layouts))))[index], valid, loss)
-        with engine.micro_step(last=True):
+    def backward(value: torch.Tensor) -> None:
+        nonlocal done
+        done += 1
+        with engine.micro_step(last=done == calls + padding):
             engine.backward(value)
-        return StepResult(value.item(), len(layouts), 1, cut)
-    states = []
-    nll = torch.zeros(len(layouts), device=device)
-    with torch.no_grad():
-        for n, rows in enumerate(runs):
-            states.append(_rng_state(device))
-            values = nll_of(rows)
-            if n < len(chunks):
-                nll[rows] = values
-    after_first_pass = _rng_state(device)
-    nll.requires_grad_(True)
-    value = ranking_loss(nll[index], valid, loss)
-    (grad,) = torch.autograd.grad(value, nll)
-    for n, (rows, state) in enumerate(zip(runs, states, strict=True)):
-        _set_rng_state(device, state)
-        weight = grad[rows] if n < len(chunks) else torch.zeros_like(grad[rows])
-        with engine.micro_step(last=n == len(runs) - 1):
-            engine.backward((nll_of(rows) * weight).sum())
-    _set_rng_state(device, after_first_pass)
-    return StepResult(value.item(), len(layouts), len(runs), cut)
+
+    total = 0.0
+    for micro in plan:
+        rows = [r for chunk in micro.chunks for r in chunk]
+        if len(micro.chunks) == 1:
+            nll = torch.zeros(len(layouts), device=device).index_put(
+                (torch.tensor(rows, device=device),), nll_of(rows)
+            )
+            share = ranking_loss(nll[index[micro.groups]], valid[micro.groups], loss, scale)
+            backward(share)
+            total += share.item()
+            continue
+        states, nll = [], torch.zeros(len(layouts), device=device)
+        with torch.no_grad():
+            for chunk in micro.chunks:
+                states.append(_rng_state(device))
+                nll[chunk] = nll_of(chunk)
+        after_first_pass = _rng_state(device)
+        nll.requires_grad_(True)
+        share = ranking_loss(nll[index[micro.groups]], valid[micro.groups], loss, scale)
+        (grad,) = torch.autograd.grad(share, nll)
+        for chunk, state in zip(micro.chunks, states, strict=True):
+            _set_rng_state(device, state)
+            backward((nll_of(chunk) * grad[chunk]).sum())
+        _set_rng_state(device, after_first_pass)
+        total += share.item()
+    for _ in range(padding):  # ranks whose collectives must pair up: zero-weight repeats
+        backward(nll_of(plan[-1].chunks[-1]).sum() * 0.0)
+    cut = sum(layout.query_tokens_cut for layout in layouts)
+    return StepResult(total, len(layouts), calls + padding, cut)
 
 
 def _rng_state(device: torch.device) -> tuple:

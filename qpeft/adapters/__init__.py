@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from qpeft.adapters.attention import QueryAttention
 from qpeft.adapters.base import Adapter, HintBlock
 from qpeft.adapters.soft_prompt import SoftPrompt
@@ -16,9 +18,15 @@ ADAPTERS: dict[str, type[Adapter]] = {
 }
 
 
-def build_adapter(config: AdapterConfig, backbone: Backbone, template: Template) -> Adapter:
-    """Instantiate the adapter named by `config.method` on the backbone's device."""
-    adapter = ADAPTERS[config.method](config, backbone, template)
+def build_adapter(
+    config: AdapterConfig,
+    backbone: Backbone,
+    template: Template,
+    trainable_ids: torch.Tensor | None = None,
+) -> Adapter:
+    """Instantiate the adapter named by `config.method` on the backbone's device;
+    `trainable_ids` limits E' (query-dependent methods) to those vocabulary rows."""
+    adapter = ADAPTERS[config.method](config, backbone, template, trainable_ids)
     return adapter.to(backbone.device)
 
 

@@ -15,8 +15,14 @@ from qpeft.template import Batch, Template
 class QueryAttention(QueryDependentAdapter):
     method = "qpeft_a"
 
-    def __init__(self, config: AdapterConfig, backbone: Backbone, template: Template):
-        super().__init__(config, backbone, template)
+    def __init__(
+        self,
+        config: AdapterConfig,
+        backbone: Backbone,
+        template: Template,
+        trainable_ids: torch.Tensor | None = None,
+    ):
+        super().__init__(config, backbone, template, trainable_ids)
         dim = backbone.hidden_size
         if dim % config.heads:
             raise ValueError(f"adapter.heads={config.heads} must divide the hidden size {dim}")

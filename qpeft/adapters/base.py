@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from qpeft.adapters.delta_embedding import DeltaEmbedding
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig
 from qpeft.template import Batch, Segment, Template
@@ -34,10 +35,24 @@ class Adapter(nn.Module):
     # embeddings, and its keys/values cannot be reused across rows.
     trains_prompt: ClassVar[bool] = False
 
-    def __init__(self, config: AdapterConfig, backbone: Backbone, template: Template):
+    def __init__(
+        self,
+        config: AdapterConfig,
+        backbone: Backbone,
+        template: Template,
+        trainable_ids: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.config = config
         self.template = template
+
+    @classmethod
+    def trainable_token_ids(
+        cls, template: Template, queries: list[list[int]], docs: list[list[int]]
+    ) -> list[int] | None:
+        """Vocabulary rows of E' that training on these tokenized queries and documents can
+        reach (None: the method has no E')."""
+        return None
 
     @classmethod
     def slots_for(cls, config: AdapterConfig, template: Template, query_len: int) -> int:
@@ -77,13 +92,18 @@ class QueryDependentAdapter(Adapter):
     The block is MLP([E'("hints: "); QD(q, d); E'("\\n")]); subclasses provide QD(q, d).
     """
 
-    def __init__(self, config: AdapterConfig, backbone: Backbone, template: Template):
-        super().__init__(config, backbone, template)
-        frozen = backbone.input_embeddings.weight
-        dim = frozen.shape[1]
-        self.embed = nn.Embedding.from_pretrained(
-            frozen.detach().float().clone(), freeze=False
-        )  # E': trainable copy, initialised from the LM's input embeddings
+    def __init__(
+        self,
+        config: AdapterConfig,
+        backbone: Backbone,
+        template: Template,
+        trainable_ids: torch.Tensor | None = None,
+    ):
+        super().__init__(config, backbone, template, trainable_ids)
+        dim = backbone.hidden_size
+        # E': the LM's input embeddings plus a trainable delta on the rows training reaches
+        # (every row when `trainable_ids` is None).
+        self.embed = DeltaEmbedding(backbone.input_embeddings, trainable_ids)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
         self.register_buffer(
             "hint_prefix_ids",
@@ -99,6 +119,17 @@ class QueryDependentAdapter(Adapter):
     @classmethod
     def qd_slots(cls, config: AdapterConfig, query_len: int) -> int:
         raise NotImplementedError
+
+    @classmethod
+    def trainable_token_ids(
+        cls, template: Template, queries: list[list[int]], docs: list[list[int]]
+    ) -> list[int] | None:
+        """The hint block's words and the query tokens (E'[q] makes the QD module's
+        queries)."""
+        ids = set(template.hint_prefix_ids) | set(template.hint_suffix_ids)
+        for query in queries:
+            ids.update(template.clip_query(query)[0])
+        return sorted(ids)
 
     @classmethod
     def slots_for(cls, config: AdapterConfig, template: Template, query_len: int) -> int:

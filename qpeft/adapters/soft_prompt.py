@@ -22,8 +22,14 @@ class SoftPrompt(Adapter):
     method = "soft_prompt"
     trains_prompt = True
 
-    def __init__(self, config: AdapterConfig, backbone: Backbone, template: Template):
-        super().__init__(config, backbone, template)
+    def __init__(
+        self,
+        config: AdapterConfig,
+        backbone: Backbone,
+        template: Template,
+        trainable_ids: torch.Tensor | None = None,
+    ):
+        super().__init__(config, backbone, template, trainable_ids)
         if not template.prompt_ids:
             raise ValueError("soft_prompt needs a non-empty template.prompt to initialise P from")
         frozen = backbone.input_embeddings

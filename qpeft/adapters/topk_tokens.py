@@ -32,8 +32,14 @@ def stopword_ids(tokenizer, words: list[str]) -> list[int]:
 class TopKTokens(QueryDependentAdapter):
     method = "qpeft_r"
 
-    def __init__(self, config: AdapterConfig, backbone: Backbone, template: Template):
-        super().__init__(config, backbone, template)
+    def __init__(
+        self,
+        config: AdapterConfig,
+        backbone: Backbone,
+        template: Template,
+        trainable_ids: torch.Tensor | None = None,
+    ):
+        super().__init__(config, backbone, template, trainable_ids)
         tokenizer = backbone.tokenizer
         banned = set(tokenizer.all_special_ids) | set(stopword_ids(tokenizer, config.stopwords))
         self.register_buffer(
@@ -43,6 +49,18 @@ class TopKTokens(QueryDependentAdapter):
     @classmethod
     def qd_slots(cls, config: AdapterConfig, query_len: int) -> int:
         return config.k
+
+    @classmethod
+    def trainable_token_ids(
+        cls, template: Template, queries: list[list[int]], docs: list[list[int]]
+    ) -> list[int] | None:
+        """Also every token a hint may be chosen from: the documents' and the template's."""
+        ids = set(super().trainable_token_ids(template, queries, docs) or [])
+        ids.update([template.bos, *template.prompt_ids, *template.passage_prefix_ids])
+        ids.update([*template.passage_suffix_ids, *template.question_ids])
+        for doc in docs:
+            ids.update(doc)
+        return sorted(ids)
 
     def hyperparameters(self) -> dict:
         c = self.config
