@@ -110,10 +110,7 @@ def main() -> None:
             f"longest query {counts['query_lengths']['longest_query_tokens']} tokens"
         )
         for label, prepared in (("cranfield", args.prepared), ("long", long_dir)):
-            for mode, budget in (
-                ("one pass", ONE_PASS),
-                (f"{default_budget}-token", default_budget),
-            ):
+            for mode, budget in modes:
                 name = f"{label}-{budget}"
                 last = run(args.config, prepared, budget, args.steps, f"{tmp}/train", name)
                 rss = ", ".join(f"{m / 1024:.2f}" for m in last["peak_rss_mib"])
