@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import STEPS, step_arguments
+from pipelines.cli import STEPS, step_arguments, step_module
 from pipelines.serve import ServeConfig
 from qpeft.config import load_config
 
@@ -30,7 +30,7 @@ def check_command(argv: list[str]) -> None:
     """A step module that exists, a config file that exists, and overrides that load."""
     assert argv[:2] == ["python", "-m"], argv
     module = argv[2]
-    assert module in STEPS.values(), module
+    assert module in {step_module(step) for step in STEPS}, module
     args = step_arguments("").parse_args(argv[3:])
     assert args.config and (ROOT / args.config).exists(), args.config
     config_class = {
