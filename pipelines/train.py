@@ -117,15 +117,18 @@ def all_gather(obj, world: int) -> list:
     return out
 
 
-def training_token_ids(cfg: TrainRunConfig, template: Template) -> list[int] | None:
+def training_token_ids(
+    cfg: TrainRunConfig, template: Template, skip: list[str]
+) -> list[int] | None:
     """The vocabulary rows of E' that training can reach (the method decides which: query
     tokens, hint words, and for Q-PEFT-R the documents' tokens), found once in the driver
-    so that every worker builds the same sparse E'."""
+    so that every worker builds the same sparse E'. `skip`: groups the policy leaves out."""
     rows = read_parquet_dir(
         storage.join(cfg.data.prepared_dir, "groups"),
-        ["query", "positive_text", "negative_texts"],
+        ["query_id", "query", "positive_text", "negative_texts"],
         pc.field("split") == "train",
     ).to_pylist()
+    rows = [r for r in rows if r["query_id"] not in set(skip)]
     docs = {r["positive_text"] for r in rows} | {t for r in rows for t in r["negative_texts"]}
     return ADAPTERS[cfg.adapter.method].trainable_token_ids(
         template,
@@ -430,7 +433,8 @@ def fit(cfg: TrainRunConfig, pinned: ModelConfig, out: str, callbacks: list | No
             return summary
     query_check = check_training_queries(cfg)
     print(f"[train] {describe_query_check(query_check, cfg.template)}", flush=True)
-    trainable_ids = training_token_ids(cfg, Template(cfg.template, load_tokenizer(cfg.model)))
+    template = Template(cfg.template, load_tokenizer(cfg.model))
+    trainable_ids = training_token_ids(cfg, template, query_check.skipped)
     init_ray(cfg.ray)
     check_cpu_headroom(
         cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,

@@ -140,6 +140,7 @@ def plan_micro_batches(
                 else [rows]
             )
             plan.append(MicroBatch([q], chunks))
+            packed = []  # the next group starts a new micro-batch, never joins this one
             continue
         current = [r for g in packed for r in rows_of[g]]
         if packed and width(current) * (len(current) + len(rows)) <= budget:

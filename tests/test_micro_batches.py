@@ -158,3 +158,19 @@ def test_ddp_ranks_with_different_micro_batch_counts_sync_once(tiny, tmp_path):
     for name, grad in expected.items():
         assert torch.allclose(synced[name], grad, atol=1e-5, rtol=1e-4), name
         assert torch.equal(synced[name], other[name]), name
+
+
+def test_every_group_lands_in_exactly_one_micro_batch_with_ragged_groups(tiny):
+    """Groups of different sizes: an over-budget group between packable ones is neither
+    dropped nor merged with them, and no group is counted twice."""
+    uneven = groups()
+    uneven[1].negatives = uneven[1].negatives * 4  # a group with many more pairs
+    model = build_model(tiny, "qpeft_a")
+    pairs = group_pairs(uneven, 0)
+    layouts = model.encode(pairs.queries, pairs.docs)
+    for budget in (60, 120, 200, 250):
+        for split in (True, False):
+            plan = plan_micro_batches(layouts, pairs, budget, split_groups=split)
+            assert sorted(q for micro in plan for q in micro.groups) == [0, 1, 2, 3]
+            rows = sorted(r for micro in plan for chunk in micro.chunks for r in chunk)
+            assert rows == list(range(len(layouts))), (budget, split)

@@ -128,3 +128,22 @@ def test_workers_taking_every_cpu_are_refused(ray_session, setup, tmp_path):
     cfg.scaling.cpus_per_worker = 0.75  # 1.5 of 2 CPUs: half a CPU is not enough
     with pytest.raises(ConfigError, match="leave less than a whole CPU per node"):
         train(cfg)
+
+
+def test_skipped_long_queries_are_left_out_of_the_sparse_e_prime(setup, tmp_path):
+    """With long_queries: skip the driver's check leaves q3 out, and so does the set of
+    E' rows training can reach (clipping q3 there would raise)."""
+    from pipelines.train import check_training_queries, training_token_ids
+    from qpeft.backbone import load_tokenizer
+    from qpeft.template import Template
+
+    data = write_prepared(tmp_path / "prepared", long_queries=("q3",))
+    cfg = run_config({**setup, "data": data}, tmp_path)
+    cfg.adapter.method = "qpeft_a"
+    cfg.template.max_query_tokens = 8
+    cfg.template.long_queries = "skip"
+    check = check_training_queries(cfg)
+    assert check.skipped == ["q3"]
+    template = Template(cfg.template, load_tokenizer(cfg.model))
+    ids = training_token_ids(cfg, template, check.skipped)  # raised QueryTooLongError before
+    assert ids and set(template.hint_prefix_ids) <= set(ids)
