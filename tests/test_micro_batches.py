@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -108,17 +110,27 @@ def test_micro_batches_respect_the_budget_and_keep_every_pair(tiny):
         assert width * len(rows) <= 60 or len(rows) == 1
 
 
-def ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+def ddp_rank(rank: int, world: int, out: str) -> None:
     """One DDP (gloo) rank: its own groups, a budget that makes the two ranks run
     different numbers of micro-batches; saves the synchronised gradients."""
+    import faulthandler
     import os
+    from datetime import timedelta
 
     import torch.distributed as dist
 
     from qpeft.backbone import tiny_backbone
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    faulthandler.dump_traceback_later(80)  # a hang shows where each rank stands
+    if os.path.exists("/sys/class/net/lo"):  # loopback only: the host name may not route
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{out}/rendezvous",  # no port to race for
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),  # a stuck collective fails instead of hanging
+    )
     try:
         tiny = tiny_backbone(WORDS, hidden_size=32, num_layers=2, num_heads=4, seed=0)
         model = build_model(tiny, "qpeft_a", seed=3, dropout=0.0)
@@ -128,22 +140,41 @@ def ddp_rank(rank: int, world: int, port: int, out: str) -> None:
         backward_step(engine, model, mine, LossConfig(in_batch_negatives=1), 120)
         grads = {n: p.grad for n, p in model.adapter.named_parameters() if p.grad is not None}
         torch.save(grads, f"{out}/rank{rank}.pt")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Skip interpreter teardown: freeing a DDP model whose gloo group is gone can block
+    # (seen 1 run in 7 on 2 cores), and the result is already on disk.
+    os._exit(0)
+
+
+def run_ranks(world: int, out: str, limit_s: float) -> list[int | None]:
+    """Start the ranks as daemon processes and give up after `limit_s`: a hung rank is
+    killed here, so it can never keep the test session from exiting."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ranks = [
+        context.Process(target=ddp_rank, args=(rank, world, out), daemon=True)
+        for rank in range(world)
+    ]
+    for process in ranks:
+        process.start()
+    deadline = time.monotonic() + limit_s
+    for process in ranks:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in ranks:
+        if process.is_alive():
+            process.kill()
+            process.join()
+    return [process.exitcode for process in ranks]
 
 
 @pytest.mark.timeout(120)
 def test_ddp_ranks_with_different_micro_batch_counts_sync_once(tiny, tmp_path):
     """Under DDP each rank accumulates its micro-batches locally and all-reduces once:
     the result is the mean of the ranks' one-pass gradients (and nothing hangs)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    assert run_ranks(2, str(tmp_path), limit_s=100) == [0, 0]
     synced = torch.load(tmp_path / "rank0.pt", weights_only=True)
     other = torch.load(tmp_path / "rank1.pt", weights_only=True)
     loss = LossConfig(in_batch_negatives=1)
