@@ -40,6 +40,8 @@ from qpeft.metrics import (
 class EvaluateSection:
     runs: dict[str, str] = field(default_factory=dict)  # name -> TREC file or rerank output
     baseline: str | None = None  # a name in `runs`; default: the first
+    # More runs to test every run against (paired t-test), e.g. zero-shot beside BM25.
+    also_against: list[str] = field(default_factory=list)
     prepared_dir: str | None = "runs/prepare/cranfield"  # qrels, splits, answers, texts
     qrels: str | None = None  # a TREC qrels file instead of the prepared qrels
     split: str | None = "test"  # needs prepared_dir; null: every judged query
@@ -60,6 +62,11 @@ class EvaluateSection:
             raise ConfigError(
                 f"evaluate.baseline: {self.baseline!r} is not one of the runs {list(self.runs)}"
             )
+        for i, name in enumerate(self.also_against):
+            if name not in self.runs:
+                raise ConfigError(
+                    f"evaluate.also_against[{i}]: {name!r} is not one of the runs {list(self.runs)}"
+                )
         for i, name in enumerate(self.measures):
             try:
                 parse_measure(name)
@@ -177,11 +184,20 @@ def evaluate_runs(section: EvaluateSection) -> dict:
             "p_value": {}
             if name == baseline
             else {m: paired_t_test(series[m], base[m]) for m in measures},
+            "p_value_against": {
+                other: {
+                    m: paired_t_test(series[m], [per_query[other][q][m] for q in queries])
+                    for m in measures
+                }
+                for other in section.also_against
+                if other != name
+            },
         }
     return {
         "queries": len(queries),
         "split": section.split,
         "baseline": baseline,
+        "also_against": list(section.also_against),
         "alpha": section.alpha,
         "measures": measures,
         "runs": report_runs,

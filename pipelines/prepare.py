@@ -76,8 +76,10 @@ def query_lengths(cfg: PrepareConfig, root: str) -> dict:
 
     where = storage.join(root, "queries")
     rows = read_parquet_dir(where, ["query_id", "text", "split"]).to_pylist()
-    template = Template(replace(cfg.template, long_queries="truncate"), load_tokenizer(cfg.model))
     zero_shot = AdapterConfig(method="zero_shot")
+    template = Template(
+        replace(cfg.template, long_queries="truncate"), load_tokenizer(cfg.model), zero_shot.method
+    )
     by_split = {}
     for split in sorted({r["split"] for r in rows}):
         pairs = ((r["query_id"], r["text"]) for r in rows if r["split"] == split)

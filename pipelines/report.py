@@ -46,17 +46,26 @@ def markdown_table(report: dict) -> str:
 
 
 def p_value_table(report: dict) -> str:
+    """One table of p-values per baseline: the baseline, then each `also_against` run."""
     measures = report["measures"]
-    lines = [
-        f"| p vs {report['baseline']} | " + " | ".join(measures) + " |",
-        "|---|" + "---|" * len(measures),
-    ]
-    for name, run in report["runs"].items():
-        if run["p_value"]:
-            lines.append(
-                f"| {name} | " + " | ".join(f"{run['p_value'][m]:.3g}" for m in measures) + " |"
+    tables = []
+    for against in [report["baseline"], *report.get("also_against", [])]:
+        lines = [
+            f"| p vs {against} | " + " | ".join(measures) + " |",
+            "|---|" + "---|" * len(measures),
+        ]
+        for name, run in report["runs"].items():
+            values = (
+                run["p_value"]
+                if against == report["baseline"]
+                else run.get("p_value_against", {}).get(against)
             )
-    return "\n".join(lines)
+            if values:
+                lines.append(
+                    f"| {name} | " + " | ".join(f"{values[m]:.3g}" for m in measures) + " |"
+                )
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def per_query_tsv(report: dict) -> str:
@@ -124,3 +133,31 @@ def write_report(report: dict, out: Path) -> str:
     _atomic_write(out / "report.png", lambda p: plot(report, p))
     _atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
     return table
+
+
+def plot_dev_curve(history: list[dict], title: str, path: Path) -> None:
+    """A training run's dev NDCG@10 (raw and fused) and dev loss per epoch, epoch 0 being
+    the untrained adapter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    figure, (ndcg, loss) = plt.subplots(1, 2, figsize=(10, 4))
+    ndcg.plot(epochs, [h["dev_ndcg10"] for h in history], "o-", label="LM")
+    fused = [h.get("dev_ndcg10_fused") for h in history]
+    if all(v is not None for v in fused):
+        ndcg.plot(epochs, fused, "s--", label="fused with first stage")
+    ndcg.set_xlabel("epoch (0: before training)")
+    ndcg.set_ylabel("dev NDCG@10")
+    ndcg.legend(fontsize="small")
+    loss.plot(epochs, [h["dev_loss"] for h in history], "o-", color="tab:red")
+    loss.set_xlabel("epoch (0: before training)")
+    loss.set_ylabel("dev loss")
+    for axis in (ndcg, loss):
+        axis.set_xticks(epochs)
+    figure.suptitle(title)
+    figure.tight_layout()
+    _atomic_write(path, lambda p: figure.savefig(p, dpi=110, format="png"))
+    plt.close(figure)

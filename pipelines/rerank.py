@@ -33,6 +33,7 @@ from pipelines.ray_setup import (
     check_cpu_headroom,
     init_ray,
 )
+from pipelines.rerank_fusion import CHOOSE, fusion_weight, write_fused_run
 from pipelines.rerank_shards import (
     ShardCollector,
     ShardPlan,
@@ -77,6 +78,11 @@ class RerankSection:
     use_gpu: bool = False
     max_new_shards: int | None = None  # score at most this many shards in this invocation
     overwrite: bool = False
+    # A second run, `<name>_fused`, interpolating the LM with the first stage
+    # (pipelines/rerank_fusion.py): null: the adapter's dev-chosen weight (zero-shot: no
+    # fused run); a number in [0, 1]; `choose`: pick it on this split (dev, never test) and
+    # write fusion.json; or the path of such a fusion.json.
+    fusion: float | str | None = None
 
     def validate(self) -> None:
         for key in ("depth", "queries_per_shard", "rows_per_batch", "num_actors"):
@@ -86,6 +92,15 @@ class RerankSection:
             raise ConfigError(f"rerank.adapter_dir: method {self.method} needs its adapter")
         if self.method not in TRAINED_METHODS and self.adapter_dir:
             raise ConfigError(f"rerank.adapter_dir: method {self.method} takes no adapter")
+        if self.fusion is not None and self.method == "first_stage":
+            raise ConfigError("rerank.fusion: the first stage has nothing to fuse with")
+        if isinstance(self.fusion, float) and not 0.0 <= self.fusion <= 1.0:
+            raise ConfigError("rerank.fusion: a weight must be in [0, 1]")
+        if self.fusion == CHOOSE and self.split == "test":
+            raise ConfigError(
+                "rerank.fusion: choose picks the weight on this split's qrels; choose it on "
+                "dev and pass that run's fusion.json here"
+            )
 
     @property
     def run_name(self) -> str:
@@ -215,7 +230,7 @@ def check_rerank_queries(cfg: RerankConfig, root: str, query_ids: list[str]) -> 
     rows = read_parquet_dir(
         where, ["query_id", "text"], pc.field("query_id").isin(pa.array(query_ids, pa.string()))
     ).to_pylist()
-    template = Template(template_cfg, load_tokenizer(cfg.model))
+    template = Template(template_cfg, load_tokenizer(cfg.model), adapter_cfg.method)
     return check_queries(template, adapter_cfg, ((r["query_id"], r["text"]) for r in rows), where)
 
 
@@ -351,6 +366,10 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
     shards_dir.rename(out / "run")
     rows = read_parquet_dir(out / "run", ["query_id", "doc_id", "rank", "score"]).to_pylist()
     write_trec_run(out / "run.trec", rows, section.run_name)
+    weight = fusion_weight(section.fusion, section.adapter_dir)
+    if weight is not None:
+        counts["fusion"] = write_fused_run(out, root, section.run_name, section.split, weight)
+        log(f"fused with the first stage at weight {counts['fusion']['weight']}", start)
     counts.update(
         complete=True,
         queries=len(plan.shard_of_query),

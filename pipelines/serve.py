@@ -23,6 +23,7 @@ from ray import serve
 
 from pipelines.cli import run_as_module, step_config
 from pipelines.ray_setup import RaySection, init_ray
+from pipelines.rerank_fusion import CHOOSE, fusion_weight
 from pipelines.serve_api import (
     BodySizeLimit,
     RerankRequest,
@@ -45,6 +46,7 @@ from qpeft.config import (
     load_config,
     to_dict,
 )
+from qpeft.fusion import fuse
 from qpeft.template import PairLayout, QueryTooLongError
 
 
@@ -75,11 +77,19 @@ class ServeSection:
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
     threads_per_replica: int | None = None  # null: torch's default
+    # Interpolation with the first stage for requests whose documents carry a
+    # `first_stage_score`: null: the adapter's dev-chosen weight (zero-shot: none); a
+    # weight in [0, 1]; or the path of a dev rerank's fusion.json.
+    fusion: float | str | None = None
 
     def validate(self) -> None:
         for key in ("token_budget", "max_ongoing_requests", "max_documents", "num_replicas"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"serve.{key}: must be >= 1")
+        if self.fusion == CHOOSE:
+            raise ConfigError("serve.fusion: choose it on dev with `qpeft rerank`, then pass it")
+        if isinstance(self.fusion, float) and not 0.0 <= self.fusion <= 1.0:
+            raise ConfigError("serve.fusion: a weight must be in [0, 1]")
 
 
 @dataclass
@@ -123,6 +133,7 @@ class Reranker:
         self.model = load_reranker(backbone, cfg.template, cfg.serve.adapter_dir)
         self.scoring = cfg.scoring
         self.section = cfg.serve
+        self.fusion_weight = fusion_weight(cfg.serve.fusion, cfg.serve.adapter_dir)
         self.name = cfg.serve.model_name or (
             os.path.basename(cfg.serve.adapter_dir.rstrip("/"))
             if cfg.serve.adapter_dir
@@ -191,13 +202,17 @@ class Reranker:
     ) -> RerankResponse:
         self.check_key(authorization)
         layouts = self.encode(request)
-        scores = await asyncio.gather(*(self.score_layouts(layout) for layout in layouts))
+        lm_scores = await asyncio.gather(*(self.score_layouts(layout) for layout in layouts))
+        first_stage = request.first_stage_scores()
+        fused = first_stage is not None and self.fusion_weight is not None
+        scores = fused_scores(lm_scores, first_stage, self.fusion_weight) if fused else lm_scores
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         texts = request.texts()
         results = [
             RerankResult(
                 index=i,
                 relevance_score=scores[i],
+                lm_score=lm_scores[i] if fused else None,
                 document=ResultDocument(text=texts[i]) if request.return_documents else None,
                 truncated=True if layouts[i].doc_truncated else None,
             )
@@ -233,6 +248,18 @@ class Reranker:
                 }
             ],
         }
+
+
+def fused_scores(lm: list[float], first_stage: list[float], weight: float) -> list[float]:
+    """One request's documents are one query's candidate list: min-max per system over
+    them, then the weighted sum (qpeft/fusion.py)."""
+    keys = [str(i) for i in range(len(lm))]
+    fused = fuse(
+        {"q": dict(zip(keys, lm, strict=True))},
+        {"q": dict(zip(keys, first_stage, strict=True))},
+        weight,
+    )
+    return [fused["q"][k] for k in keys]
 
 
 def application(cfg: ServeConfig):

@@ -1,8 +1,9 @@
 """The HTTP contract of the reranking service, in the Cohere/Jina shape, without Ray.
 
-Request `{query, documents[], top_n?, return_documents?}` (documents as strings or `{text}`
-objects); response `{id, results: [{index, relevance_score, document?, truncated?}], model,
-usage}`. Errors are `{"error": message}` with a 4xx status; the message names the field.
+Request `{query, documents[], top_n?, return_documents?}` (documents as strings or `{text,
+first_stage_score?}` objects); response `{id, results: [{index, relevance_score, lm_score?,
+document?, truncated?}], model, usage}`. Errors are `{"error": message}` with a 4xx status;
+the message names the field.
 """
 
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 class DocumentObject(BaseModel):
     text: str
+    # The first stage's score (e.g. BM25): with one for every document, a service with a
+    # fusion weight ranks by the interpolation of both (`lm_score` keeps the LM's own).
+    first_stage_score: float | None = None
 
 
 class RerankRequest(BaseModel):
@@ -44,8 +48,26 @@ class RerankRequest(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("documents")
+    @classmethod
+    def first_stage_scores_for_all_or_none(cls, value: list) -> list:
+        given = [not isinstance(d, str) and d.first_stage_score is not None for d in value]
+        if any(given) and not all(given):
+            missing = given.index(False)
+            raise ValueError(
+                f"document {missing} has no first_stage_score; give one for every document "
+                "or for none"
+            )
+        return value
+
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
+
+    def first_stage_scores(self) -> list[float] | None:
+        if not self.documents or isinstance(self.documents[0], str):
+            return None
+        scores = [d.first_stage_score for d in self.documents]
+        return None if scores[0] is None else scores
 
 
 class ResultDocument(BaseModel):
@@ -54,7 +76,11 @@ class ResultDocument(BaseModel):
 
 class RerankResult(BaseModel):
     index: int
-    relevance_score: float = Field(description="mean log-likelihood of the query (higher wins)")
+    relevance_score: float = Field(
+        description="mean log-likelihood of the query (higher wins), or the fused score when "
+        "the documents carry first-stage scores and the service has a fusion weight"
+    )
+    lm_score: float | None = Field(default=None, description="the LM's own score, when fused")
     document: ResultDocument | None = None
     truncated: bool | None = Field(default=None, description="the document was cut to fit")
 

@@ -39,6 +39,7 @@ from pipelines.ray_setup import (
     check_cpu_headroom,
     init_ray,
 )
+from pipelines.report import plot_dev_curve
 from qpeft import storage
 from qpeft.adapters import ADAPTERS
 from qpeft.backbone import load_backbone, load_tokenizer, pin_model
@@ -46,6 +47,7 @@ from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
 from qpeft.config import ConfigError, ModelConfig, QPeftConfig, from_dict, to_dict
 from qpeft.data.first_stage import read_parquet_dir
 from qpeft.engines import DeepSpeedEngine, TorchEngine
+from qpeft.fusion import choose_weight
 from qpeft.input_check import QueryCheck, check_queries
 from qpeft.metrics import mean_ndcg10
 from qpeft.model import QPeftModel
@@ -149,7 +151,7 @@ def check_training_queries(cfg: TrainRunConfig) -> QueryCheck:
         ["query_id", "text"],
         pc.field("split").isin(pa.array(["train", "dev"], pa.string())),
     ).to_pylist()
-    template = Template(cfg.template, load_tokenizer(cfg.model))
+    template = Template(cfg.template, load_tokenizer(cfg.model), cfg.adapter.method)
     where = storage.join(root, "queries")
     return check_queries(template, cfg.adapter, ((r["query_id"], r["text"]) for r in rows), where)
 
@@ -211,10 +213,17 @@ def evaluate(cfg: TrainRunConfig, qpeft: QPeftModel, dev: dict, rank: int, world
     for part_run, part_loss, n in all_gather((run, loss, len(groups)), world):
         merged.update(part_run)
         losses += [part_loss] * n
+    first_stage: dict[str, dict[str, float]] = {}
+    for row in dev["candidates"]:
+        first_stage.setdefault(row["query_id"], {})[row["doc_id"]] = row["first_stage_score"]
+    weight, curve = choose_weight(merged, first_stage, dev["qrels"])
     return {
         "dev_ndcg10": mean_ndcg10(dev["qrels"], merged),
         "dev_loss": sum(losses) / max(1, len(losses)),
         "dev_queries": len(merged),
+        # Interpolation with the first stage, its weight chosen on these dev queries.
+        "fusion_weight": weight,
+        "dev_ndcg10_fused": curve[weight],
     }
 
 
@@ -233,6 +242,35 @@ def save_checkpoint(
                 shutil.copytree(best_dir, directory / "best_adapter")
             state.save(directory)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def keep_if_best(
+    engine, qpeft: QPeftModel, state: TrainState, metrics: dict, best_dir: Path, rank: int
+) -> bool:
+    """Save the adapter as the best so far if its dev NDCG@10 beats the best; say whether."""
+    if metrics["dev_ndcg10"] <= state.best_ndcg10:
+        return False
+    state.best_ndcg10, state.best_epoch, state.bad_epochs = (
+        metrics["dev_ndcg10"],
+        state.epoch,
+        0,
+    )
+    with engine.gathered():
+        if rank == 0:
+            save_adapter(
+                qpeft,
+                best_dir,
+                extra={
+                    "dev_ndcg10": metrics["dev_ndcg10"],
+                    "epoch": state.epoch,
+                    "fusion": {
+                        "weight": metrics["fusion_weight"],
+                        "dev_ndcg10": metrics["dev_ndcg10_fused"],
+                        "normalisation": "minmax per query",
+                    },
+                },
+            )
+    return True
 
 
 def train_loop(loop_config: dict) -> None:
@@ -293,6 +331,20 @@ def train_loop(loop_config: dict) -> None:
     start = time.perf_counter()
     first_step = state.step
 
+    if state.step == 0 and not state.history:
+        # Step 0 is a candidate like any epoch: training can then only keep or improve the
+        # dev ranking it started from (an untrained adapter ranks about as zero-shot does).
+        metrics = evaluate(cfg, qpeft, dev, rank, world)
+        metrics.update(step=0, epoch=0)
+        keep_if_best(engine, qpeft, state, metrics, best_dir, rank)
+        state.history.append(metrics)
+        if rank == 0:
+            print(
+                f"[train] step 0: dev NDCG@10 {metrics['dev_ndcg10']:.4f} "
+                f"(fused {metrics['dev_ndcg10_fused']:.4f} at weight {metrics['fusion_weight']})",
+                flush=True,
+            )
+
     while state.epoch < settings.epochs and not state.stopped_early:
         done_in_epoch = state.step - state.epoch * steps_per_epoch
         throughput = {"seconds": 0.0, "pairs": 0, "query_tokens_cut": 0}
@@ -314,7 +366,9 @@ def train_loop(loop_config: dict) -> None:
             if settings.max_steps and state.step >= settings.max_steps:
                 break
             tick = time.perf_counter()
-            groups = groups_from_rows(batch.to_pylist(), settings.max_negatives)
+            groups = groups_from_rows(
+                batch.to_pylist(), settings.max_negatives, state.epoch, settings.seed
+            )
             result = backward_step(engine, qpeft, groups, cfg.loss, settings.micro_batch_tokens)
             engine.step()
             state.step += 1
@@ -358,26 +412,14 @@ def train_loop(loop_config: dict) -> None:
             ),
             worker_nodes=all_gather(ray.get_runtime_context().get_node_id()[:12], world),
         )
-        if metrics["dev_ndcg10"] > state.best_ndcg10:
-            state.best_ndcg10, state.best_epoch, state.bad_epochs = (
-                metrics["dev_ndcg10"],
-                state.epoch,
-                0,
-            )
-            with engine.gathered():
-                if rank == 0:
-                    save_adapter(
-                        qpeft,
-                        best_dir,
-                        extra={"dev_ndcg10": metrics["dev_ndcg10"], "epoch": state.epoch},
-                    )
-        else:
+        if not keep_if_best(engine, qpeft, state, metrics, best_dir, rank):
             state.bad_epochs += 1
             state.stopped_early = state.bad_epochs >= settings.patience
         state.history.append(metrics)
         if rank == 0:
             print(
                 f"[train] epoch {state.epoch}: dev NDCG@10 {metrics['dev_ndcg10']:.4f} "
+                f"(fused {metrics['dev_ndcg10_fused']:.4f} at weight {metrics['fusion_weight']}) "
                 f"dev loss {metrics['dev_loss']:.4f} (best {state.best_ndcg10:.4f} "
                 f"at epoch {state.best_epoch})",
                 flush=True,
@@ -433,7 +475,7 @@ def fit(cfg: TrainRunConfig, pinned: ModelConfig, out: str, callbacks: list | No
             return summary
     query_check = check_training_queries(cfg)
     print(f"[train] {describe_query_check(query_check, cfg.template)}", flush=True)
-    template = Template(cfg.template, load_tokenizer(cfg.model))
+    template = Template(cfg.template, load_tokenizer(cfg.model), cfg.adapter.method)
     trainable_ids = training_token_ids(cfg, template, query_check.skipped)
     init_ray(cfg.ray)
     check_cpu_headroom(
@@ -488,6 +530,10 @@ def fit(cfg: TrainRunConfig, pinned: ModelConfig, out: str, callbacks: list | No
         "query_check": query_check.counts(),
         "config": to_dict(cfg),
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        curve = Path(tmp) / "dev_curve.png"
+        plot_dev_curve(state.history, f"{cfg.run.name}: {cfg.adapter.method}", curve)
+        storage.copy(curve, storage.join(out, "dev_curve.png"))
     storage.write_text(finished, json.dumps(summary, indent=2) + "\n")  # written last
     return summary
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -20,30 +21,45 @@ from qpeft import __version__, storage
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig, TemplateConfig, from_dict, to_dict
 from qpeft.model import QPeftModel
+from qpeft.packaged import PACKAGED_MODELS
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 # 2: E' is saved as the rows it changed (`embed.ids`, `embed.delta`), not a dense table.
-FORMAT = "qpeft-adapter/2"
+# 3: the hint MLP is residual (x + MLP(x)), E' includes the LM's embedding scale, Q-PEFT
+#    reads document tokens only: the same weights mean a different model, so 2 is refused.
+FORMAT = "qpeft-adapter/3"
 
 
 class AdapterMismatchError(ValueError):
     """The adapter directory does not belong to the loaded base model."""
 
 
+def base_model_card(name: str) -> dict:
+    """Where the base model comes from and its license: a packaged alias names the hub
+    repository it was quantized from (adapters inherit the base model's terms)."""
+    packaged = PACKAGED_MODELS.get(name)
+    return {
+        "base_model_name_or_path": packaged.hub_id if packaged else name,
+        "base_model_license": packaged.license if packaged else "see the base model's card",
+    }
+
+
 def save_adapter(model: QPeftModel, directory: str | Path, extra: dict | None = None) -> Path:
     """Write the adapter directory atomically (a temporary sibling renamed into place)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    adapter = model.adapter
+    adapter, template = model.adapter, model.template.config
     config = {
         "format": FORMAT,
         "qpeft_version": __version__,
         "method": adapter.method,
         "adapter": to_dict(adapter.config),
         "hyperparameters": adapter.hyperparameters(),
-        "template": to_dict(model.template.config),
+        # The prompt as used, also where the config left it to the method's default.
+        "template": to_dict(replace(template, prompt=template.prompt_for(adapter.method))),
         "base_model": model.backbone.shape(),
+        **base_model_card(model.backbone.name),
         "trainable_parameters": adapter.num_trainable_parameters(),
         **(extra or {}),
     }

@@ -35,11 +35,17 @@ class ModelConfig:
     num_threads: int | None = None
 
 
+HINT_PROMPT = "given the hints, please generate a question for the input passage"
+PLAIN_PROMPT = "please generate a question for the input passage"
+
+
 @dataclass
 class TemplateConfig:
     """Text pieces of the (q, d) layout; DESIGN section 1 gives the default."""
 
-    prompt: str = "given the hints, please generate a question for the input passage"
+    # P. null: the method's default, `HINT_PROMPT` (the paper's) for the methods that add
+    # hints and `PLAIN_PROMPT` for zero-shot and the soft prompt, which have none.
+    prompt: str | None = None
     passage_prefix: str = "Passage: "
     passage_suffix: str = " \n"
     hint_prefix: str = "hints: "
@@ -52,6 +58,12 @@ class TemplateConfig:
     # (`truncate`), left out (`skip`: training groups, rerank queries) or refused (`fail`).
     max_query_tokens: int = 64
     long_queries: Literal["truncate", "skip", "fail"] = "truncate"
+
+    def prompt_for(self, method: str) -> str:
+        """The prompt text P for `method`."""
+        if self.prompt is not None:
+            return self.prompt
+        return HINT_PROMPT if method in ("qpeft_r", "qpeft_a") else PLAIN_PROMPT
 
     def validate(self) -> None:
         _require(self.max_length > 0, "template.max_length", "must be positive")

@@ -33,7 +33,7 @@ class TorchEngine:
             if distributed
             else qpeft
         )
-        self.optimizer, self.scheduler = make_optimizer(self.params, settings, total_steps)
+        self.optimizer, self.scheduler = make_optimizer(qpeft.adapter, settings, total_steps)
 
     @property
     def lr(self) -> float:
@@ -96,8 +96,7 @@ class DeepSpeedEngine:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.qpeft = qpeft
         self.stage = stage
-        params = [p for p in qpeft.adapter.parameters() if p.requires_grad]
-        optimizer, scheduler = make_optimizer(params, settings, total_steps)
+        optimizer, scheduler = make_optimizer(qpeft.adapter, settings, total_steps)
         config = {
             "train_micro_batch_size_per_gpu": settings.queries_per_batch,
             "gradient_accumulation_steps": 1,

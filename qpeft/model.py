@@ -28,7 +28,7 @@ class QPeftModel(nn.Module):
         adapter_config: AdapterConfig,
         trainable_ids: torch.Tensor | None = None,
     ) -> QPeftModel:
-        template = Template(template_config, backbone.tokenizer)
+        template = Template(template_config, backbone.tokenizer, adapter_config.method)
         adapter = build_adapter(adapter_config, backbone, template, trainable_ids)
         template.check_room(adapter.hint_slots(template_config.max_query_tokens))
         return cls(backbone, template, adapter)

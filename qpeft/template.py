@@ -73,7 +73,8 @@ class QueryTooLongError(ValueError):
 class Template:
     """Encodes pairs into `PairLayout`s and collates them; tokenizes the template once."""
 
-    def __init__(self, config: TemplateConfig, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, config: TemplateConfig, tokenizer: PreTrainedTokenizerBase, method: str):
+        """`method` picks the default prompt (`TemplateConfig.prompt_for`)."""
         self.config = config
         self.tokenizer = tokenizer
         if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
@@ -83,8 +84,8 @@ class Template:
         self.bos = tokenizer.bos_token_id
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
-        self.prompt_ids = self._ids(config.prompt)
-        self.passage_prefix_ids = self._ids(config.passage_prefix)
+        self.prompt_ids = self._ids(config.prompt_for(method))
+        self.passage_prefix_ids, self._joins_passage = self._passage_prefix(config.passage_prefix)
         self.passage_suffix_ids = self._ids(config.passage_suffix)
         self.hint_prefix_ids = self._ids(config.hint_prefix)
         self.hint_suffix_ids = self._ids(config.hint_suffix)
@@ -101,11 +102,47 @@ class Template:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
+    def _text_ids(self, texts: list[str]) -> list[list[int]]:
+        """User text: a literal "<eos>" or "<|im_start|>" in a query or document is
+        tokenized as characters, never as the special token it spells."""
+        return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)[
+            "input_ids"
+        ]
+
+    def _passage_prefix(self, prefix: str) -> tuple[list[int], bool]:
+        """Tokens of "Passage: " as they come out of the joined string "Passage: " + d.
+
+        Tokenizers attach a space to the word after it ("Ġword", "▁word"): tokenized alone,
+        "Passage: " ends in a lone space token and the document gains a second word
+        boundary, which the LM never saw in pretraining. When the prefix without its
+        trailing whitespace is a token prefix of the joined text, that is the prefix, and
+        documents are tokenized joined to it (`tokenize_docs`)."""
+        stripped = prefix.rstrip()
+        if not prefix or stripped == prefix:
+            return self._ids(prefix), False
+        head = self._ids(stripped)
+        joined = self._ids(prefix + "The")
+        if head and joined[: len(head)] == head:
+            return head, True
+        return self._ids(prefix), False
+
     def tokenize_queries(self, queries: list[str]) -> list[list[int]]:
-        return self.tokenizer(list(queries), add_special_tokens=False)["input_ids"]
+        return self._text_ids(list(queries))
 
     def tokenize_docs(self, docs: list[str]) -> list[list[int]]:
-        return self.tokenizer(list(docs), add_special_tokens=False)["input_ids"]
+        """Document tokens as they follow the passage prefix in one joined string."""
+        if not self._joins_passage:
+            return self._text_ids(list(docs))
+        prefix, head = self.config.passage_prefix, self.passage_prefix_ids
+        joined = self._text_ids([prefix + doc for doc in docs])
+        alone = [ids[len(head) :] if ids[: len(head)] == head else None for ids in joined]
+        if all(ids is not None for ids in alone):
+            return alone
+        # A document whose first characters merge into the prefix's tokens: on its own.
+        return [
+            ids if ids is not None else self._text_ids([doc])[0]
+            for ids, doc in zip(alone, docs, strict=True)
+        ]
 
     def clip_query(self, query_ids: list[int]) -> tuple[list[int], int]:
         """Apply `template.long_queries` to a tokenized query: (tokens kept, tokens cut).

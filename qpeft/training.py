@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,12 +30,20 @@ class TrainSettings:
     """Optimisation and early-stopping settings (config section `train`)."""
 
     epochs: int = 3
+    # Query groups per worker in one optimiser step (the step size: groups x workers).
     queries_per_batch: int = 8
-    lr: float = 3.0e-2
+    # The MLP / attention / soft prompt. The paper's 3e-2 was pure bf16, which rounds most
+    # small updates away; in fp32 it moved the adapter so far per step that the ranking
+    # collapsed (issue 15). 1e-3 is the usual AdamW rate for small adapters.
+    lr: float = 1.0e-3
+    # E' (the query-token and hint-word rows); null: train.lr. Embedding rows enter the
+    # LM as tokens, so they get a smaller rate than the module that builds hints from them.
+    embedding_lr: float | None = 1.0e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    warmup_steps: int = 0
-    decay: Literal["none", "linear", "cosine"] = "none"
+    # Linear warmup over this share of the run's optimiser steps, then `decay`.
+    warmup_ratio: float = 0.1
+    decay: Literal["none", "linear", "cosine"] = "linear"
     patience: int = 2
     checkpoint_every: int = 25
     gradient_checkpointing: bool = False
@@ -62,21 +71,35 @@ class TrainSettings:
                 raise ConfigError(f"train.{key}: must be positive")
         if self.lr <= 0:
             raise ConfigError("train.lr: must be positive")
+        if self.embedding_lr is not None and self.embedding_lr <= 0:
+            raise ConfigError("train.embedding_lr: must be positive (or null: train.lr)")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("train.warmup_ratio: must be in [0, 1)")
 
 
-def groups_from_rows(rows: list[dict], max_negatives: int | None = None) -> list[TrainingGroup]:
-    """TrainingGroups from rows of the prepared `groups` shards."""
-    return [
-        TrainingGroup(
-            query_id=r["query_id"],
-            query=r["query"],
-            positive=(r["positive_id"], r["positive_text"]),
-            negatives=list(zip(r["negative_ids"], r["negative_texts"], strict=True))[
-                :max_negatives
-            ],
+def groups_from_rows(
+    rows: list[dict], max_negatives: int | None = None, epoch: int | None = None, seed: int = 0
+) -> list[TrainingGroup]:
+    """TrainingGroups from rows of the prepared `groups` shards.
+
+    With `epoch`, each group's `max_negatives` hard negatives are drawn afresh from its
+    stored pool, seeded by (seed, epoch, query): every epoch shows other negatives, and a
+    resumed or re-run epoch the same ones. Without it (dev), the first ones, always."""
+    groups = []
+    for r in rows:
+        pool = list(zip(r["negative_ids"], r["negative_texts"], strict=True))
+        if epoch is not None and max_negatives is not None and len(pool) > max_negatives:
+            rng = random.Random(f"{seed}/{epoch}/{r['query_id']}")
+            pool = rng.sample(pool, max_negatives)
+        groups.append(
+            TrainingGroup(
+                query_id=r["query_id"],
+                query=r["query"],
+                positive=(r["positive_id"], r["positive_text"]),
+                negatives=pool[:max_negatives],
+            )
         )
-        for r in rows
-    ]
+    return groups
 
 
 def batch_loss(
@@ -279,16 +302,36 @@ def dev_ndcg10(
     return mean_ndcg10(qrels, dev_run(qpeft, candidates, depth, scoring))
 
 
-def make_optimizer(params, settings: TrainSettings, total_steps: int):
-    """AdamW with optional linear warmup and linear or cosine decay."""
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+def parameter_groups(adapter: torch.nn.Module, settings: TrainSettings) -> list[dict]:
+    """AdamW groups: E' rows (`embed.*`) at `embedding_lr`, everything else at `lr`."""
+    embedding, module = [], []
+    for name, param in adapter.named_parameters():
+        if param.requires_grad:
+            (embedding if name.startswith("embed.") else module).append(param)
+    embedding_lr = settings.embedding_lr if settings.embedding_lr is not None else settings.lr
+    groups = [{"params": module, "lr": settings.lr, "name": "module"}]
+    if embedding:
+        groups.append({"params": embedding, "lr": embedding_lr, "name": "embedding"})
+    return [g for g in groups if g["params"]]
+
+
+def warmup_steps(settings: TrainSettings, total_steps: int) -> int:
+    return math.ceil(settings.warmup_ratio * total_steps)
+
+
+def make_optimizer(adapter: torch.nn.Module, settings: TrainSettings, total_steps: int):
+    """AdamW over `parameter_groups`, linear warmup, then linear or cosine decay (or none)."""
+    optimizer = torch.optim.AdamW(
+        parameter_groups(adapter, settings), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    warmup = warmup_steps(settings, total_steps)
 
     def factor(step: int) -> float:
-        if step < settings.warmup_steps:
-            return (step + 1) / settings.warmup_steps
-        if settings.decay == "none" or total_steps <= settings.warmup_steps:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if settings.decay == "none" or total_steps <= warmup:
             return 1.0
-        progress = min(1.0, (step - settings.warmup_steps) / (total_steps - settings.warmup_steps))
+        progress = min(1.0, (step - warmup) / (total_steps - warmup))
         return (
             1.0 - progress
             if settings.decay == "linear"

@@ -140,3 +140,58 @@ def test_optimizer_steps_lower_the_loss(tiny, method):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_untrained_hint_block_is_the_words_it_is_built_from(tiny):
+    """The MLP's output layer starts at zero (residual), so before training Q-PEFT-R's
+    hints are exactly E' of "hints:", the chosen document tokens and the suffix: text the
+    LM can read, not random vectors."""
+    model = build_model(tiny, "qpeft_r", k=2)
+    batch = model.template.collate(model.encode(["what is flow"], ["wing flow heat"]))
+    frozen = model.backbone.input_embeddings(batch.input_ids)
+    ids, found = model.adapter.select(batch, frozen)
+    block = model.adapter.hints(batch, frozen)
+    words = [*model.template.hint_prefix_ids, *ids[0].tolist(), *model.template.hint_suffix_ids]
+    expected = tiny.input_embeddings(torch.tensor(words))
+    assert found.all()
+    assert torch.allclose(block.vectors[0], expected)
+
+
+def test_untrained_attention_hint_is_a_mix_of_document_embeddings(tiny):
+    """Q-PEFT-A starts with identity value/output projections: with a one-token document
+    each query token's hint is that token's embedding."""
+    model = build_model(tiny, "qpeft_a", dropout=0.0)
+    model.adapter.eval()
+    batch = model.template.collate(model.encode(["what is flow"], ["wing"]))
+    frozen = model.backbone.input_embeddings(batch.input_ids)
+    qd, present, _ = model.adapter.query_dependent(batch, frozen)
+    wing = tiny.input_embeddings(torch.tensor(token_id(tiny, "wing")))
+    assert present[0].sum() == 3
+    assert torch.allclose(qd[0], wing.expand(3, -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["qpeft_a", "qpeft_r"])
+def test_adapters_read_document_tokens_only(tiny, method):
+    """<bos>, the prompt and the template's words are the same for every document: they
+    are masked out of the QD module's keys, so Q-PEFT-R never picks them as hints and
+    Q-PEFT-A's hints do not change when they do."""
+    model = build_model(tiny, method, k=5, dropout=0.0)
+    model.adapter.eval()
+    batch = model.template.collate(model.encode(["what is flow"], ["wing flow"]))
+    frozen = model.backbone.input_embeddings(batch.input_ids)
+    if method == "qpeft_r":
+        ids, found = model.adapter.select(batch, frozen)
+        chosen = set(tiny.tokenizer.convert_ids_to_tokens(ids[0][found[0]].tolist()))
+        assert chosen == {"wing", "flow"}  # k=5, but only the document's two words qualify
+        return
+    qd, _, _ = model.adapter.query_dependent(batch, frozen)
+    outside_doc = batch.segments != Segment.DOC
+    noisy = frozen + torch.randn_like(frozen) * outside_doc.unsqueeze(-1)
+    again, _, _ = model.adapter.query_dependent(batch, noisy)
+    assert torch.allclose(qd, again)
+
+
+def test_an_empty_document_gives_finite_attention_hints(tiny):
+    model = build_model(tiny, "qpeft_a", dropout=0.0)
+    batch = model.template.collate(model.encode(["what is flow", "heat"], ["", "wing"]))
+    assert torch.isfinite(log_likelihood(model, batch)).all()

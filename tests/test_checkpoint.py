@@ -51,5 +51,5 @@ def test_missing_or_foreign_directory(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="no adapter config"):
         load_adapter(tmp_path, tiny)
     (tmp_path / CONFIG_NAME).write_text('{"format": "something-else"}')
-    with pytest.raises(ValueError, match="is not 'qpeft-adapter/2'"):
+    with pytest.raises(ValueError, match="is not 'qpeft-adapter/3'"):
         load_adapter(tmp_path, tiny)

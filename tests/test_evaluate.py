@@ -144,6 +144,7 @@ def test_evaluate_writes_json_markdown_tsv_and_png(tmp_path, capsys):
         "evaluate.queries=judged",
         "evaluate.measures=[mrr@10, p@2]",
         "evaluate.answer_ks=[1, 2]",
+        "evaluate.also_against=[better]",
         f"evaluate.output_dir={out}",
     ]
     assert main(["evaluate", *(x for a in args for x in ("--set", a))]) == 0
@@ -158,8 +159,12 @@ def test_evaluate_writes_json_markdown_tsv_and_png(tmp_path, capsys):
     assert good["mean"]["hit@1"] == pytest.approx(2 / 3)
     assert good["mean"]["answer_recall@1"] == pytest.approx((1 / 2 + 1) / 3)
     assert good["p_value"]["mrr@10"] == pytest.approx(paired_t_test([1, 1, 1], [0.5, 0.5, 0]))
+    # Also against `better`: the base run's p-values against it, the same test reversed.
+    assert base["p_value_against"]["better"]["mrr@10"] == pytest.approx(good["p_value"]["mrr@10"])
+    assert good["p_value_against"] == {}
     table = (out / "report.md").read_text()
     assert "| base (baseline) |" in table and "| better | 1.0000 |" in table
+    assert "| p vs better |" in table
     assert len((out / "per_query.tsv").read_text().splitlines()) == 1 + 2 * 3
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| better |" in capsys.readouterr().out

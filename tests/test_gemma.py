@@ -36,8 +36,11 @@ def test_label_is_bos_query_eos_and_special_tokens_are_kept_out_of_hints(gemma):
     labels = tokens(Segment.LABEL)
     assert labels[0] == 2 and labels[-1] == 1
     assert tokenizer.decode(labels[1:-1]) == query
-    # The passage reads back as written after the template's prefix.
-    assert tokenizer.decode(tokens(Segment.DOC)) == doc
+    # Tokenized joined to "Passage: ": the prefix ends at ":", and the space after it is the
+    # document's first word boundary ("▁Boundary"), not a lone "▁" token.
+    assert tokenizer.convert_ids_to_tokens(model.template.passage_prefix_ids)[-1] == ":"
+    assert tokenizer.decode(tokens(Segment.DOC)) == " " + doc
+    assert tokenizer.convert_ids_to_tokens(tokens(Segment.DOC))[0] == "▁Boundary"
     banned = set(model.adapter.banned_ids.tolist())
     assert {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id} <= banned
     batch = model.template.collate([layout])

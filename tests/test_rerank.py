@@ -21,6 +21,7 @@ from qpeft.checkpoint import load_adapter, save_adapter
 from qpeft.config import AdapterConfig, ConfigError, ModelConfig, TemplateConfig, from_dict
 from qpeft.data.readers import read_trec_run
 from qpeft.data.runs import read_run
+from qpeft.fusion import fuse
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_pairs
 from tests.conftest import TINY_TEMPLATE
@@ -186,6 +187,46 @@ def test_adapter_on_two_actors_and_first_stage_pass_through(ray_session, setup, 
     ranks = pads.dataset(str(tmp_path / "bm25" / "run")).to_table().to_pylist()
     assert all(r["rank"] == r["first_stage_rank"] for r in ranks)
     assert all(r["score"] == pytest.approx(r["first_stage_score"]) for r in ranks)
+
+
+@pytest.mark.slow
+def test_fused_runs_use_a_weight_chosen_on_dev(ray_session, setup, tmp_path):
+    """`fusion: choose` on dev writes fusion.json; a test rerank reads that weight (choosing
+    on test is refused); an adapter brings the weight training chose."""
+    with pytest.raises(ConfigError, match="choose it on dev"):
+        config(setup, tmp_path, fusion="choose")
+    dev = rerank(config(setup, tmp_path, split="dev", name="zs_dev", fusion="choose"))
+    chosen = json.loads((tmp_path / "zs_dev" / "fusion.json").read_text())
+    assert dev["fusion"]["weight"] == chosen["weight"] and chosen["chosen_on"] == "dev"
+    assert (
+        max(chosen["ndcg10_by_weight"].values())
+        == chosen["ndcg10_by_weight"][str(chosen["weight"])]
+    )
+    fusion_file = str(tmp_path / "zs_dev" / "fusion.json")
+    test = rerank(config(setup, tmp_path, name="zs_test", fusion=fusion_file))
+    assert test["fusion"]["weight"] == chosen["weight"]
+    out = tmp_path / "zs_test"
+    rows = pads.dataset(str(out / "run")).to_table().to_pylist()
+    lm, bm25 = {}, {}
+    for r in rows:
+        lm.setdefault(r["query_id"], {})[r["doc_id"]] = r["score"]
+        bm25.setdefault(r["query_id"], {})[r["doc_id"]] = r["first_stage_score"]
+    expected = fuse(lm, bm25, chosen["weight"])
+    fused = {}
+    for q, d, _, score in read_trec_run(out / "run_fused.trec"):
+        fused.setdefault(q, {})[d] = score
+    assert fused.keys() == expected.keys()
+    assert all(fused[q][d] == pytest.approx(expected[q][d]) for q in fused for d in fused[q])
+    assert (out / "run_fused.trec").read_text().split()[5] == "zs_test_fused"
+
+    backbone = load_backbone(ModelConfig(name=setup["model"]))
+    model = QPeftModel.build(
+        backbone, TemplateConfig(**TINY_TEMPLATE), AdapterConfig(method="qpeft_r", k=3)
+    )
+    adapter = save_adapter(model, tmp_path / "adapter", extra={"fusion": {"weight": 0.35}})
+    counts = rerank(config(setup, tmp_path, method="qpeft_r", adapter_dir=str(adapter)))
+    assert counts["fusion"]["weight"] == 0.35
+    assert (tmp_path / "qpeft_r" / "run_fused.trec").exists()
 
 
 HOLDER = """

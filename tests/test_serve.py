@@ -54,7 +54,11 @@ def service(ray_session, tmp_path_factory, monkeypatch_module):
     try:
         serve.run(application(config(model)), name="open", route_prefix="/")
         strict = config(
-            model, {"long_queries": "fail"}, oversize_documents="reject", api_key_env=KEY_ENV
+            model,
+            {"long_queries": "fail"},
+            oversize_documents="reject",
+            api_key_env=KEY_ENV,
+            fusion=0.25,
         )
         serve.run(application(strict), name="strict", route_prefix="/strict")
         yield {"url": f"http://127.0.0.1:{PORT}", "model": model}
@@ -172,6 +176,30 @@ def test_strict_app_rejects_long_documents_and_needs_the_key(service):
     ok = httpx.post(url, json={**body, "documents": body["documents"][:1]}, headers=auth)
     assert ok.status_code == 200
     assert httpx.get(f"{service['url']}/strict/healthz").json() == {"status": "ok"}
+
+
+def test_first_stage_scores_are_fused_where_the_service_has_a_weight(service):
+    docs = [words(i, 4) for i in range(4)]
+    bm25 = [3.0, 9.0, 1.0, 5.0]
+    body = {
+        "query": "w1 w2",
+        "documents": [{"text": d, "first_stage_score": b} for d, b in zip(docs, bm25, strict=True)],
+    }
+    auth = {"authorization": "Bearer s3cret"}
+    fused = httpx.post(f"{service['url']}/strict/v1/rerank", json=body, headers=auth).json()
+    lm = {r["index"]: r["lm_score"] for r in fused["results"]}
+    low, high = min(lm.values()), max(lm.values())
+    for r in fused["results"]:
+        i = r["index"]
+        expected = 0.25 * (lm[i] - low) / (high - low) + 0.75 * (bm25[i] - 1.0) / 8.0
+        assert r["relevance_score"] == pytest.approx(expected)
+    # Without a weight (zero-shot, no serve.fusion) the LM's scores rank, first-stage or not.
+    plain = httpx.post(f"{service['url']}/v1/rerank", json=body).json()["results"]
+    assert all("lm_score" not in r for r in plain)
+    assert {r["index"]: r["relevance_score"] for r in plain} == pytest.approx(lm)
+    body["documents"][2] = docs[2]
+    mixed = httpx.post(f"{service['url']}/strict/v1/rerank", json=body, headers=auth)
+    assert mixed.status_code == 422 and "document 2 has no first_stage_score" in mixed.text
 
 
 def test_health_models_and_openapi(service):

@@ -37,6 +37,7 @@ def run_config(setup, tmp_path, **train):
                 "epochs": 4,
                 "queries_per_batch": 4,
                 "lr": 0.03,
+                "embedding_lr": None,  # the tiny model learns its words fast at one rate
                 "patience": 3,
                 "checkpoint_every": 3,
                 "dev_depth": 5,
@@ -81,7 +82,14 @@ def test_two_worker_ddp_beats_zero_shot_and_exports_adapter(ray_session, setup, 
     dev = test_ndcg(trained, setup["data"], split="dev")
     assert dev == pytest.approx(summary["best_dev_ndcg10"], abs=1e-6)
     metrics = json.loads((tmp_path / "storage" / "tiny" / "metrics.json").read_text())
-    assert len(metrics["history"]) == summary["epochs_run"]
+    # Epoch 0 is the untrained adapter, evaluated before the first step.
+    assert [h["epoch"] for h in metrics["history"]] == list(range(summary["epochs_run"] + 1))
+    assert summary["best_dev_ndcg10"] >= metrics["history"][0]["dev_ndcg10"]
+    assert (tmp_path / "storage" / "tiny" / "dev_curve.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads(
+        (tmp_path / "storage" / "tiny" / "adapter" / "adapter_config.json").read_text()
+    )
+    assert 0.0 <= saved["fusion"]["weight"] <= 1.0
 
 
 def test_injected_worker_failure_resumes_and_finishes(ray_session, setup, tmp_path):
@@ -144,6 +152,6 @@ def test_skipped_long_queries_are_left_out_of_the_sparse_e_prime(setup, tmp_path
     cfg.template.long_queries = "skip"
     check = check_training_queries(cfg)
     assert check.skipped == ["q3"]
-    template = Template(cfg.template, load_tokenizer(cfg.model))
+    template = Template(cfg.template, load_tokenizer(cfg.model), cfg.adapter.method)
     ids = training_token_ids(cfg, template, check.skipped)  # raised QueryTooLongError before
     assert ids and set(template.hint_prefix_ids) <= set(ids)

@@ -96,7 +96,14 @@ def test_four_trial_asha_sweep_stops_weak_trials_and_exports_the_best(ray_sessio
         "model": {"name": model},
         "template": TINY_TEMPLATE,
         "adapter": {"method": "qpeft_r", "k": 3},
-        "train": {"epochs": 3, "queries_per_batch": 4, "patience": 3, "dev_depth": 5},
+        # One rate for E' and the MLP, so the weak trials' 1e-9 really freezes everything.
+        "train": {
+            "epochs": 3,
+            "queries_per_batch": 4,
+            "patience": 3,
+            "dev_depth": 5,
+            "embedding_lr": None,
+        },
         "data": {"prepared_dir": str(data)},
     }
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))

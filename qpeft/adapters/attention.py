@@ -1,5 +1,10 @@
-"""Q-PEFT-A: multi-head attention from query tokens (E'[q]) over the input's frozen
-embeddings (E[x]); one hint vector per query token; end-to-end differentiable."""
+"""Q-PEFT-A: multi-head attention from query tokens (E'[q]) over the document's frozen
+embeddings (E[d]); one hint vector per query token; end-to-end differentiable.
+
+The value and output projections start as the identity, so an untrained hint is a
+weighted mean of document token embeddings (the weights from the query), a vector in the
+LM's input space rather than random noise; the query/key projections keep their default
+initialisation, which decides what each query token looks at."""
 
 from __future__ import annotations
 
@@ -29,6 +34,11 @@ class QueryAttention(QueryDependentAdapter):
         self.attention = nn.MultiheadAttention(
             dim, config.heads, dropout=config.dropout, batch_first=True
         )
+        with torch.no_grad():
+            self.attention.in_proj_weight[2 * dim :].copy_(torch.eye(dim))
+            self.attention.in_proj_bias.zero_()
+            self.attention.out_proj.weight.copy_(torch.eye(dim))
+            self.attention.out_proj.bias.zero_()
 
     @classmethod
     def qd_slots(cls, config: AdapterConfig, query_len: int) -> int:
@@ -49,7 +59,8 @@ class QueryAttention(QueryDependentAdapter):
         query_ids, query_mask = batch.query_ids[:, :cap], batch.query_mask[:, :cap]
         query = self.embed(query_ids)
         keys = frozen_embeds.to(query.dtype)  # the adapter's dtype: fp32, or bf16 under DeepSpeed
-        out, _ = self.attention(
-            query, keys, keys, key_padding_mask=~key_mask(batch), need_weights=False
-        )
-        return out, query_mask, query_mask
+        readable = key_mask(batch)
+        empty = ~readable.any(dim=1)  # an empty document: attend to anything, output zero
+        readable = readable | empty.unsqueeze(1)
+        out, _ = self.attention(query, keys, keys, key_padding_mask=~readable, need_weights=False)
+        return out.masked_fill(empty[:, None, None], 0.0), query_mask, query_mask

@@ -81,15 +81,21 @@ class Adapter(nn.Module):
 
 
 def key_mask(batch: Batch) -> torch.Tensor:
-    """Input tokens the QD module may look at: not padding, hint slots or the query label."""
-    seg = batch.segments
-    return (seg != Segment.PAD) & (seg != Segment.HINT) & (seg != Segment.LABEL)
+    """Input tokens the QD module may look at: the document's. <bos>, the prompt, the
+    template's fixed words, hint slots, the label and padding are the same for every
+    document or not input at all; as keys they would let Q-PEFT-R pick prompt words as
+    "hints" (the official code masks <bos> and the prompt too)."""
+    return batch.segments == Segment.DOC
 
 
 class QueryDependentAdapter(Adapter):
     """Shared part of Q-PEFT-R and -A: the trainable embedding copy E' and the hint MLP.
 
-    The block is MLP([E'("hints: "); QD(q, d); E'("\\n")]); subclasses provide QD(q, d).
+    The block is x + MLP(x) for x = [E'("hints: "); QD(q, d); E'("\\n")]; subclasses
+    provide QD(q, d). The MLP's output layer starts at zero (as LoRA's B does), so an
+    untrained block is its inputs: real word embeddings for the hint words and Q-PEFT-R's
+    chosen tokens, which the LM reads as text. Training then starts from a ranking close to
+    zero-shot instead of from random vectors in the input.
     """
 
     def __init__(
@@ -105,6 +111,8 @@ class QueryDependentAdapter(Adapter):
         # (every row when `trainable_ids` is None).
         self.embed = DeltaEmbedding(backbone.input_embeddings, trainable_ids)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
         self.register_buffer(
             "hint_prefix_ids",
             torch.tensor(template.hint_prefix_ids, dtype=torch.long),
@@ -147,7 +155,8 @@ class QueryDependentAdapter(Adapter):
         n = qd.shape[0]
         prefix = self.embed(self.hint_prefix_ids).unsqueeze(0).expand(n, -1, -1)
         suffix = self.embed(self.hint_suffix_ids).unsqueeze(0).expand(n, -1, -1)
-        vectors = self.mlp(torch.cat([prefix, qd, suffix], dim=1))
+        block = torch.cat([prefix, qd, suffix], dim=1)
+        vectors = block + self.mlp(block)
         ones_p = torch.ones(n, prefix.shape[1], dtype=torch.bool, device=qd.device)
         ones_s = torch.ones(n, suffix.shape[1], dtype=torch.bool, device=qd.device)
         present = torch.cat([ones_p, qd_present, ones_s], dim=1)

@@ -7,12 +7,15 @@ every other row stays equal to E. So E' = E + delta, where delta has rows for th
 only: no dense copy of a 262k x 640 table (Gemma) in memory, Adam moments for the rows
 that move, and an adapter file that holds only them. Weight decay pulls the delta toward
 zero, i.e. E' toward E.
+
+E here is the LM's own input-embedding lookup, including any scale it applies after the
+table (Gemma multiplies by sqrt(hidden size)): E' vectors go into the input sequence as hint
+tokens, so they must live where the LM's input embeddings live.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -40,8 +43,8 @@ class DeltaEmbedding(nn.Module):
         return self.slot_of.numel()
 
     def base(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """E[token_ids] without any scaling the LM applies after its lookup (Gemma)."""
-        return F.embedding(token_ids, self._frozen[0].weight).to(self.delta.dtype)
+        """E[token_ids] as the LM embeds its inputs (with Gemma's scale)."""
+        return self._frozen[0](token_ids).to(self.delta.dtype)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         slots = self.slot_of[token_ids]
@@ -51,6 +54,5 @@ class DeltaEmbedding(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """E' as a full table (for checks and export; not used in training)."""
-        weight = self._frozen[0].weight.detach().to(self.delta.dtype).clone()
-        weight[self.ids] += self.delta.detach()
-        return weight
+        every = torch.arange(self.num_embeddings, device=self.delta.device)
+        return self.forward(every).detach()

@@ -1,0 +1,85 @@
+"""The fused run a rerank writes beside its LM run (`rerank.fusion`).
+
+Where the weight comes from: the adapter's own (chosen on dev during training), a number,
+a `fusion.json` written by an earlier dev rerank, or `choose`: pick it on this rerank's own
+queries and write that `fusion.json`; refused on a test split, so a weight is never fitted
+to the queries it is reported on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from qpeft import storage
+from qpeft.checkpoint import read_adapter_config
+from qpeft.config import ConfigError
+from qpeft.data.first_stage import read_parquet_dir
+from qpeft.data.runs import write_trec_run
+from qpeft.fusion import choose_weight, fuse
+from qpeft.metrics import Run, ranked
+
+CHOOSE = "choose"
+
+
+def fusion_weight(fusion: float | str | None, adapter_dir: str | None) -> float | str | None:
+    """The weight to fuse with, `choose`, or None (no fused run)."""
+    if fusion is None:
+        if adapter_dir is None:
+            return None
+        saved = read_adapter_config(adapter_dir).get("fusion")
+        return saved["weight"] if saved else None
+    if isinstance(fusion, float) or fusion == CHOOSE:
+        return fusion
+    where = storage.local_copy(fusion) if "://" in fusion else Path(fusion)
+    try:
+        return float(json.loads(where.read_text())["weight"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"rerank.fusion: {fusion}: no fusion weight there ({err})") from None
+
+
+def write_fused_run(
+    out: Path, root: str, run_name: str, split: str | None, fusion: float | str
+) -> dict:
+    """Write `run_fused.trec` (tag `<run_name>_fused`) from the finished run in `out`;
+    with `choose`, first pick the weight on this split's qrels into `fusion.json`."""
+    rows = read_parquet_dir(
+        out / "run", ["query_id", "doc_id", "score", "first_stage_score"]
+    ).to_pylist()
+    lm: Run = {}
+    first_stage: Run = {}
+    for r in rows:
+        lm.setdefault(r["query_id"], {})[r["doc_id"]] = r["score"]
+        first_stage.setdefault(r["query_id"], {})[r["doc_id"]] = r["first_stage_score"]
+    record: dict = {"normalisation": "minmax per query"}
+    if fusion == CHOOSE:
+        qrels = read_qrels(root, sorted(lm))
+        weight, curve = choose_weight(lm, first_stage, qrels)
+        record.update(weight=weight, chosen_on=split, queries=len(qrels), ndcg10_by_weight=curve)
+        (out / "fusion.json").write_text(json.dumps(record, indent=2) + "\n")
+    else:
+        weight = float(fusion)
+        record["weight"] = weight
+    fused = fuse(lm, first_stage, weight)
+    ranked_rows = [
+        {"query_id": q, "doc_id": d, "rank": i + 1, "score": docs[d]}
+        for q, docs in fused.items()
+        for i, d in enumerate(ranked(docs))
+    ]
+    write_trec_run(out / "run_fused.trec", ranked_rows, f"{run_name}_fused")
+    return record
+
+
+def read_qrels(root: str, query_ids: list[str]) -> dict[str, dict[str, int]]:
+    table = read_parquet_dir(
+        storage.join(root, "qrels"),
+        ["query_id", "doc_id", "relevance"],
+        pc.field("query_id").isin(pa.array(query_ids, pa.string())),
+    )
+    qrels: dict[str, dict[str, int]] = {}
+    for r in table.to_pylist():
+        qrels.setdefault(r["query_id"], {})[r["doc_id"]] = r["relevance"]
+    return qrels
