@@ -21,6 +21,7 @@ from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_coun
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.report import write_report
 from pipelines.rerank import RerankConfig, RerankSection, rerank
+from pipelines.rerank_fusion import CHOOSE
 from pipelines.train import DataSection, RunSection, ScalingSection, TrainRunConfig, train
 from qpeft import storage
 from qpeft.config import (
@@ -148,38 +149,63 @@ def run_demo_steps(cfg: DemoConfig, out: Path) -> dict:
             flush=True,
         )
 
-    systems = [("bm25", "first_stage", None), ("zero_shot", "zero_shot", None)]
-    systems += [(m, m, adapters[m]) for m in cfg.demo.methods]
-    progress.stage(
-        f"rerank the BM25 top-{cfg.demo.depth} of "
-        f"{cfg.demo.rerank_queries or 'all'} test queries with {len(systems)} systems"
-    )
-    runs = {}
-    for name, method, adapter_dir in systems:
-        rerank(
+    def rerank_with(name: str, method: str, adapter_dir: str | None, **section) -> dict:
+        return rerank(
             RerankConfig(
                 model=cfg.model,
                 template=cfg.template,
                 scoring=cfg.scoring,
                 rerank=RerankSection(
                     prepared_dir=str(prepared),
-                    split="test",
                     depth=cfg.demo.depth,
-                    max_queries=cfg.demo.rerank_queries,
                     method=method,
                     adapter_dir=adapter_dir,
                     name=name,
                     output_dir=str(out / "rerank"),
+                    **section,
                 ),
                 ray=cfg.ray,
             )
         )
+
+    # Zero-shot's fusion weight, chosen on the dev queries training evaluates on (the
+    # adapters carry the weight training chose on the same queries).
+    rerank_with(
+        "zero_shot_dev",
+        "zero_shot",
+        None,
+        split="dev",
+        max_queries=cfg.train.dev_max_queries,
+        fusion=CHOOSE,
+    )
+    systems = [
+        ("bm25", "first_stage", None, None),
+        ("zero_shot", "zero_shot", None, str(out / "rerank" / "zero_shot_dev" / "fusion.json")),
+    ]
+    systems += [(m, m, adapters[m], None) for m in cfg.demo.methods]
+    progress.stage(
+        f"rerank the BM25 top-{cfg.demo.depth} of "
+        f"{cfg.demo.rerank_queries or 'all'} test queries with {len(systems)} systems"
+    )
+    runs = {}
+    for name, method, adapter_dir, fusion in systems:
+        counts = rerank_with(
+            name,
+            method,
+            adapter_dir,
+            split="test",
+            max_queries=cfg.demo.rerank_queries,
+            fusion=fusion,
+        )
         runs[name] = str(out / "rerank" / name)
+        if "fusion" in counts:
+            runs[f"{name}_fused"] = str(out / "rerank" / name / "run_fused.trec")
 
     progress.stage("evaluate")
     section = EvaluateSection(
         runs=runs,
         baseline=cfg.demo.baseline,
+        also_against=["bm25"] if cfg.demo.baseline != "bm25" else [],
         prepared_dir=str(prepared),
         split="test",
         measures=list(cfg.demo.measures),
@@ -192,7 +218,7 @@ def run_demo_steps(cfg: DemoConfig, out: Path) -> dict:
         f"[demo] done in {progress.seconds:.0f}s. Files under {out.resolve()}:\n"
         f"  prepare/   parquet shards and counts.json\n"
         f"  train/     checkpoints; adapters in train/<method>/adapter\n"
-        f"  rerank/    one run per system (run/ parquet, run.trec, counts.json)\n"
+        f"  rerank/    one run per system (run/ parquet, run.trec, run_fused.trec, counts.json)\n"
         f"  evaluate/  report.md, report.json, per_query.tsv, report.png"
     )
     return report
