@@ -17,6 +17,8 @@ import yaml
 
 from qpeft import storage
 from qpeft.data.first_stage import read_parquet_dir
+from qpeft.data.runs import read_run
+from qpeft.metrics import mean_ndcg10
 from tests.conftest import TINY_TEMPLATE
 from tests.synthetic import save_tiny_model, write_prepared
 from tests.test_prepare import write_files
@@ -214,7 +216,14 @@ def test_train_rerank_evaluate_jobs_share_checkpoints_and_outputs_in_s3(
         two_nodes,
     )
     result = json.loads(storage.read_text(storage.join(report, "report.json")))
-    assert result["queries"] == 8 and 0 < result["runs"]["qpeft_r"]["mean"]["ndcg@10"] <= 1
+    # The job's figure is the one computed here from the same run and qrels in S3.
+    qrels: dict[str, dict[str, int]] = {}
+    for row in read_parquet_dir(storage.join(prepared, "qrels")).to_pylist():
+        if row["query_id"] in result["per_query"]["qpeft_r"]:
+            qrels.setdefault(row["query_id"], {})[row["doc_id"]] = row["relevance"]
+    expected = mean_ndcg10(qrels, read_run(run))
+    assert result["queries"] == 8
+    assert result["runs"]["qpeft_r"]["mean"]["ndcg@10"] == pytest.approx(expected, abs=1e-9)
     assert "| qpeft_r (baseline) |" in output
 
 
