@@ -157,12 +157,11 @@ def run_demo_steps(cfg: DemoConfig, out: Path) -> dict:
                 scoring=cfg.scoring,
                 rerank=RerankSection(
                     prepared_dir=str(prepared),
-                    depth=cfg.demo.depth,
                     method=method,
                     adapter_dir=adapter_dir,
                     name=name,
                     output_dir=str(out / "rerank"),
-                    **section,
+                    **{"depth": cfg.demo.depth, **section},
                 ),
                 ray=cfg.ray,
             )
@@ -177,6 +176,7 @@ def run_demo_steps(cfg: DemoConfig, out: Path) -> dict:
         split="dev",
         max_queries=cfg.train.dev_max_queries,
         fusion=CHOOSE,
+        depth=cfg.train.dev_depth,  # where training chose the adapters' weights
     )
     systems = [
         ("bm25", "first_stage", None, None),

@@ -33,7 +33,7 @@ from pipelines.ray_setup import (
     check_cpu_headroom,
     init_ray,
 )
-from pipelines.rerank_fusion import CHOOSE, fusion_weight, write_fused_run
+from pipelines.rerank_fusion import CHOOSE, check_fusion_value, fusion_weight, write_fused_run
 from pipelines.rerank_shards import (
     ShardCollector,
     ShardPlan,
@@ -94,9 +94,8 @@ class RerankSection:
             raise ConfigError(f"rerank.adapter_dir: method {self.method} takes no adapter")
         if self.fusion is not None and self.method == "first_stage":
             raise ConfigError("rerank.fusion: the first stage has nothing to fuse with")
-        if isinstance(self.fusion, float) and not 0.0 <= self.fusion <= 1.0:
-            raise ConfigError("rerank.fusion: a weight must be in [0, 1]")
-        if self.fusion == CHOOSE and self.split == "test":
+        check_fusion_value(self.fusion, "rerank.fusion")
+        if self.fusion == CHOOSE and self.split in (None, "test"):
             raise ConfigError(
                 "rerank.fusion: choose picks the weight on this split's qrels; choose it on "
                 "dev and pass that run's fusion.json here"
@@ -280,6 +279,9 @@ def rerank(cfg: RerankConfig) -> dict:
     if not storage.exists(storage.join(root, "_SUCCESS")):
         raise ConfigError(f"rerank.prepared_dir: {root} is not a complete `qpeft prepare` output")
     check_adapter(section)
+    # Resolve the fusion weight now: a bad fusion.json fails here, not after the scoring.
+    section = replace(section, fusion=fusion_weight(section.fusion, section.adapter_dir))
+    cfg = replace(cfg, rerank=section)
     dest = storage.join(section.output_dir, section.run_name)
     with exclusive(dest, "rerank"), storage.staged(dest, markers=("_SUCCESS",)) as out:
         # `rerank_config.json` stamps the run's folder with the config hash.
@@ -294,8 +296,20 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
     """The body of `rerank` once its output folder `out` (a local copy of `dest`) is claimed."""
     section = cfg.rerank
     if (out / "_SUCCESS").exists():
-        log(f"{dest} is complete; nothing to do", start)
-        return json.loads((out / "counts.json").read_text())
+        counts = json.loads((out / "counts.json").read_text())
+        wanted, done = section.fusion, counts.get("fusion", {})
+        if (
+            wanted is None
+            or (wanted == CHOOSE and "chosen_on" in done)
+            or (wanted != CHOOSE and done.get("weight") == wanted)
+        ):
+            log(f"{dest} is complete; nothing to do", start)
+            return counts
+        # Complete, but asked for another fusion: only the fused run is rewritten.
+        counts["fusion"] = write_fused_run(out, root, section.run_name, section.split, wanted)
+        (out / "counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+        log(f"{dest} is complete; fused again at weight {counts['fusion']['weight']}", start)
+        return counts
     shards_dir = out / "run.partial"
     shards_dir.mkdir(exist_ok=True)
     plan = plan_shards(root, section)
@@ -366,9 +380,10 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
     shards_dir.rename(out / "run")
     rows = read_parquet_dir(out / "run", ["query_id", "doc_id", "rank", "score"]).to_pylist()
     write_trec_run(out / "run.trec", rows, section.run_name)
-    weight = fusion_weight(section.fusion, section.adapter_dir)
-    if weight is not None:
-        counts["fusion"] = write_fused_run(out, root, section.run_name, section.split, weight)
+    if section.fusion is not None:
+        counts["fusion"] = write_fused_run(
+            out, root, section.run_name, section.split, section.fusion
+        )
         log(f"fused with the first stage at weight {counts['fusion']['weight']}", start)
     counts.update(
         complete=True,

@@ -25,14 +25,26 @@ from qpeft.metrics import Run, ranked
 CHOOSE = "choose"
 
 
+def is_weight(fusion: object) -> bool:
+    return isinstance(fusion, (int, float)) and not isinstance(fusion, bool)
+
+
+def check_fusion_value(fusion: object, key: str) -> None:
+    """A weight must lie in [0, 1]; strings are `choose` or a path, checked when read."""
+    if is_weight(fusion) and not 0.0 <= fusion <= 1.0:
+        raise ConfigError(f"{key}: a weight must be in [0, 1]")
+
+
 def fusion_weight(fusion: float | str | None, adapter_dir: str | None) -> float | str | None:
     """The weight to fuse with, `choose`, or None (no fused run)."""
     if fusion is None:
         if adapter_dir is None:
             return None
         saved = read_adapter_config(adapter_dir).get("fusion")
-        return saved["weight"] if saved else None
-    if isinstance(fusion, float) or fusion == CHOOSE:
+        return float(saved["weight"]) if saved else None
+    if is_weight(fusion):
+        return float(fusion)
+    if fusion == CHOOSE:
         return fusion
     where = storage.local_copy(fusion) if "://" in fusion else Path(fusion)
     try:

@@ -23,7 +23,7 @@ from ray import serve
 
 from pipelines.cli import run_as_module, step_config
 from pipelines.ray_setup import RaySection, init_ray
-from pipelines.rerank_fusion import CHOOSE, fusion_weight
+from pipelines.rerank_fusion import CHOOSE, check_fusion_value, fusion_weight
 from pipelines.serve_api import (
     BodySizeLimit,
     RerankRequest,
@@ -88,8 +88,7 @@ class ServeSection:
                 raise ConfigError(f"serve.{key}: must be >= 1")
         if self.fusion == CHOOSE:
             raise ConfigError("serve.fusion: choose it on dev with `qpeft rerank`, then pass it")
-        if isinstance(self.fusion, float) and not 0.0 <= self.fusion <= 1.0:
-            raise ConfigError("serve.fusion: a weight must be in [0, 1]")
+        check_fusion_value(self.fusion, "serve.fusion")
 
 
 @dataclass
@@ -268,6 +267,8 @@ def application(cfg: ServeConfig):
     if section.adapter_dir:
         # Replicas may start in another folder or on another node (where a URI is fetched).
         section = replace(section, adapter_dir=storage.absolute(section.adapter_dir))
+    # The weight itself, so replicas need not read a fusion.json from the driver's folder.
+    section = replace(section, fusion=fusion_weight(section.fusion, section.adapter_dir))
     from qpeft.backbone import pin_model
 
     # Replicas only read the model cache; the driver fills it once.

@@ -138,9 +138,11 @@ class Template:
         alone = [ids[len(head) :] if ids[: len(head)] == head else None for ids in joined]
         if all(ids is not None for ids in alone):
             return alone
-        # A document whose first characters merge into the prefix's tokens: on its own.
+        # A document whose first characters merge into the prefix's tokens: on its own,
+        # with the whitespace the prefix ended in.
+        boundary = prefix[len(prefix.rstrip()) :]
         return [
-            ids if ids is not None else self._text_ids([doc])[0]
+            ids if ids is not None else self._text_ids([boundary + doc])[0]
             for ids, doc in zip(alone, docs, strict=True)
         ]
 

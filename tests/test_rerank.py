@@ -195,6 +195,10 @@ def test_fused_runs_use_a_weight_chosen_on_dev(ray_session, setup, tmp_path):
     on test is refused); an adapter brings the weight training chose."""
     with pytest.raises(ConfigError, match="choose it on dev"):
         config(setup, tmp_path, fusion="choose")
+    with pytest.raises(ConfigError, match="choose it on dev"):
+        config(setup, tmp_path, fusion="choose", split=None)
+    with pytest.raises(ConfigError, match=r"a weight must be in \[0, 1\]"):
+        config(setup, tmp_path, fusion=2)
     dev = rerank(config(setup, tmp_path, split="dev", name="zs_dev", fusion="choose"))
     chosen = json.loads((tmp_path / "zs_dev" / "fusion.json").read_text())
     assert dev["fusion"]["weight"] == chosen["weight"] and chosen["chosen_on"] == "dev"
@@ -218,6 +222,17 @@ def test_fused_runs_use_a_weight_chosen_on_dev(ray_session, setup, tmp_path):
     assert fused.keys() == expected.keys()
     assert all(fused[q][d] == pytest.approx(expected[q][d]) for q in fused for d in fused[q])
     assert (out / "run_fused.trec").read_text().split()[5] == "zs_test_fused"
+    # A finished run asked for another weight rewrites only its fused run.
+    again = rerank(config(setup, tmp_path, name="zs_test", fusion=1))
+    assert again["fusion"]["weight"] == 1.0 and again["scored_this_run"] == test["scored_this_run"]
+    top = {}
+    for q, d, rank, _ in read_trec_run(out / "run_fused.trec"):
+        if rank == 1:
+            top[q] = d
+    assert top == {q: max(docs, key=docs.get) for q, docs in lm.items()}
+    with pytest.raises(ConfigError, match="no fusion weight there"):
+        rerank(config(setup, tmp_path, name="zs_bad", fusion=str(tmp_path / "missing.json")))
+    assert not (tmp_path / "zs_bad" / "run").exists()  # refused before any scoring
 
     backbone = load_backbone(ModelConfig(name=setup["model"]))
     model = QPeftModel.build(
