@@ -116,6 +116,19 @@ install_error_handlers(api)
 api.add_middleware(BodySizeLimit, limit=request_byte_limit)
 
 
+def fused_scores(lm: list[float], first_stage: list[float], weight: float) -> list[float]:
+    """One request's documents are one query's candidate list: min-max per system over
+    them, then the weighted sum (qpeft/fusion.py). Defined above `Reranker`: Serve copies
+    the class with the globals that exist when it is decorated."""
+    keys = [str(i) for i in range(len(lm))]
+    fused = fuse(
+        {"q": dict(zip(keys, lm, strict=True))},
+        {"q": dict(zip(keys, first_stage, strict=True))},
+        weight,
+    )
+    return [fused["q"][k] for k in keys]
+
+
 @serve.deployment
 @serve.ingress(api)
 class Reranker:
@@ -247,18 +260,6 @@ class Reranker:
                 }
             ],
         }
-
-
-def fused_scores(lm: list[float], first_stage: list[float], weight: float) -> list[float]:
-    """One request's documents are one query's candidate list: min-max per system over
-    them, then the weighted sum (qpeft/fusion.py)."""
-    keys = [str(i) for i in range(len(lm))]
-    fused = fuse(
-        {"q": dict(zip(keys, lm, strict=True))},
-        {"q": dict(zip(keys, first_stage, strict=True))},
-        weight,
-    )
-    return [fused["q"][k] for k in keys]
 
 
 def application(cfg: ServeConfig):

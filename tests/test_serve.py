@@ -186,7 +186,9 @@ def test_first_stage_scores_are_fused_where_the_service_has_a_weight(service):
         "documents": [{"text": d, "first_stage_score": b} for d, b in zip(docs, bm25, strict=True)],
     }
     auth = {"authorization": "Bearer s3cret"}
-    fused = httpx.post(f"{service['url']}/strict/v1/rerank", json=body, headers=auth).json()
+    response = httpx.post(f"{service['url']}/strict/v1/rerank", json=body, headers=auth)
+    assert response.status_code == 200, response.text
+    fused = response.json()
     lm = {r["index"]: r["lm_score"] for r in fused["results"]}
     low, high = min(lm.values()), max(lm.values())
     for r in fused["results"]:
