@@ -331,7 +331,7 @@ def train_loop(loop_config: dict) -> None:
     start = time.perf_counter()
     first_step = state.step
 
-    if settings.evaluate_at_start and state.step == 0 and not state.history:
+    if state.step == 0 and not state.history:
         # Step 0 is a candidate like any epoch: training can then only keep or improve the
         # dev ranking it started from (an untrained adapter ranks about as zero-shot does).
         metrics = evaluate(cfg, qpeft, dev, rank, world)

@@ -111,7 +111,6 @@ def base_train_config(section: SweepSection, ray_section: RaySection) -> tuple[d
     """The train config every trial starts from: base file, fixed values and the sweep's
     resources, checked (with an example value for every swept key) before anything runs."""
     data = read_yaml(section.base_config) if section.base_config else {}
-    set_dotted(data, "train.evaluate_at_start", False, "tune")  # see TrainSettings
     for key, value in flatten(section.fixed):
         set_dotted(data, key, value, "tune.fixed")
     resources = section.resources

@@ -55,10 +55,6 @@ class TrainSettings:
     # Memory is set by tokens, not queries: a step's pairs run in micro-batches of at most
     # this many (padded) tokens, with the same update as one batch (`backward_step`).
     micro_batch_tokens: int = 768
-    # Score dev before the first step and keep that adapter as the first best candidate.
-    # Tune trials turn it off: ASHA reads per-epoch reports only, and on 2 CPUs two trials
-    # evaluating at once as their data streams started stalled (seen in CI).
-    evaluate_at_start: bool = True
     fail_at_step: int | None = None  # testing: kill one worker once at this step
 
     def validate(self) -> None:
