@@ -1,34 +1,80 @@
 #!/usr/bin/env bash
-# Cranfield, BM25 top 20, fp32 on a 2-core CPU, Gemma 3 270M: BM25, zero-shot and Q-PEFT-A
-# (the paper's pairwise loss, and listwise without the pointwise term), raw and fused with
-# BM25, fusion weights chosen on dev, never on test; through the project's own commands.
-# Needs: qpeft prepare --config configs/prepare-cranfield.yaml. About 80 minutes here.
+# Cranfield, BM25 top 20, fp32 on a 2-core CPU: BM25; for Gemma 3 270M zero-shot and Q-PEFT-A
+# (the paper's pairwise loss, and listwise without the pointwise term); for SmolLM2-135M
+# zero-shot and Q-PEFT-A listwise (the loss dev chose for Gemma). Every LM run raw and fused
+# with BM25, fusion weights chosen on dev, never on test; through the project's own commands.
+# Needs: qpeft prepare --config configs/prepare-cranfield.yaml. About 80 minutes for Gemma
+# and 30 for SmolLM2 here. `bash run.sh smollm2-135m` runs one backbone's part only.
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 D=results/cranfield/trained
-M=gemma3-270m
-for split in dev test; do
-  qpeft rerank --config $D/rerank.yaml --set rerank.split=$split --set rerank.method=first_stage \
-    --set rerank.name=$split-bm25
-done
-# Zero-shot: its fusion weight is chosen on dev, and the test rerank reads it from there.
-qpeft rerank --config $D/rerank.yaml --set model.name=$M --set rerank.split=dev \
-  --set rerank.name=dev-$M-zero_shot --set rerank.fusion=choose
-qpeft rerank --config $D/rerank.yaml --set model.name=$M --set rerank.split=test \
-  --set rerank.name=test-$M-zero_shot --set rerank.fusion=$D/runs/dev-$M-zero_shot/fusion.json
-# Q-PEFT-A, two losses; each adapter's fusion weight is chosen the same way.
-for variant in qpeft_a qpeft_a_listwise; do
-  loss=()
-  [ $variant = qpeft_a_listwise ] && loss=(--set loss.kind=listwise --set loss.pointwise_weight=0)
-  run=$M-${variant//_/-}
-  qpeft train --config $D/train.yaml --set model.name=$M --set run.name=$run "${loss[@]}"
+
+bm25() {
   for split in dev test; do
-    fusion=choose
-    [ $split = test ] && fusion=$D/runs/dev-$M-$variant/fusion.json
-    qpeft rerank --config $D/rerank.yaml --set model.name=$M --set rerank.method=qpeft_a \
-      --set rerank.adapter_dir=$D/train/$run/adapter --set rerank.split=$split \
-      --set rerank.name=$split-$M-$variant --set rerank.fusion=$fusion
+    qpeft rerank --config $D/rerank.yaml --set rerank.split=$split --set rerank.method=first_stage \
+      --set rerank.name=$split-bm25
   done
-done
-qpeft evaluate --config $D/evaluate-dev.yaml
-qpeft evaluate --config $D/evaluate-test.yaml
+}
+
+# Zero-shot: its fusion weight is chosen on dev, and the test rerank reads it from there.
+zero_shot() {
+  local M=$1
+  qpeft rerank --config $D/rerank.yaml --set model.name=$M --set rerank.split=dev \
+    --set rerank.name=dev-$M-zero_shot --set rerank.fusion=choose
+  qpeft rerank --config $D/rerank.yaml --set model.name=$M --set rerank.split=test \
+    --set rerank.name=test-$M-zero_shot --set rerank.fusion=$D/runs/dev-$M-zero_shot/fusion.json
+}
+
+# Zero-shot's prompt and document length, chosen on dev: the plain prompt and the UPR
+# instruction (Sachan et al. 2022), documents cut at 96 or 160 tokens. plain-d96 is
+# dev-$M-zero_shot above; evaluate-zero-shot-dev.yaml compares the four.
+UPR_PROMPT="Please write a question based on this passage."
+zero_shot_choices() {
+  local M=$1
+  qpeft rerank --config $D/rerank.yaml --set model.name=$M --set rerank.split=dev \
+    --set template.prompt="$UPR_PROMPT" --set rerank.name=dev-$M-zero_shot-upr-d96
+  qpeft rerank --config $D/rerank.yaml --set model.name=$M --set rerank.split=dev \
+    --set template.max_doc_tokens=160 --set rerank.name=dev-$M-zero_shot-plain-d160
+  qpeft rerank --config $D/rerank.yaml --set model.name=$M --set rerank.split=dev \
+    --set template.prompt="$UPR_PROMPT" --set template.max_doc_tokens=160 \
+    --set rerank.name=dev-$M-zero_shot-upr-d160
+  qpeft evaluate --config $D/evaluate-zero-shot-dev.yaml
+}
+
+# One trained method: `run` is the method, with `_listwise` for the listwise loss without the
+# pointwise term (soft prompt and Q-PEFT-R use the loss dev chose for Q-PEFT-A, listwise).
+# The adapter's fusion weight is chosen on dev and read from there for test.
+trained() {
+  local M=$1 run=$2 method=${2%_listwise} loss=()
+  case $run in *_listwise|soft_prompt|qpeft_r)
+    loss=(--set loss.kind=listwise --set loss.pointwise_weight=0) ;; esac
+  local name=$M-${run//_/-}
+  qpeft train --config $D/train.yaml --set model.name=$M --set adapter.method=$method \
+    --set run.name=$name "${loss[@]}"
+  for split in dev test; do
+    local fusion=choose
+    [ $split = test ] && fusion=$D/runs/dev-$M-$run/fusion.json
+    qpeft rerank --config $D/rerank.yaml --set model.name=$M --set rerank.method=$method \
+      --set rerank.adapter_dir=$D/train/$name/adapter --set rerank.split=$split \
+      --set rerank.name=$split-$M-$run --set rerank.fusion=$fusion
+  done
+}
+
+main() {
+  local backbones=("$@") M run
+  [ ${#backbones[@]} -eq 0 ] && backbones=(gemma3-270m smollm2-135m)
+  bm25
+  for M in "${backbones[@]}"; do
+    zero_shot "$M"
+    [ "$M" = gemma3-270m ] && zero_shot_choices "$M"
+    trained "$M" qpeft_a_listwise
+    if [ "$M" = gemma3-270m ]; then
+      for run in qpeft_a soft_prompt qpeft_r; do trained "$M" $run; done
+    fi
+  done
+  qpeft evaluate --config $D/evaluate-dev.yaml
+  qpeft evaluate --config $D/evaluate-test.yaml
+}
+
+# Sourced (`. run.sh`), it only defines the steps above.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi
