@@ -20,7 +20,7 @@ from pipelines.outputs import claim_output_dir, digest, exclusive
 from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_counts
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.report import write_report
-from pipelines.rerank import RerankConfig, RerankSection, rerank
+from pipelines.rerank import TRAINED_METHODS, RerankConfig, RerankSection, rerank
 from pipelines.rerank_fusion import CHOOSE
 from pipelines.train import DataSection, RunSection, ScalingSection, TrainRunConfig, train
 from qpeft import storage
@@ -51,7 +51,7 @@ class DemoSection:
     overwrite: bool = False
 
     def validate(self) -> None:
-        allowed = ("soft_prompt", "qpeft_r", "qpeft_a")
+        allowed = TRAINED_METHODS
         unknown = [m for m in self.methods if m not in allowed]
         if unknown:
             raise ConfigError(f"demo.methods: {unknown[0]!r} is not one of {list(allowed)}")

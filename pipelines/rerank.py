@@ -57,7 +57,7 @@ from qpeft.data.runs import write_trec_run
 from qpeft.input_check import QueryCheck, check_queries
 from qpeft.template import Template
 
-TRAINED_METHODS = ("soft_prompt", "qpeft_r", "qpeft_a")
+TRAINED_METHODS = ("soft_prompt", "qpeft_r", "qpeft_a", "lora")
 
 
 @dataclass
@@ -66,7 +66,9 @@ class RerankSection:
     split: str | None = "test"  # null: every query
     depth: int = 100  # rerank each query's top `depth` first-stage candidates
     max_queries: int | None = None  # the first N query ids only (a quick look)
-    method: Literal["first_stage", "zero_shot", "soft_prompt", "qpeft_r", "qpeft_a"] = "zero_shot"
+    method: Literal["first_stage", "zero_shot", "soft_prompt", "qpeft_r", "qpeft_a", "lora"] = (
+        "zero_shot"
+    )
     adapter_dir: str | None = None  # required for trained methods
     name: str | None = None  # run tag and output folder; default: the method
     output_dir: str = "runs/rerank"

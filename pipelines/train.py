@@ -338,6 +338,9 @@ def train_loop(loop_config: dict) -> None:
         metrics.update(step=0, epoch=0)
         keep_if_best(engine, qpeft, state, metrics, best_dir, rank)
         state.history.append(metrics)
+        # Reported like an epoch: a Tune trial's best then counts step 0 (the adapter it
+        # may export), and a restart after this point skips the evaluation.
+        save_checkpoint(engine, qpeft, state, best_dir, rank, metrics)
         if rank == 0:
             print(
                 f"[train] step 0: dev NDCG@10 {metrics['dev_ndcg10']:.4f} "

@@ -8,6 +8,8 @@ config and cache that as safetensors: later loads take about a second.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +33,20 @@ from transformers import (
 
 from qpeft.config import ModelConfig
 from qpeft.packaged import PACKAGED_MODELS, ModelSetupError
+
+# Config fields that decide whether an adapter's tensors fit a model (dtype, paths and the
+# transformers version do not).
+ARCHITECTURE_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -81,7 +97,20 @@ class Backbone:
             "hidden_size": self.hidden_size,
             "vocab_size": self.vocab_size,
             "num_hidden_layers": cfg.num_hidden_layers,
+            "fingerprint": self.fingerprint,
         }
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the architecture fields of the config and of the tokenizer's
+        vocabulary: the same model loaded by alias, folder or hub id gets the same one, a
+        model an adapter's token ids and shapes would not fit gets another."""
+        cfg = self.model.config
+        architecture = {field: getattr(cfg, field, None) for field in ARCHITECTURE_FIELDS}
+        vocabulary = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])
+        special = {"bos": self.tokenizer.bos_token_id, "eos": self.tokenizer.eos_token_id}
+        payload = json.dumps([architecture, vocabulary, special], ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
 def freeze(model: PreTrainedModel) -> PreTrainedModel:

@@ -67,6 +67,7 @@ def save_adapter(model: QPeftModel, directory: str | Path, extra: dict | None = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        adapter.export(tmp, config["base_model_name_or_path"])
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
@@ -92,13 +93,24 @@ def read_adapter_config(directory: str | Path) -> dict:
 
 
 def check_base_model(saved: dict, backbone: Backbone, where: str | Path) -> None:
-    """Raise `AdapterMismatchError` naming every field where the base models differ."""
+    """Raise `AdapterMismatchError` unless the adapter fits `backbone`.
+
+    The fingerprint (architecture and vocabulary) decides, so the same model under another
+    name (an alias, its cache folder, its hub id) is accepted. Adapters saved before the
+    fingerprint existed are checked by name and shape."""
     current = backbone.shape()
+    if "fingerprint" in saved and saved["fingerprint"] == current["fingerprint"]:
+        return
+    keys = [
+        k for k in current if k != "fingerprint" and ("fingerprint" not in saved or k != "name")
+    ]
     diffs = [
         f"{key}: adapter has {saved.get(key)!r}, loaded model has {current[key]!r}"
-        for key in current
+        for key in keys
         if saved.get(key) != current[key]
     ]
+    if "fingerprint" in saved:
+        diffs.append("the architecture or vocabulary differs (base model fingerprint)")
     if diffs:
         raise AdapterMismatchError(
             f"{where} was trained on base model {saved.get('name')!r} and cannot be loaded onto "

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-METHODS = ("zero_shot", "soft_prompt", "qpeft_r", "qpeft_a")
+METHODS = ("zero_shot", "soft_prompt", "qpeft_r", "qpeft_a", "lora")
 
 
 class ConfigError(ValueError):
@@ -76,7 +76,7 @@ class TemplateConfig:
 class AdapterConfig:
     """The QD module: method plus its hyperparameters (unused ones are ignored by a method)."""
 
-    method: Literal["zero_shot", "soft_prompt", "qpeft_r", "qpeft_a"] = "qpeft_a"
+    method: Literal["zero_shot", "soft_prompt", "qpeft_r", "qpeft_a", "lora"] = "qpeft_a"
     k: int = 10
     similarity: Literal["cosine", "dot"] = "cosine"
     drop_query_tokens: bool = False
@@ -86,9 +86,21 @@ class AdapterConfig:
     # Q-PEFT-A: hint vectors from the first `max_hints` query tokens at most (null: one per
     # query token, up to template.max_query_tokens)
     max_hints: int | None = None
+    # LoRA baseline (peft): rank, alpha and the LM's modules it adapts (null: peft's default
+    # for the architecture, q_proj and v_proj for LLaMA and Gemma). Its dropout is `dropout`.
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_target_modules: list[str] | None = None
 
     def validate(self) -> None:
         _require(self.k > 0, "adapter.k", "must be positive")
+        _require(self.lora_rank > 0, "adapter.lora_rank", "must be positive")
+        _require(self.lora_alpha > 0, "adapter.lora_alpha", "must be positive")
+        _require(
+            self.lora_target_modules is None or len(self.lora_target_modules) > 0,
+            "adapter.lora_target_modules",
+            "give at least one module name, or null for peft's default",
+        )
         _require(
             self.max_hints is None or self.max_hints > 0, "adapter.max_hints", "must be positive"
         )

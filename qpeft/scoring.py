@@ -41,15 +41,15 @@ def run_decoder(
 ) -> torch.Tensor:
     """Hidden states of the frozen decoder for the assembled inputs.
 
-    Where the shared prefix is made of frozen embeddings (every method but the trainable
-    soft prompt), its keys and values are computed once for the batch and reused by every
-    row; the numbers equal a full pass, with fewer FLOPs.
+    The shared prefix's keys and values are computed once for the batch and reused by every
+    row (the numbers equal a full pass, with fewer FLOPs), except when training a method
+    whose weights shape them (soft prompt, LoRA): the prefix runs without gradients.
     """
     decoder = model.backbone.decoder
     # Positions count attended tokens only: padding and hidden hint slots shift nothing.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     shared = batch.shared_prefix
-    if shared == 0 or model.adapter.trains_prompt:
+    if shared == 0 or (model.adapter.trains_prefix and torch.is_grad_enabled()):
         return decoder(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state

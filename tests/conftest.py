@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -83,6 +85,8 @@ def build_model(
     backbone: Backbone, method: str, seed: int = 0, template: dict | None = None, **adapter
 ) -> QPeftModel:
     torch.manual_seed(seed)
+    if method == "lora":  # LoRA goes into the LM itself: keep the shared fixture clean
+        backbone = copy.deepcopy(backbone)
     return QPeftModel.build(
         backbone,
         TemplateConfig(**{**TINY_TEMPLATE, **(template or {})}),

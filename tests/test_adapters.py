@@ -38,6 +38,10 @@ def test_trainable_counts_match_the_method(tiny):
     assert counts["soft_prompt"] == prompt_len * d
     assert counts["qpeft_r"] == v * d + mlp
     assert counts["qpeft_a"] == v * d + mlp + 4 * d * d + 4 * d  # attention in/out projections
+    # LoRA rank 8 on q_proj (d -> d) and v_proj (d -> kv heads x head dim) of every layer
+    config = tiny.model.config
+    kv = config.num_key_value_heads * (d // config.num_attention_heads)
+    assert counts["lora"] == config.num_hidden_layers * 8 * ((d + d) + (d + kv))
 
 
 def crafted_r(tiny, **kw):

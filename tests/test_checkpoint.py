@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -27,11 +28,12 @@ def test_round_trip_gives_identical_scores(tiny, tmp_path, method):
             p.add_(torch.randn_like(p) * 0.1)
     before = score_pairs(model, QUERIES, DOCS)
     directory = save_adapter(model, tmp_path / "adapter")
-    assert sorted(p.name for p in directory.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    extra = ["peft"] if method == "lora" else []
+    assert sorted(p.name for p in directory.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME, *extra]
     config = json.loads((directory / CONFIG_NAME).read_text())
     assert config["method"] == method and config["base_model"]["hidden_size"] == tiny.hidden_size
     assert config["template"]["hint_position"] == "prefix"
-    loaded = load_adapter(directory, tiny)
+    loaded = load_adapter(directory, copy.deepcopy(tiny) if method == "lora" else tiny)
     assert score_pairs(loaded, QUERIES, DOCS) == before
 
 
@@ -42,6 +44,21 @@ def test_loading_onto_another_base_model_fails_clearly(tiny, tmp_path):
         AdapterMismatchError, match="hidden_size: adapter has 32, loaded model has 48"
     ):
         load_adapter(directory, wider)
+    other_words = tiny_backbone([*WORDS[1:], "omega"], hidden_size=32, name="tiny-llama")
+    with pytest.raises(AdapterMismatchError, match="vocabulary differs"):
+        load_adapter(directory, other_words)
+    # The same architecture and vocabulary under another name (an alias, its cache folder,
+    # its hub id) is the same base model.
+    renamed = tiny_backbone(WORDS, hidden_size=32, name="/models/tiny-llama")
+    assert load_adapter(directory, renamed).backbone.name == "/models/tiny-llama"
+
+
+def test_adapters_without_a_fingerprint_are_checked_by_name(tiny, tmp_path):
+    directory = save_adapter(build_model(tiny, "qpeft_a"), tmp_path / "adapter")
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    del config["base_model"]["fingerprint"]
+    (directory / CONFIG_NAME).write_text(json.dumps(config))
+    load_adapter(directory, tiny)
     renamed = tiny_backbone(WORDS, hidden_size=32, name="other-llama")
     with pytest.raises(AdapterMismatchError, match="trained on base model 'tiny-llama'"):
         load_adapter(directory, renamed)

@@ -6,6 +6,7 @@ import json
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
+import torch
 
 from pipelines.rerank import RerankConfig, rerank
 from pipelines.rerank_shards import (
@@ -187,6 +188,33 @@ def test_adapter_on_two_actors_and_first_stage_pass_through(ray_session, setup, 
     ranks = pads.dataset(str(tmp_path / "bm25" / "run")).to_table().to_pylist()
     assert all(r["rank"] == r["first_stage_rank"] for r in ranks)
     assert all(r["score"] == pytest.approx(r["first_stage_score"]) for r in ranks)
+
+
+@pytest.mark.slow
+def test_a_lora_adapter_reranks_on_an_actor_as_in_process(ray_session, setup, tmp_path):
+    """LoRA changes the LM itself: each actor loads its own backbone and the folder's
+    weights, and scores as the in-process model does."""
+    model = QPeftModel.build(
+        load_backbone(ModelConfig(name=setup["model"])),
+        TemplateConfig(**TINY_TEMPLATE),
+        AdapterConfig(method="lora", lora_rank=4),
+    )
+    with torch.no_grad():  # B starts at zero: move it so that LoRA changes the scores
+        for p in model.adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    adapter = save_adapter(model, tmp_path / "lora_adapter")
+    rerank(config(setup, tmp_path, method="lora", adapter_dir=str(adapter)))
+    expected = in_process(model, setup["rows"])
+    got = run_scores(tmp_path / "lora")
+    assert got.keys() == expected.keys()
+    assert max(abs(got[k] - expected[k]) for k in got) < 1e-5
+    zero_shot = QPeftModel.build(
+        load_backbone(ModelConfig(name=setup["model"])),
+        TemplateConfig(**TINY_TEMPLATE),
+        AdapterConfig(method="zero_shot"),
+    )
+    plain = in_process(zero_shot, setup["rows"])
+    assert max(abs(got[k] - plain[k]) for k in got) > 1e-3
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_inference_mode_for_scoring_and_gradients_for_training(tiny):
     assert torch.allclose(scored, trained.detach(), atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["zero_shot", "qpeft_r", "qpeft_a"])
+@pytest.mark.parametrize("method", ["zero_shot", "qpeft_r", "qpeft_a", "soft_prompt", "lora"])
 def test_shared_prefix_cache_equals_full_pass(tiny, method):
     model = build_model(tiny, method, k=3)
     model.adapter.eval()

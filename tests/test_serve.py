@@ -6,9 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
 
 from pipelines.serve import ServeConfig, application
 from qpeft.backbone import load_backbone
+from qpeft.checkpoint import save_adapter
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_pairs
@@ -202,6 +204,38 @@ def test_first_stage_scores_are_fused_where_the_service_has_a_weight(service):
     body["documents"][2] = docs[2]
     mixed = httpx.post(f"{service['url']}/strict/v1/rerank", json=body, headers=auth)
     assert mixed.status_code == 422 and "document 2 has no first_stage_score" in mixed.text
+
+
+def test_a_lora_adapter_is_served_as_scored_offline(service, tmp_path):
+    from ray import serve
+
+    backbone = load_backbone(ModelConfig(name=service["model"]))
+    template = {**TINY_TEMPLATE, "max_doc_tokens": 12, "max_query_tokens": 6}
+    model = QPeftModel.build(
+        backbone, TemplateConfig(**template), AdapterConfig(method="lora", lora_rank=4)
+    )
+    with torch.no_grad():  # B starts at zero: move it so that LoRA changes the scores
+        for p in model.adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    adapter = save_adapter(model, tmp_path / "lora")
+    docs = [words(i, 5) for i in range(6)]
+    serve.run(
+        application(config(service["model"], adapter_dir=str(adapter))),
+        name="lora",
+        route_prefix="/lora",
+    )
+    try:
+        response = httpx.post(
+            f"{service['url']}/lora/v1/rerank", json={"query": "w1 w2", "documents": docs}
+        )
+    finally:
+        serve.delete("lora")  # its replica's CPU goes back before the next test
+    assert response.status_code == 200, response.text
+    got = {r["index"]: r["relevance_score"] for r in response.json()["results"]}
+    expected = score_pairs(model, ["w1 w2"] * len(docs), docs)
+    assert max(abs(got[i] - expected[i]) for i in range(len(docs))) < 1e-4
+    plain = offline(service["model"], "w1 w2", docs)
+    assert max(abs(got[i] - plain[i]) for i in range(len(docs))) > 1e-3
 
 
 def test_health_models_and_openapi(service):

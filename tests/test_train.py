@@ -155,3 +155,24 @@ def test_skipped_long_queries_are_left_out_of_the_sparse_e_prime(setup, tmp_path
     template = Template(cfg.template, load_tokenizer(cfg.model), cfg.adapter.method)
     ids = training_token_ids(cfg, template, check.skipped)  # raised QueryTooLongError before
     assert ids and set(template.hint_prefix_ids) <= set(ids)
+
+
+def test_lora_trains_with_ddp_and_exports_a_peft_folder(ray_session, setup, tmp_path):
+    """The LoRA baseline goes through the same DDP loop: its matrices live in each worker's
+    LM, are synchronised as the adapter's parameters, and move the ranking."""
+    cfg = run_config(setup, tmp_path, epochs=3)
+    cfg.adapter.method = "lora"
+    summary = train(cfg)
+    history = summary["history"]
+    assert summary["best_dev_ndcg10"] > history[0]["dev_ndcg10"], history
+    backbone = load_backbone(ModelConfig(name=setup["model"]))
+    trained = load_adapter(summary["adapter"], backbone)
+    zero = QPeftModel.build(
+        load_backbone(ModelConfig(name=setup["model"])),
+        TemplateConfig(**TINY_TEMPLATE),
+        AdapterConfig(method="zero_shot"),
+    )
+    assert test_ndcg(trained, setup["data"]) > test_ndcg(zero, setup["data"])
+    peft_dir = tmp_path / "storage" / "tiny" / "adapter" / "peft"
+    assert (peft_dir / "adapter_model.safetensors").exists()
+    assert json.loads((peft_dir / "adapter_config.json").read_text())["peft_type"] == "LORA"

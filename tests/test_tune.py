@@ -193,5 +193,5 @@ def test_shipped_sweeps_check_against_their_base_configs(path):
 
     cfg = load_config(TuneRunConfig, path)
     base, epochs = base_train_config(cfg.tune, cfg.ray)
-    assert base["adapter"]["method"] in ("qpeft_r", "qpeft_a", "soft_prompt")
+    assert base["adapter"]["method"] in ("qpeft_r", "qpeft_a", "soft_prompt", "lora")
     assert cfg.tune.scheduler.max_t <= epochs

@@ -6,6 +6,7 @@ import torch
 
 from qpeft.adapters.attention import QueryAttention
 from qpeft.adapters.base import Adapter, HintBlock
+from qpeft.adapters.lora import LoRA
 from qpeft.adapters.soft_prompt import SoftPrompt
 from qpeft.adapters.topk_tokens import TopKTokens
 from qpeft.adapters.zero_shot import ZeroShot
@@ -14,7 +15,7 @@ from qpeft.config import AdapterConfig
 from qpeft.template import Template
 
 ADAPTERS: dict[str, type[Adapter]] = {
-    cls.method: cls for cls in (ZeroShot, SoftPrompt, TopKTokens, QueryAttention)
+    cls.method: cls for cls in (ZeroShot, SoftPrompt, TopKTokens, QueryAttention, LoRA)
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -31,9 +32,10 @@ class Adapter(nn.Module):
     """A method: how many hint slots it reserves, and what goes into them (or into P)."""
 
     method: ClassVar[str]
-    # True where P's vectors are trainable: the shared prefix then differs from the frozen
-    # embeddings, and its keys/values cannot be reused across rows.
-    trains_prompt: ClassVar[bool] = False
+    # True where training changes the shared prefix's keys/values (a trainable P, or
+    # weights inside the LM): the scorer computes the prefix once without gradients, so it
+    # is only reused when no gradients are wanted.
+    trains_prefix: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -74,6 +76,9 @@ class Adapter(nn.Module):
     def hyperparameters(self) -> dict:
         """What `adapter_config.json` records to rebuild this adapter."""
         return {"method": self.method}
+
+    def export(self, directory: Path, base_model_name_or_path: str) -> None:
+        """Extra files for the adapter folder besides the weights and config (none here)."""
 
     def num_trainable_parameters(self) -> int:
         # Under DeepSpeed ZeRO-3 local tensors are empty; `ds_numel` keeps the full size.

@@ -20,7 +20,7 @@ from qpeft.template import Template
 
 class SoftPrompt(Adapter):
     method = "soft_prompt"
-    trains_prompt = True
+    trains_prefix = True
 
     def __init__(
         self,
