@@ -42,7 +42,14 @@ from pipelines.rerank_shards import (
     write_shard,
 )
 from qpeft import storage
-from qpeft.checkpoint import WEIGHTS_NAME, load_reranker, read_adapter_config, reranker_configs
+from qpeft.checkpoint import (
+    WEIGHTS_NAME,
+    adapter_location,
+    adapter_reference,
+    load_reranker,
+    read_adapter_config,
+    reranker_configs,
+)
 from qpeft.config import (
     ConfigError,
     ModelConfig,
@@ -180,7 +187,7 @@ def config_hash(cfg: RerankConfig) -> str:
         },
     }
     if section.adapter_dir:
-        weights = storage.local_copy(section.adapter_dir) / WEIGHTS_NAME
+        weights = storage.local_copy(adapter_location(section.adapter_dir)) / WEIGHTS_NAME
         what["adapter"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     return digest(what)
 
@@ -289,7 +296,7 @@ def rerank(cfg: RerankConfig) -> dict:
         # `rerank_config.json` stamps the run's folder with the config hash.
         claim_output_dir(out, "rerank", config_hash(cfg), to_dict(cfg), section.overwrite)
         if section.adapter_dir:  # the actors may run in another directory
-            section = replace(section, adapter_dir=storage.absolute(section.adapter_dir))
+            section = replace(section, adapter_dir=adapter_reference(section.adapter_dir))
         cfg = replace(cfg, rerank=section)
         return score_missing_shards(cfg, root, out, dest, start)
 

@@ -36,7 +36,8 @@ from pipelines.serve_api import (
     request_byte_limit,
     set_request_byte_limit,
 )
-from qpeft import __version__, storage
+from qpeft import __version__
+from qpeft.checkpoint import adapter_reference
 from qpeft.config import (
     ConfigError,
     ModelConfig,
@@ -267,7 +268,7 @@ def application(cfg: ServeConfig):
     section = cfg.serve
     if section.adapter_dir:
         # Replicas may start in another folder or on another node (where a URI is fetched).
-        section = replace(section, adapter_dir=storage.absolute(section.adapter_dir))
+        section = replace(section, adapter_dir=adapter_reference(section.adapter_dir))
     # The weight itself, so replicas need not read a fusion.json from the driver's folder.
     section = replace(section, fusion=fusion_weight(section.fusion, section.adapter_dir))
     from qpeft.backbone import pin_model

@@ -244,8 +244,31 @@ def save_checkpoint(
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
+def training_record(cfg: TrainRunConfig) -> dict:
+    """What the adapter's config and model card say about how it was trained."""
+    settings = cfg.train
+    return {
+        "data": cfg.data.prepared_dir,
+        "split": "train",
+        "settings": {
+            "loss": cfg.loss.kind,
+            "epochs": settings.epochs,
+            "queries per step": settings.queries_per_batch * cfg.scaling.num_workers,
+            "hard negatives": settings.max_negatives,
+            "lr": settings.lr,
+            "embedding lr": settings.embedding_lr,
+        },
+    }
+
+
 def keep_if_best(
-    engine, qpeft: QPeftModel, state: TrainState, metrics: dict, best_dir: Path, rank: int
+    engine,
+    qpeft: QPeftModel,
+    state: TrainState,
+    metrics: dict,
+    best_dir: Path,
+    rank: int,
+    training: dict,
 ) -> bool:
     """Save the adapter as the best so far if its dev NDCG@10 beats the best; say whether."""
     if metrics["dev_ndcg10"] <= state.best_ndcg10:
@@ -261,6 +284,7 @@ def keep_if_best(
                 qpeft,
                 best_dir,
                 extra={
+                    "training": training,
                     "dev_ndcg10": metrics["dev_ndcg10"],
                     "epoch": state.epoch,
                     "fusion": {
@@ -326,6 +350,7 @@ def train_loop(loop_config: dict) -> None:
             print(f"[train] resumed at step {state.step} (epoch {state.epoch})", flush=True)
 
     dev = load_dev(cfg.data.prepared_dir, settings, loop_config["skip_query_ids"])
+    training = training_record(cfg)
     shard = ray.train.get_dataset_shard("train")
     steps_per_epoch = loop_config["steps_per_epoch"]
     start = time.perf_counter()
@@ -336,7 +361,7 @@ def train_loop(loop_config: dict) -> None:
         # dev ranking it started from (an untrained adapter ranks about as zero-shot does).
         metrics = evaluate(cfg, qpeft, dev, rank, world)
         metrics.update(step=0, epoch=0)
-        keep_if_best(engine, qpeft, state, metrics, best_dir, rank)
+        keep_if_best(engine, qpeft, state, metrics, best_dir, rank, training)
         state.history.append(metrics)
         # Reported like an epoch: a Tune trial's best then counts step 0 (the adapter it
         # may export), and a restart after this point skips the evaluation.
@@ -415,7 +440,7 @@ def train_loop(loop_config: dict) -> None:
             ),
             worker_nodes=all_gather(ray.get_runtime_context().get_node_id()[:12], world),
         )
-        if not keep_if_best(engine, qpeft, state, metrics, best_dir, rank):
+        if not keep_if_best(engine, qpeft, state, metrics, best_dir, rank, training):
             state.bad_epochs += 1
             state.stopped_early = state.bad_epochs >= settings.patience
         state.history.append(metrics)

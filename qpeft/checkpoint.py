@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import replace
@@ -21,10 +22,12 @@ from qpeft import __version__, storage
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig, TemplateConfig, from_dict, to_dict
 from qpeft.model import QPeftModel
+from qpeft.model_card import model_card
 from qpeft.packaged import PACKAGED_MODELS
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+CARD_NAME = "README.md"
 # 2: E' is saved as the rows it changed (`embed.ids`, `embed.delta`), not a dense table.
 # 3: the hint MLP is residual (x + MLP(x)), E' includes the LM's embedding scale, Q-PEFT
 #    reads document tokens only: the same weights mean a different model, so 2 is refused.
@@ -69,6 +72,7 @@ def save_adapter(model: QPeftModel, directory: str | Path, extra: dict | None = 
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         adapter.export(tmp, config["base_model_name_or_path"])
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / CARD_NAME).write_text(model_card(config))
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -77,9 +81,49 @@ def save_adapter(model: QPeftModel, directory: str | Path, extra: dict | None = 
     return directory
 
 
+# owner/name, optionally @revision: how the Hub names a repository.
+HUB_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def adapter_location(location: str | Path) -> str | Path:
+    """Where to read an adapter from: a local folder or a cloud URI as given, a Hugging Face
+    Hub repo id (`owner/name[@revision]`) as its local snapshot, downloaded once into the
+    Hub cache (`HF_HUB_OFFLINE=1` reads that cache only)."""
+    if not is_hub_repo(location):
+        return location
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, _, revision = str(location).partition("@")
+    try:
+        return snapshot_download(repo_id, revision=revision or None)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        raise FileNotFoundError(
+            f"{location}: no such local folder, and no Hub repository of that name could be "
+            f"read ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+
+
+def adapter_reference(location: str | Path) -> str:
+    """How to name an adapter to Ray workers, which run in other folders and on other
+    nodes: a local folder made absolute, a cloud URI or Hub repo id as given."""
+    if is_hub_repo(location):
+        return str(location)
+    return storage.absolute(location)
+
+
+def is_hub_repo(location: str | Path) -> bool:
+    return (
+        not storage.is_uri(location)
+        and not Path(location).exists()
+        and bool(HUB_REPO.match(str(location)))
+    )
+
+
 def read_adapter_config(directory: str | Path) -> dict:
-    """The parsed `adapter_config.json` (of a local folder or a cloud URI), with errors that
-    name the file."""
+    """The parsed `adapter_config.json` (of a local folder, a cloud URI or a Hub repo id),
+    with errors that name the file."""
+    directory = adapter_location(directory)
     path = storage.join(directory, CONFIG_NAME)
     if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no adapter config (is {directory} an adapter directory?)")
@@ -120,7 +164,8 @@ def check_base_model(saved: dict, backbone: Backbone, where: str | Path) -> None
 
 def load_adapter(directory: str | Path, backbone: Backbone) -> QPeftModel:
     """Rebuild the model an adapter directory describes on `backbone`, weights included.
-    A cloud URI is downloaded once per node into the cache first."""
+    A cloud URI or Hub repo id is downloaded once per node into a cache first."""
+    directory = adapter_location(directory)
     config = read_adapter_config(directory)
     check_base_model(config["base_model"], backbone, directory)
     directory = storage.local_copy(directory)
