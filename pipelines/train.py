@@ -43,7 +43,7 @@ from pipelines.report import plot_dev_curve
 from qpeft import storage
 from qpeft.adapters import ADAPTERS
 from qpeft.backbone import load_backbone, load_tokenizer, pin_model
-from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
+from qpeft.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, save_adapter
 from qpeft.config import ConfigError, ModelConfig, QPeftConfig, from_dict, to_dict
 from qpeft.data.first_stage import read_parquet_dir
 from qpeft.engines import DeepSpeedEngine, TorchEngine
@@ -227,10 +227,9 @@ def evaluate(cfg: TrainRunConfig, qpeft: QPeftModel, dev: dict, rank: int, world
     }
 
 
-def save_checkpoint(
-    engine, qpeft: QPeftModel, state: TrainState, best_dir: Path, rank: int, metrics: dict
-) -> None:
-    """Report metrics with a checkpoint: adapter, best adapter so far, optimizer, state."""
+def save_checkpoint(engine, qpeft: QPeftModel, state: TrainState, rank: int, metrics: dict) -> None:
+    """Report metrics with a checkpoint: the current adapter, optimizer and state. The best
+    adapter is not copied into checkpoints: it lives in the run's `adapter/` folder."""
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         with engine.gathered():
@@ -238,8 +237,6 @@ def save_checkpoint(
                 save_adapter(qpeft, directory / "adapter")
         engine.save_state(directory, rank)
         if rank == 0:
-            if best_dir.exists():
-                shutil.copytree(best_dir, directory / "best_adapter")
             state.save(directory)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
@@ -261,16 +258,27 @@ def training_record(cfg: TrainRunConfig) -> dict:
     }
 
 
+def reconcile_best(state: TrainState, best_out: str) -> None:
+    """After a restart: a best adapter published after the restored checkpoint was taken
+    still counts, so a worse epoch cannot replace it."""
+    if not storage.exists(storage.join(best_out, CONFIG_NAME)):
+        return
+    saved = read_adapter_config(best_out)
+    if saved.get("dev_ndcg10", float("-inf")) > state.best_ndcg10:
+        state.best_ndcg10, state.best_epoch = saved["dev_ndcg10"], saved["epoch"]
+
+
 def keep_if_best(
     engine,
     qpeft: QPeftModel,
     state: TrainState,
     metrics: dict,
-    best_dir: Path,
+    best_out: str,
     rank: int,
     training: dict,
 ) -> bool:
-    """Save the adapter as the best so far if its dev NDCG@10 beats the best; say whether."""
+    """Publish the adapter to `best_out` (the run's `adapter/`) if its dev NDCG@10 beats
+    the best so far; say whether."""
     if metrics["dev_ndcg10"] <= state.best_ndcg10:
         return False
     state.best_ndcg10, state.best_epoch, state.bad_epochs = (
@@ -280,9 +288,10 @@ def keep_if_best(
     )
     with engine.gathered():
         if rank == 0:
+            local = Path(tempfile.mkdtemp(prefix="qpeft-best-")) / "adapter"
             save_adapter(
                 qpeft,
-                best_dir,
+                local,
                 extra={
                     "training": training,
                     "dev_ndcg10": metrics["dev_ndcg10"],
@@ -294,6 +303,9 @@ def keep_if_best(
                     },
                 },
             )
+            # The config goes last: a reader never takes a half-copied folder for an adapter.
+            storage.copy(local, best_out, markers=(CONFIG_NAME,))
+            shutil.rmtree(local.parent, ignore_errors=True)
     return True
 
 
@@ -331,7 +343,7 @@ def train_loop(loop_config: dict) -> None:
         engine = TorchEngine(qpeft, settings, total_steps, distributed=world > 1)
 
     state = TrainState(history=[])
-    best_dir = Path(tempfile.mkdtemp(prefix="qpeft-best-"))
+    best_out = storage.join(cfg.run.storage_path, cfg.run.name, "adapter")
     restored = ray.train.get_checkpoint()
     if restored:
         with restored.as_directory() as ckpt:
@@ -344,8 +356,7 @@ def train_loop(loop_config: dict) -> None:
             engine.load_state(ckpt)
             state = TrainState.load(ckpt)
             state.resumed_at = [*(state.resumed_at or []), state.step]
-            if (ckpt / "best_adapter").exists():
-                shutil.copytree(ckpt / "best_adapter", best_dir, dirs_exist_ok=True)
+        reconcile_best(state, best_out)
         if rank == 0:
             print(f"[train] resumed at step {state.step} (epoch {state.epoch})", flush=True)
 
@@ -361,11 +372,11 @@ def train_loop(loop_config: dict) -> None:
         # dev ranking it started from (an untrained adapter ranks about as zero-shot does).
         metrics = evaluate(cfg, qpeft, dev, rank, world)
         metrics.update(step=0, epoch=0)
-        keep_if_best(engine, qpeft, state, metrics, best_dir, rank, training)
+        keep_if_best(engine, qpeft, state, metrics, best_out, rank, training)
         state.history.append(metrics)
         # Reported like an epoch: a Tune trial's best then counts step 0 (the adapter it
         # may export), and a restart after this point skips the evaluation.
-        save_checkpoint(engine, qpeft, state, best_dir, rank, metrics)
+        save_checkpoint(engine, qpeft, state, rank, metrics)
         if rank == 0:
             print(
                 f"[train] step 0: dev NDCG@10 {metrics['dev_ndcg10']:.4f} "
@@ -421,7 +432,6 @@ def train_loop(loop_config: dict) -> None:
                     engine,
                     qpeft,
                     state,
-                    best_dir,
                     rank,
                     {"step": state.step, "epoch": state.epoch, "loss": result.loss},
                 )
@@ -440,7 +450,7 @@ def train_loop(loop_config: dict) -> None:
             ),
             worker_nodes=all_gather(ray.get_runtime_context().get_node_id()[:12], world),
         )
-        if not keep_if_best(engine, qpeft, state, metrics, best_dir, rank, training):
+        if not keep_if_best(engine, qpeft, state, metrics, best_out, rank, training):
             state.bad_epochs += 1
             state.stopped_early = state.bad_epochs >= settings.patience
         state.history.append(metrics)
@@ -452,7 +462,7 @@ def train_loop(loop_config: dict) -> None:
                 f"at epoch {state.best_epoch})",
                 flush=True,
             )
-        save_checkpoint(engine, qpeft, state, best_dir, rank, metrics)
+        save_checkpoint(engine, qpeft, state, rank, metrics)
 
 
 def build_datasets(cfg: TrainRunConfig, skip: list[str]) -> tuple[dict, int]:
@@ -541,11 +551,9 @@ def fit(cfg: TrainRunConfig, pinned: ModelConfig, out: str, callbacks: list | No
         datasets=datasets,
     )
     result = trainer.fit()
-    adapter = storage.join(out, "adapter")
+    adapter = storage.join(out, "adapter")  # published by rank 0 at each new best
     with result.checkpoint.as_directory() as ckpt:
-        ckpt = Path(ckpt)
-        state = TrainState.load(ckpt)
-        storage.copy(ckpt / "best_adapter", adapter)
+        state = TrainState.load(Path(ckpt))
     summary = {
         "adapter": adapter,
         "best_dev_ndcg10": state.best_ndcg10,

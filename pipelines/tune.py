@@ -33,6 +33,7 @@ from pipelines.train import (
 )
 from qpeft import storage
 from qpeft.backbone import pin_model
+from qpeft.checkpoint import CONFIG_NAME
 from qpeft.config import ConfigError, from_dict, read_yaml, set_dotted, to_dict
 
 
@@ -239,15 +240,12 @@ def trial_rows(results, section: SweepSection, sweep_dir: str) -> list[dict]:
 
 
 def best_adapter(train_dir: str) -> str:
-    """The trial's exported adapter, or for a trial ASHA stopped, its last checkpoint's
-    best adapter so far."""
-    if storage.exists(storage.join(train_dir, "adapter")):
-        return storage.join(train_dir, "adapter")
-    checkpoints = [n for n in storage.list_dir(train_dir) if n.startswith("checkpoint_")]
-    for checkpoint in reversed(checkpoints):
-        if storage.exists(storage.join(train_dir, checkpoint, "best_adapter")):
-            return storage.join(train_dir, checkpoint, "best_adapter")
-    raise FileNotFoundError(f"{train_dir}: no adapter or checkpoint with a best adapter")
+    """The trial's best adapter: training publishes it to `adapter/` at each new best, so
+    a trial ASHA stopped has one too."""
+    adapter = storage.join(train_dir, "adapter")
+    if not storage.exists(storage.join(adapter, CONFIG_NAME)):
+        raise FileNotFoundError(f"{train_dir}: no adapter (the trial never finished an evaluation)")
+    return adapter
 
 
 def markdown(rows: list[dict], section: SweepSection) -> str:

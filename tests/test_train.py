@@ -90,6 +90,16 @@ def test_two_worker_ddp_beats_zero_shot_and_exports_adapter(ray_session, setup, 
         (tmp_path / "storage" / "tiny" / "adapter" / "adapter_config.json").read_text()
     )
     assert 0.0 <= saved["fusion"]["weight"] <= 1.0
+    # Checkpoints hold the current adapter and AdamW's two moments, no copy of the best:
+    # about 3x the adapter, plus a few KiB of file headers and state.
+    run_dir = tmp_path / "storage" / "tiny"
+    adapter_bytes = (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size
+    checkpoints = list(run_dir.glob("checkpoint_*"))
+    assert checkpoints
+    for checkpoint in checkpoints:
+        assert not (checkpoint / "best_adapter").exists()
+        size = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+        assert size <= 4 * adapter_bytes + 64 * 1024, (checkpoint.name, size, adapter_bytes)
 
 
 def test_injected_worker_failure_resumes_and_finishes(ray_session, setup, tmp_path):
