@@ -42,11 +42,12 @@ zero_shot_choices() {
 }
 
 # One trained method: `run` is the method, with `_listwise` for the listwise loss without the
-# pointwise term (soft prompt and Q-PEFT-R use the loss dev chose for Q-PEFT-A, listwise).
+# pointwise term (soft prompt, Q-PEFT-R and LoRA use the loss dev chose for Q-PEFT-A,
+# listwise).
 # The adapter's fusion weight is chosen on dev and read from there for test.
 trained() {
   local M=$1 run=$2 method=${2%_listwise} loss=()
-  case $run in *_listwise|soft_prompt|qpeft_r)
+  case $run in *_listwise|soft_prompt|qpeft_r|lora)
     loss=(--set loss.kind=listwise --set loss.pointwise_weight=0) ;; esac
   local name=$M-${run//_/-}
   qpeft train --config $D/train.yaml --set model.name=$M --set adapter.method=$method \
@@ -69,7 +70,7 @@ main() {
     [ "$M" = gemma3-270m ] && zero_shot_choices "$M"
     trained "$M" qpeft_a_listwise
     if [ "$M" = gemma3-270m ]; then
-      for run in qpeft_a soft_prompt qpeft_r; do trained "$M" $run; done
+      for run in qpeft_a soft_prompt qpeft_r lora; do trained "$M" $run; done
     fi
   done
   qpeft evaluate --config $D/evaluate-dev.yaml
