@@ -2,8 +2,8 @@
 
 Runs `qpeft train` twice on the same prepared data with the same per-worker batch (weak
 scaling): 1 worker, then 2. Prints training pairs/s (steps after the first, from the run's
-metrics), the scaling efficiency (2-worker rate / (2 x 1-worker rate)) and each worker's
-peak RSS.
+metrics), the scaling efficiency (2-worker rate / (2 x 1-worker rate)), each worker's
+peak RSS and the gradient bytes DDP all-reduces per step (counted by a DDP comm hook).
 
     python benchmarks/train.py --prepared runs/prepare/cranfield [--steps 4]
 """
@@ -64,6 +64,10 @@ def main() -> None:
         f"{', '.join(f'{m:.0f}' for m in two['peak_rss_mib'])} MiB"
     )
     print(f"speedup {r2 / r1:.2f}x, scaling efficiency {r2 / (2 * r1):.0%}")
+    print(
+        f"gradients all-reduced per step with 2 workers: {two['allreduce_mib_per_step']:.2f} MiB "
+        f"per rank ({args.method}, {args.model})"
+    )
 
 
 if __name__ == "__main__":

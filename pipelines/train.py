@@ -241,6 +241,11 @@ def save_checkpoint(engine, qpeft: QPeftModel, state: TrainState, rank: int, met
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
+def allreduced_bytes(engine) -> int | None:
+    counter = getattr(engine, "allreduced", None)
+    return counter.bytes if counter is not None else None
+
+
 def training_record(cfg: TrainRunConfig) -> dict:
     """What the adapter's config and model card say about how it was trained."""
     settings = cfg.train
@@ -386,7 +391,8 @@ def train_loop(loop_config: dict) -> None:
 
     while state.epoch < settings.epochs and not state.stopped_early:
         done_in_epoch = state.step - state.epoch * steps_per_epoch
-        throughput = {"seconds": 0.0, "pairs": 0, "query_tokens_cut": 0}
+        throughput = {"seconds": 0.0, "pairs": 0, "query_tokens_cut": 0, "steps": 0}
+        allreduced_before = allreduced_bytes(engine)
         batches = shard.iter_batches(
             batch_size=settings.queries_per_batch,
             batch_format="pyarrow",
@@ -414,6 +420,7 @@ def train_loop(loop_config: dict) -> None:
             seconds = time.perf_counter() - tick
             pairs = result.pairs
             throughput["query_tokens_cut"] += result.query_tokens_cut
+            throughput["steps"] += 1
             if state.step - first_step > 1:  # the first step of a process includes warm-up
                 throughput["seconds"] += seconds
                 throughput["pairs"] += pairs * world  # ranks step in lockstep (all-reduce)
@@ -443,6 +450,13 @@ def train_loop(loop_config: dict) -> None:
             step=state.step,
             epoch=state.epoch,
             train_pairs_per_s=throughput["pairs"] / max(throughput["seconds"], 1e-9),
+            # Gradient bytes each rank sent through DDP's all-reduce per optimiser step
+            # (None under DeepSpeed, which reduces inside its own engine).
+            allreduce_mib_per_step=(
+                (allreduced_bytes(engine) - allreduced_before) / 2**20 / throughput["steps"]
+                if throughput["steps"] and allreduced_bytes(engine) is not None
+                else None
+            ),
             # Query tokens the long-query policy cut from this epoch's training pairs.
             query_tokens_cut=sum(all_gather(throughput["query_tokens_cut"], world)),
             peak_rss_mib=all_gather(

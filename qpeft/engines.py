@@ -9,12 +9,26 @@ on each GPU in bf16.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from qpeft.model import QPeftModel
 from qpeft.training import TrainSettings, load_optimizer, make_optimizer, save_optimizer
+
+
+@dataclass
+class AllReduceCounter:
+    bytes: int = 0
+
+
+def counting_allreduce(counter: AllReduceCounter, bucket):
+    """DDP's own all-reduce of a gradient bucket, counting its bytes on the way."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    counter.bytes += bucket.buffer().numel() * bucket.buffer().element_size()
+    return default_hooks.allreduce_hook(None, bucket)
 
 
 class TorchEngine:
@@ -33,6 +47,10 @@ class TorchEngine:
             if distributed
             else qpeft
         )
+        # Gradient bytes this rank has all-reduced: the cost that the sparse E' cuts.
+        self.allreduced = AllReduceCounter()
+        if distributed:
+            self.module.register_comm_hook(self.allreduced, counting_allreduce)
         self.optimizer, self.scheduler = make_optimizer(qpeft.adapter, settings, total_steps)
 
     @property

@@ -90,6 +90,9 @@ def test_two_worker_ddp_beats_zero_shot_and_exports_adapter(ray_session, setup, 
         (tmp_path / "storage" / "tiny" / "adapter" / "adapter_config.json").read_text()
     )
     assert 0.0 <= saved["fusion"]["weight"] <= 1.0
+    # DDP all-reduces every trainable parameter's fp32 gradient once per optimiser step.
+    per_step = metrics["history"][1]["allreduce_mib_per_step"]
+    assert per_step == pytest.approx(saved["trainable_parameters"] * 4 / 2**20, rel=1e-6)
     # Checkpoints hold the current adapter and AdamW's two moments, no copy of the best:
     # about 3x the adapter, plus a few KiB of file headers and state.
     run_dir = tmp_path / "storage" / "tiny"
