@@ -54,12 +54,11 @@ def model_card(config: dict) -> str:
         rows.append(("dev NDCG@10", f"{config['dev_ndcg10']:.4f} (epoch {config['epoch']})"))
     fusion = config.get("fusion")
     if fusion:
+        how = [fusion.get("normalisation", "minmax per query")]
+        if "dev_ndcg10" in fusion:
+            how.append(f"dev NDCG@10 {fusion['dev_ndcg10']:.4f}")
         rows.append(
-            (
-                "fusion with the first stage",
-                f"weight {fusion['weight']} ({fusion['normalisation']}; "
-                f"dev NDCG@10 {fusion['dev_ndcg10']:.4f})",
-            )
+            ("fusion with the first stage", f"weight {fusion['weight']} ({'; '.join(how)})")
         )
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     lines = [

@@ -96,6 +96,14 @@ def test_the_model_card_names_the_base_and_the_dev_figures(tiny, tmp_path):
     assert "q-peft" in meta["tags"] and meta["license"] == "other"
     assert "| dev NDCG@10 | 0.3126 (epoch 1) |" in body
     assert "weight 0.65" in body and "`runs/prepare/x`, split `train`" in body
+    # A weight given by hand (no dev figure, no training record) still makes a card.
+    bare = save_adapter(
+        build_model(tiny, "qpeft_a"), tmp_path / "bare", extra={"fusion": {"weight": 0.3}}
+    )
+    assert (
+        "| fusion with the first stage | weight 0.3 (minmax per query) |"
+        in (bare / CARD_NAME).read_text()
+    )
 
 
 def fake_hub_snapshot(hub: Path, repo_id: str, files: Path) -> Path:
