@@ -233,8 +233,8 @@ def save_checkpoint(engine, qpeft: QPeftModel, state: TrainState, rank: int, met
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         with engine.gathered():
-            if rank == 0:
-                save_adapter(qpeft, directory / "adapter")
+            if rank == 0:  # the adapter alone: LoRA's peft/ copy is for the exported one
+                save_adapter(qpeft, directory / "adapter", export=False)
         engine.save_state(directory, rank)
         if rank == 0:
             state.save(directory)

@@ -48,8 +48,11 @@ def base_model_card(name: str) -> dict:
     }
 
 
-def save_adapter(model: QPeftModel, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write the adapter directory atomically (a temporary sibling renamed into place)."""
+def save_adapter(
+    model: QPeftModel, directory: str | Path, extra: dict | None = None, export: bool = True
+) -> Path:
+    """Write the adapter directory atomically (a temporary sibling renamed into place).
+    `export: False` leaves out the method's extra copies (LoRA's `peft/`): for checkpoints."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     adapter, template = model.adapter, model.template.config
@@ -70,7 +73,8 @@ def save_adapter(model: QPeftModel, directory: str | Path, extra: dict | None = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        adapter.export(tmp, config["base_model_name_or_path"])
+        if export:
+            adapter.export(tmp, config["base_model_name_or_path"])
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(model_card(config))
         if directory.exists():
