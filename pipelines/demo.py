@@ -34,6 +34,7 @@ from qpeft.config import (
     to_dict,
 )
 from qpeft.data.first_stage import FirstStageConfig
+from qpeft.data.runs import FUSED_RUN_NAME
 from qpeft.data.sources import SourceConfig
 from qpeft.training import TrainSettings
 
@@ -199,7 +200,7 @@ def run_demo_steps(cfg: DemoConfig, out: Path) -> dict:
         )
         runs[name] = str(out / "rerank" / name)
         if "fusion" in counts:
-            runs[f"{name}_fused"] = str(out / "rerank" / name / "run_fused.trec")
+            runs[f"{name}_fused"] = str(out / "rerank" / name / FUSED_RUN_NAME)
 
     progress.stage("evaluate")
     section = EvaluateSection(

@@ -8,8 +8,10 @@ baseline run; writes report.json, report.md, per_query.tsv and report.png.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -23,7 +25,7 @@ from qpeft.answers import DEFAULT_KS, answer_metrics
 from qpeft.config import ConfigError
 from qpeft.data.first_stage import read_parquet_dir
 from qpeft.data.readers import DataError, read_trec_qrels
-from qpeft.data.runs import Run, read_run
+from qpeft.data.runs import FUSED_RUN_NAME, Run, read_run
 from qpeft.data.sources import full_text
 from qpeft.metrics import (
     DEFAULT_MEASURES,
@@ -34,6 +36,7 @@ from qpeft.metrics import (
     parse_measure,
     ranked,
 )
+from qpeft.model_card import CONFIG_NAME, record_evaluation
 
 
 @dataclass
@@ -51,6 +54,9 @@ class EvaluateSection:
     answer_ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))
     alpha: float = 0.05
     output_dir: str = "runs/evaluate"
+    # Record each trained adapter's figures in its folder's model card (runs made by
+    # `qpeft rerank` from a local adapter folder).
+    model_cards: bool = False
 
     def validate(self) -> None:
         if not self.runs:
@@ -205,6 +211,44 @@ def evaluate_runs(section: EvaluateSection) -> dict:
     }
 
 
+def adapter_of(run_path: str) -> tuple[Path, bool] | None:
+    """The local adapter folder a run was reranked with, and whether the run is the fused
+    one; None for runs not made by `qpeft rerank` from a local adapter folder."""
+    if storage.is_uri(run_path):
+        return None
+    path = Path(run_path)
+    folder = path.parent if path.is_file() else path
+    counts = folder / "counts.json"
+    if not counts.is_file():
+        return None
+    adapter = json.loads(counts.read_text()).get("adapter_dir")
+    if not adapter or storage.is_uri(adapter) or not Path(adapter, CONFIG_NAME).is_file():
+        return None
+    return Path(adapter), path.name == FUSED_RUN_NAME
+
+
+def record_in_model_cards(section: EvaluateSection, report: dict, out: str) -> list[Path]:
+    """Write each adapter's figures into its model card; the folders it updated."""
+    updated = []
+    for name, path in section.runs.items():
+        found = adapter_of(path)
+        if found is None:
+            continue
+        adapter, fused = found
+        entry = {
+            "data": section.prepared_dir or section.qrels,
+            "split": report["split"],
+            "queries": report["queries"],
+            "run": name,
+            "fused": fused,
+            "mean": report["runs"][name]["mean"],
+            "report": out,
+        }
+        record_evaluation(adapter, entry)
+        updated.append(adapter)
+    return updated
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = step_config(EvaluateConfig, __doc__.splitlines()[0], argv)
     report = evaluate_runs(cfg.evaluate)
@@ -213,6 +257,11 @@ def main(argv: list[str] | None = None) -> None:
         table = write_report(report, folder)
     print(table)
     print(f"\nreport.json, report.md, per_query.tsv and report.png in {out}")
+    if cfg.evaluate.model_cards:
+        updated = record_in_model_cards(cfg.evaluate, report, out)
+        print(f"figures recorded in the model cards of {len(updated)} adapter folder(s)")
+        for folder in sorted(set(updated)):
+            print(f"  {folder}")
 
 
 if __name__ == "__main__":

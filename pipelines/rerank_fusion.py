@@ -18,7 +18,7 @@ from qpeft import storage
 from qpeft.checkpoint import read_adapter_config
 from qpeft.config import ConfigError
 from qpeft.data.first_stage import read_parquet_dir
-from qpeft.data.runs import write_trec_run
+from qpeft.data.runs import FUSED_RUN_NAME, write_trec_run
 from qpeft.fusion import choose_weight, fuse
 from qpeft.metrics import Run, ranked
 
@@ -81,7 +81,7 @@ def write_fused_run(
         for q, docs in fused.items()
         for i, d in enumerate(ranked(docs))
     ]
-    write_trec_run(out / "run_fused.trec", ranked_rows, f"{run_name}_fused")
+    write_trec_run(out / FUSED_RUN_NAME, ranked_rows, f"{run_name}_fused")
     return record
 
 

@@ -22,12 +22,10 @@ from qpeft import __version__, storage
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig, TemplateConfig, from_dict, to_dict
 from qpeft.model import QPeftModel
-from qpeft.model_card import model_card
+from qpeft.model_card import CARD_NAME, CONFIG_NAME, model_card
 from qpeft.packaged import PACKAGED_MODELS
 
-CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-CARD_NAME = "README.md"
 # 2: E' is saved as the rows it changed (`embed.ids`, `embed.delta`), not a dense table.
 # 3: the hint MLP is residual (x + MLP(x)), E' includes the LM's embedding scale, Q-PEFT
 #    reads document tokens only: the same weights mean a different model, so 2 is refused.

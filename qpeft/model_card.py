@@ -7,7 +7,24 @@ was trained on and how well it did on dev, so a folder that travels alone explai
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import yaml
+
+# Beside adapter_config.json: figures `qpeft evaluate --set evaluate.model_cards=true` measured
+# for this adapter (test splits are never part of training). A new adapter saved to the
+# folder replaces the whole folder, so figures never outlive the weights they describe.
+EVALUATIONS_NAME = "evaluations.json"
+CARD_NAME = "README.md"
+CONFIG_NAME = "adapter_config.json"
+# Report measures named the way the Hub's model-index names metrics.
+HUB_METRICS = {
+    "ndcg@10": "ndcg_at_10",
+    "mrr@10": "mrr_at_10",
+    "map": "map",
+    "recall@20": "recall_at_20",
+}
 
 METHOD_NAMES = {
     "zero_shot": "zero-shot query likelihood (nothing trained)",
@@ -28,8 +45,9 @@ def hub_license(terms: str) -> str:
     return "other"
 
 
-def model_card(config: dict) -> str:
-    """Markdown with a YAML header, from the adapter's saved config."""
+def model_card(config: dict, evaluations: list[dict] = ()) -> str:
+    """Markdown with a YAML header, from the adapter's saved config and the evaluations
+    recorded for it since."""
     method = config["method"]
     base = config["base_model_name_or_path"]
     header = {
@@ -39,6 +57,8 @@ def model_card(config: dict) -> str:
         "pipeline_tag": "text-ranking",
         "tags": ["reranking", "query-likelihood", "q-peft", method],
     }
+    if evaluations:
+        header["model-index"] = model_index(method, base, evaluations)
     rows = [
         ("method", METHOD_NAMES.get(method, method)),
         ("hyperparameters", ", ".join(f"{k} {v}" for k, v in config["hyperparameters"].items())),
@@ -76,12 +96,7 @@ def model_card(config: dict) -> str:
         "|---|---|",
         table,
         "",
-        "Test figures are not part of training: rerank and evaluate a test split with",
-        "",
-        f"    qpeft rerank --config CONFIG --set rerank.method={method} "
-        f"--set rerank.adapter_dir=THIS_FOLDER",
-        "    qpeft evaluate --config CONFIG",
-        "",
+        *evaluation_section(method, evaluations),
     ]
     if method == "lora":
         lines += [
@@ -92,3 +107,66 @@ def model_card(config: dict) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def evaluation_section(method: str, evaluations: list[dict]) -> list[str]:
+    """The card's lines on held-out figures: a table of those recorded, and how to add more."""
+    how = [
+        "Rerank and evaluate a split with this adapter, and record the figures here, with",
+        "",
+        f"    qpeft rerank --config CONFIG --set rerank.method={method} "
+        f"--set rerank.adapter_dir=THIS_FOLDER",
+        "    qpeft evaluate --config CONFIG --set evaluate.model_cards=true",
+        "",
+    ]
+    if not evaluations:
+        return ["Test figures are not part of training.", "", *how]
+    measures = list(dict.fromkeys(m for e in evaluations for m in e["mean"]))
+    lines = [
+        "## Evaluation",
+        "",
+        "| data | split | queries | run | " + " | ".join(measures) + " |",
+        "|---" * (4 + len(measures)) + "|",
+    ]
+    for e in evaluations:
+        values = [f"{e['mean'][m]:.4f}" if m in e["mean"] else "" for m in measures]
+        run = f"{e['run']} (fused)" if e["fused"] else e["run"]
+        cells = [f"`{e['data']}`", str(e["split"]), str(e["queries"]), run, *values]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, "", "Each row's report: `report` in `evaluations.json`.", "", *how]
+
+
+def model_index(method: str, base: str, evaluations: list[dict]) -> list[dict]:
+    """The Hub's `model-index` metadata: one result per recorded evaluation."""
+    results = []
+    for e in evaluations:
+        metrics = [
+            {"type": HUB_METRICS[m], "value": round(v, 4), "name": m}
+            for m, v in e["mean"].items()
+            if m in HUB_METRICS
+        ]
+        name = str(e["data"]).rstrip("/").rsplit("/", 1)[-1]
+        results.append(
+            {
+                "task": {"type": "text-ranking"},
+                "dataset": {"name": name, "type": name, "split": e["split"] or "all"},
+                "metrics": metrics,
+                "source": {"name": "qpeft evaluate", "url": str(e["report"])},
+            }
+        )
+    return [{"name": f"{method} reranker adapter for {base}", "results": results}]
+
+
+def record_evaluation(adapter_dir: str | Path, entry: dict) -> None:
+    """Add (or replace, for the same data, split, run and fusion) one evaluation of the
+    adapter in `adapter_dir`, and rewrite its card."""
+    directory = Path(adapter_dir)
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    path = directory / EVALUATIONS_NAME
+    evaluations = json.loads(path.read_text()) if path.exists() else []
+    key = ("data", "split", "run", "fused")
+    evaluations = [e for e in evaluations if any(e[k] != entry[k] for k in key)] + [entry]
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(evaluations, indent=2) + "\n")
+    partial.replace(path)
+    (directory / CARD_NAME).write_text(model_card(config, evaluations))

@@ -183,3 +183,49 @@ def test_evaluate_errors_name_the_field(tmp_path, capsys):
     bad.write_text("1 Q0 a 1 0.5 t\n1 Q0 a 2 0.4 t\n")
     assert main(["evaluate", *args, "--set", f"evaluate.runs.a={bad}"]) == 2
     assert "document a is ranked twice for query 1" in capsys.readouterr().err
+
+
+def test_evaluate_records_an_adapters_figures_in_its_model_card(tiny, tmp_path, capsys):
+    import yaml
+
+    from qpeft.checkpoint import CARD_NAME, save_adapter
+    from qpeft.model_card import EVALUATIONS_NAME
+    from tests.conftest import build_model
+
+    write_prepared_qa(tmp_path / "prepared")
+    adapter = save_adapter(build_model(tiny, "qpeft_a"), tmp_path / "adapter")
+    reranked = tmp_path / "rerank"  # what `qpeft rerank` leaves, reduced to what evaluate reads
+    reranked.mkdir()
+    (reranked / "counts.json").write_text(json.dumps({"adapter_dir": str(adapter)}))
+    write_trec(reranked / "run.trec", RUN)
+    write_trec(reranked / "run_fused.trec", {"1": {"a": 0.9, "b": 0.5, "c": 0.1}})
+    write_trec(tmp_path / "bm25.trec", RUN)  # not from an adapter: no card to update
+    out = tmp_path / "report"
+    args = [
+        f"evaluate.prepared_dir={tmp_path / 'prepared'}",
+        f"evaluate.runs.bm25={tmp_path / 'bm25.trec'}",
+        f"evaluate.runs.qpeft_a={reranked / 'run.trec'}",
+        f"evaluate.runs.qpeft_a_fused={reranked / 'run_fused.trec'}",
+        "evaluate.answers=off",
+        "evaluate.measures=[ndcg@10, p@2]",
+        f"evaluate.output_dir={out}",
+        "evaluate.model_cards=true",
+    ]
+    for _ in range(2):  # a second evaluation replaces the figures rather than adding rows
+        assert main(["evaluate", *(x for a in args for x in ("--set", a))]) == 0
+    assert "model cards of 2 adapter folder(s)" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    recorded = json.loads((adapter / EVALUATIONS_NAME).read_text())
+    assert [(e["run"], e["fused"], e["split"]) for e in recorded] == [
+        ("qpeft_a", False, "test"),
+        ("qpeft_a_fused", True, "test"),
+    ]
+    ndcg = report["runs"]["qpeft_a_fused"]["mean"]["ndcg@10"]
+    assert recorded[1]["mean"]["ndcg@10"] == ndcg and recorded[1]["queries"] == 2
+    _, header, body = (adapter / CARD_NAME).read_text().split("---\n", 2)
+    results = yaml.safe_load(header)["model-index"][0]["results"]
+    assert results[1]["metrics"] == [
+        {"type": "ndcg_at_10", "value": round(ndcg, 4), "name": "ndcg@10"}
+    ]
+    assert results[1]["dataset"]["split"] == "test"
+    assert f"| qpeft_a_fused (fused) | {ndcg:.4f} |" in body

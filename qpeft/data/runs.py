@@ -18,6 +18,9 @@ from qpeft.data.readers import DataError, read_trec_run
 
 Run = dict[str, dict[str, float]]
 
+# In a `qpeft rerank` output folder: the run interpolated with the first stage.
+FUSED_RUN_NAME = "run_fused.trec"
+
 
 def rank_candidates(rows: list[dict]) -> list[dict]:
     """Sort scored rows and add `rank` per query: score descending, ties by first-stage
