@@ -174,6 +174,23 @@ def test_untrained_attention_hint_is_a_mix_of_document_embeddings(tiny):
     assert torch.allclose(qd[0], wing.expand(3, -1), atol=1e-6)
 
 
+def test_untrained_attention_hint_is_the_document_token_matching_the_query_token(tiny):
+    """Q-PEFT-A's query/key projections start as a sharp identity: a query word that the
+    document contains gets that word's embedding as its hint, not a blur of the document."""
+    model = build_model(tiny, "qpeft_a", dropout=0.0)
+    model.adapter.eval()
+    doc = "wing flow heat boundary layer"
+    batch = model.template.collate(model.encode(["flow heat"], [doc]))
+    frozen = model.backbone.input_embeddings(batch.input_ids)
+    qd, _, _ = model.adapter.query_dependent(batch, frozen)
+    document = tiny.input_embeddings(torch.tensor([token_id(tiny, w) for w in doc.split()]))
+    for hint, word in zip(qd[0, -2:], ["flow", "heat"], strict=True):
+        nearest = torch.cdist(hint[None], document).argmin().item()
+        assert doc.split()[nearest] == word
+        own = tiny.input_embeddings(torch.tensor(token_id(tiny, word)))
+        assert torch.nn.functional.cosine_similarity(hint, own, dim=0) > 0.99
+
+
 @pytest.mark.parametrize("method", ["qpeft_a", "qpeft_r"])
 def test_adapters_read_document_tokens_only(tiny, method):
     """<bos>, the prompt and the template's words are the same for every document: they
