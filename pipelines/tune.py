@@ -132,6 +132,8 @@ def base_train_config(section: SweepSection, ray_section: RaySection) -> tuple[d
             f"tune.scheduler.max_t: {section.scheduler.max_t} epochs, but train.epochs is "
             f"{cfg.train.epochs}"
         )
+    # Relative to where the sweep starts: Tune runs each trial in a working folder of its own.
+    set_dotted(data, "data.prepared_dir", storage.absolute(cfg.data.prepared_dir))
     return data, cfg.train.epochs
 
 

@@ -187,7 +187,10 @@ def test_optuna_search_samples_the_yaml_space(ray_session, tmp_path):
     assert not results.errors
 
 
-@pytest.mark.parametrize("path", sorted(Path("tune_configs").glob("*.yaml")), ids=str)
+SHIPPED_SWEEPS = [*Path("tune_configs").glob("*.yaml"), *Path("results").glob("*/sweep/*.yaml")]
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED_SWEEPS), ids=str)
 def test_shipped_sweeps_check_against_their_base_configs(path):
     from pipelines.tune import base_train_config
 
@@ -195,3 +198,6 @@ def test_shipped_sweeps_check_against_their_base_configs(path):
     base, epochs = base_train_config(cfg.tune, cfg.ray)
     assert base["adapter"]["method"] in ("qpeft_r", "qpeft_a", "soft_prompt", "lora")
     assert cfg.tune.scheduler.max_t <= epochs
+    # Trials run in working folders of their own: the data path is fixed where `qpeft tune`
+    # starts (a relative one failed every trial of the first Cranfield sweep).
+    assert base["data"]["prepared_dir"] == str(Path("runs/prepare/cranfield").absolute())
