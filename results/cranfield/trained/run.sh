@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Cranfield, BM25 top 20, fp32 on a 2-core CPU: BM25; for Gemma 3 270M zero-shot (its prompt
-# and document length chosen on dev), Q-PEFT-R and Q-PEFT-A (the paper's pairwise loss, and
+# and document length chosen on dev), the soft prompt, Q-PEFT-R and Q-PEFT-A (the paper's pairwise loss, and
 # listwise without the pointwise term); for SmolLM2-135M zero-shot and Q-PEFT-A listwise (the
 # loss dev chose for Gemma). Every LM run raw and fused with BM25, fusion weights chosen on
 # dev, never on test; through the project's own commands.
@@ -83,8 +83,8 @@ main() {
     if [ "$M" = gemma3-270m ]; then
       zero_shot_choices "$M"
       zero_shot_chosen "$M"
-      # soft_prompt and lora run the same way (`trained "$M" soft_prompt`); not yet reported.
-      for run in qpeft_a qpeft_r; do trained "$M" $run; done
+      # lora runs the same way (`trained "$M" lora`); not yet reported for Gemma.
+      for run in qpeft_a qpeft_r soft_prompt; do trained "$M" $run; done
     fi
   done
   qpeft evaluate --config $D/evaluate-dev.yaml
