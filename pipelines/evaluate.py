@@ -258,9 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     print(f"\nreport.json, report.md, per_query.tsv and report.png in {out}")
     if cfg.evaluate.model_cards:
-        updated = record_in_model_cards(cfg.evaluate, report, out)
+        updated = sorted(set(record_in_model_cards(cfg.evaluate, report, out)))
         print(f"figures recorded in the model cards of {len(updated)} adapter folder(s)")
-        for folder in sorted(set(updated)):
+        for folder in updated:
             print(f"  {folder}")
 
 

@@ -130,7 +130,7 @@ def evaluation_section(method: str, evaluations: list[dict]) -> list[str]:
     ]
     for e in evaluations:
         values = [f"{e['mean'][m]:.4f}" if m in e["mean"] else "" for m in measures]
-        run = f"{e['run']} (fused)" if e["fused"] else e["run"]
+        run = f"{e['run']} (fused)" if e["fused"] and "fused" not in e["run"] else e["run"]
         cells = [f"`{e['data']}`", str(e["split"]), str(e["queries"]), run, *values]
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, "", "Each row's report: `report` in `evaluations.json`.", "", *how]
@@ -146,12 +146,15 @@ def model_index(method: str, base: str, evaluations: list[dict]) -> list[dict]:
             if m in HUB_METRICS
         ]
         name = str(e["data"]).rstrip("/").rsplit("/", 1)[-1]
+        source = {"name": "qpeft evaluate"}
+        if "://" in str(e["report"]):  # the Hub wants a URL here, not a local path
+            source["url"] = str(e["report"])
         results.append(
             {
                 "task": {"type": "text-ranking"},
                 "dataset": {"name": name, "type": name, "split": e["split"] or "all"},
                 "metrics": metrics,
-                "source": {"name": "qpeft evaluate", "url": str(e["report"])},
+                "source": source,
             }
         )
     return [{"name": f"{method} reranker adapter for {base}", "results": results}]
