@@ -8,9 +8,12 @@ was trained on and how well it did on dev, so a folder that travels alone explai
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+
+from qpeft import storage
 
 # Beside adapter_config.json: figures `qpeft evaluate --set evaluate.model_cards=true` measured
 # for this adapter (test splits are never part of training). A new adapter saved to the
@@ -45,7 +48,7 @@ def hub_license(terms: str) -> str:
     return "other"
 
 
-def model_card(config: dict, evaluations: list[dict] = ()) -> str:
+def model_card(config: dict, evaluations: Sequence[dict] = ()) -> str:
     """Markdown with a YAML header, from the adapter's saved config and the evaluations
     recorded for it since."""
     method = config["method"]
@@ -109,7 +112,7 @@ def model_card(config: dict, evaluations: list[dict] = ()) -> str:
     return "\n".join(lines)
 
 
-def evaluation_section(method: str, evaluations: list[dict]) -> list[str]:
+def evaluation_section(method: str, evaluations: Sequence[dict]) -> list[str]:
     """The card's lines on held-out figures: a table of those recorded, and how to add more."""
     how = [
         "Rerank and evaluate a split with this adapter, and record the figures here, with",
@@ -136,7 +139,7 @@ def evaluation_section(method: str, evaluations: list[dict]) -> list[str]:
     return [*lines, "", "Each row's report: `report` in `evaluations.json`.", "", *how]
 
 
-def model_index(method: str, base: str, evaluations: list[dict]) -> list[dict]:
+def model_index(method: str, base: str, evaluations: Sequence[dict]) -> list[dict]:
     """The Hub's `model-index` metadata: one result per recorded evaluation."""
     results = []
     for e in evaluations:
@@ -169,7 +172,5 @@ def record_evaluation(adapter_dir: str | Path, entry: dict) -> None:
     evaluations = json.loads(path.read_text()) if path.exists() else []
     key = ("data", "split", "run", "fused")
     evaluations = [e for e in evaluations if any(e[k] != entry[k] for k in key)] + [entry]
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(evaluations, indent=2) + "\n")
-    partial.replace(path)
-    (directory / CARD_NAME).write_text(model_card(config, evaluations))
+    storage.write_text(path, json.dumps(evaluations, indent=2) + "\n")
+    storage.write_text(directory / CARD_NAME, model_card(config, evaluations))
