@@ -77,13 +77,26 @@ def per_query_tsv(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pyplot(png: str):
+    """matplotlib.pyplot on the Agg backend, or None, with one line saying that `png` is
+    skipped, when matplotlib (the `plots` extra) is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"{png} skipped: no matplotlib; pip install 'qpeft-ray[plots]' gives it")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot(report: dict, path: Path) -> None:
     """Bars of the IR measures (95% confidence intervals over queries) and, for QA data,
     hit rate against k."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("report.png")
+    if plt is None:
+        return
 
     ir = [m for m in report["measures"] if not m.startswith(ANSWER_PREFIXES)]
     hits = [m for m in report["measures"] if m.startswith("hit@")]
@@ -130,18 +143,18 @@ def write_report(report: dict, out: Path) -> str:
         lambda p: p.write_text(f"{table}\n\n{p_value_table(report)}\n", encoding="utf-8"),
     )
     _atomic_write(out / "per_query.tsv", lambda p: p.write_text(per_query_tsv(report)))
-    _atomic_write(out / "report.png", lambda p: plot(report, p))
+    if pyplot("report.png") is not None:  # without the `plots` extra: no report.png
+        _atomic_write(out / "report.png", lambda p: plot(report, p))
     _atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
     return table
 
 
-def plot_dev_curve(history: list[dict], title: str, path: Path) -> None:
+def plot_dev_curve(history: list[dict], title: str, path: Path) -> bool:
     """A training run's dev NDCG@10 (raw and fused) and dev loss per epoch, epoch 0 being
-    the untrained adapter."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    the untrained adapter. False (nothing written) without matplotlib."""
+    plt = pyplot("dev_curve.png")
+    if plt is None:
+        return False
 
     epochs = [h["epoch"] for h in history]
     figure, (ndcg, loss) = plt.subplots(1, 2, figsize=(10, 4))
@@ -161,3 +174,4 @@ def plot_dev_curve(history: list[dict], title: str, path: Path) -> None:
     figure.tight_layout()
     _atomic_write(path, lambda p: figure.savefig(p, dpi=110, format="png"))
     plt.close(figure)
+    return True

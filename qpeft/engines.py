@@ -108,9 +108,15 @@ class DeepSpeedEngine:
         bf16: bool,
         world_size: int,
     ):
-        import deepspeed
+        try:
+            import deepspeed
+        except ImportError as e:
+            raise ImportError(
+                "training on GPUs (scaling.use_gpu: true) runs DeepSpeed, which is not "
+                "installed: pip install 'qpeft-ray[gpu]'"
+            ) from e
 
-        # Skip two JIT-compiled ops (~95 s each) that this setup does not need (RAY_NOTES).
+        # Skip two JIT-compiled ops (~95 s each) that this setup does not need.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.qpeft = qpeft
         self.stage = stage

@@ -1,5 +1,5 @@
 """The cluster files parse, name entrypoints, import paths and configs that exist, and pin
-the same versions as pyproject.toml."""
+the same versions as constraints.txt."""
 
 import importlib
 import re
@@ -113,10 +113,10 @@ def test_runtime_env_keeps_outputs_and_environments_out():
 
 
 def pins() -> dict[str, str]:
-    """name -> version of every `name==version` requirement in pyproject.toml (tomllib
-    would need Python 3.11; the project supports 3.10)."""
-    text = (ROOT / "pyproject.toml").read_text()
-    found = re.findall(r'"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^"\s;]+)"', text)
+    """name -> version of every `name==version` line of constraints.txt (the exact versions
+    install.sh, CI and the image install)."""
+    text = (ROOT / "constraints.txt").read_text()
+    found = re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, re.MULTILINE)
     return {name.lower(): version for name, version in found}
 
 
@@ -124,10 +124,10 @@ def ray_pin() -> str:
     return pins()["ray"]
 
 
-def test_image_pins_the_versions_of_pyproject():
+def test_image_pins_the_versions_of_the_constraints():
     dockerfile = (CLUSTER / "Dockerfile").read_text()
-    # The image installs the project itself (its pins) after torch, pinned the same.
-    assert re.search(r"pip install .*-e \.", dockerfile)
+    # The image installs the project itself under the constraints, after torch, pinned the same.
+    assert re.search(r"pip install .*-c constraints\.txt .*-e [\"']?\.", dockerfile)
     pinned = dict(re.findall(r'"([A-Za-z0-9_.\-]+)==([^"]+)"', dockerfile))
     assert pinned["torch"] == pins()["torch"]
     install = (ROOT / "scripts" / "install.sh").read_text()
