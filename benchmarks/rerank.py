@@ -22,9 +22,9 @@ import torch
 
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.rerank import RerankConfig, rerank
+from qpeft import storage
 from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
-from qpeft.data.first_stage import read_parquet_dir
 from qpeft.data.runs import read_run
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_pairs
@@ -32,7 +32,7 @@ from qpeft.scoring import score_pairs
 
 def candidates(args) -> list[dict]:
     condition = (pc.field("split") == "test") & (pc.field("rank") <= args.depth)
-    rows = read_parquet_dir(Path(args.prepared) / "candidates", filter=condition).to_pylist()
+    rows = storage.read_parquet(Path(args.prepared) / "candidates", filter=condition).to_pylist()
     queries = sorted({r["query_id"] for r in rows})[: args.queries]
     return [r for r in rows if r["query_id"] in set(queries)]
 

@@ -23,16 +23,16 @@ from ray import serve
 
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.serve import ServeConfig, application
+from qpeft import storage
 from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
-from qpeft.data.first_stage import read_parquet_dir
 from qpeft.model import QPeftModel
 
 PORT = 8437
 
 
 def requests_from(prepared: str, n: int, docs: int) -> list[dict]:
-    rows = read_parquet_dir(
+    rows = storage.read_parquet(
         Path(prepared) / "candidates", filter=pc.field("rank") <= docs
     ).to_pylist()
     by_query: dict[str, list[dict]] = {}

@@ -15,15 +15,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipelines.cli import run_as_module, step_config
-from pipelines.evaluate import EvaluateSection, evaluate_runs
-from pipelines.outputs import claim_output_dir, digest, exclusive
+from pipelines.evaluate import EvaluateConfig, EvaluateSection, evaluate
 from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_counts
 from pipelines.ray_setup import RaySection, init_ray
-from pipelines.report import write_report
-from pipelines.rerank import TRAINED_METHODS, RerankConfig, RerankSection, rerank
+from pipelines.rerank import FIRST_STAGE, RerankConfig, RerankSection, rerank
 from pipelines.rerank_fusion import CHOOSE
+from pipelines.step import claimed, sections_for
 from pipelines.train import DataSection, RunSection, ScalingSection, TrainRunConfig, train
 from qpeft import storage
+from qpeft.artifacts import (
+    OutputFolder,
+    PreparedData,
+    Report,
+    RerankRun,
+    TrainingRun,
+    without,
+)
 from qpeft.config import (
     AdapterConfig,
     ConfigError,
@@ -34,8 +41,8 @@ from qpeft.config import (
     to_dict,
 )
 from qpeft.data.first_stage import FirstStageConfig
-from qpeft.data.runs import FUSED_RUN_NAME
 from qpeft.data.sources import SourceConfig
+from qpeft.methods import trainable_methods
 from qpeft.training import TrainSettings
 
 
@@ -52,7 +59,7 @@ class DemoSection:
     overwrite: bool = False
 
     def validate(self) -> None:
-        allowed = TRAINED_METHODS
+        allowed = trainable_methods()
         unknown = [m for m in self.methods if m not in allowed]
         if unknown:
             raise ConfigError(f"demo.methods: {unknown[0]!r} is not one of {list(allowed)}")
@@ -75,18 +82,36 @@ class DemoConfig:
     ray: RaySection = field(default_factory=RaySection)
 
 
-def open_output(cfg: DemoConfig) -> Path:
-    """The demo folder; one made with another configuration is refused, not mixed in."""
-    if storage.is_uri(cfg.demo.output_dir):
-        raise ConfigError(
-            "demo.output_dir: the demo writes a local folder; run the steps themselves "
-            "(prepare, train, rerank, evaluate) to keep outputs in cloud storage"
-        )
-    out = Path(cfg.demo.output_dir)
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "ray"}
-    settings["demo"] = {k: v for k, v in settings["demo"].items() if k != "overwrite"}
-    claim_output_dir(out, "demo", digest(settings), to_dict(cfg), cfg.demo.overwrite)
-    return out
+class DemoFolder(OutputFolder):
+    """The demo's folder: each step's own artifact in a sub-folder, the report last."""
+
+    step = "demo"
+    marker = "evaluate/report.json"
+    overwrite_key = "demo.overwrite"
+
+    @property
+    def prepared(self) -> PreparedData:
+        return PreparedData(self.path("prepare"))
+
+    @property
+    def train_dir(self) -> str:
+        return self.path("train")
+
+    @property
+    def rerank_dir(self) -> str:
+        return self.path("rerank")
+
+    def rerank_run(self, name: str) -> RerankRun:
+        return RerankRun(storage.join(self.rerank_dir, name))
+
+    @property
+    def report(self) -> Report:
+        return Report(self.path("evaluate"))
+
+
+def demo_settings(cfg: DemoConfig) -> dict:
+    """What the demo's outputs depend on (not Ray's resources, not `overwrite`)."""
+    return without(to_dict(cfg), ("ray", "demo.overwrite"))
 
 
 class Progress:
@@ -104,73 +129,72 @@ class Progress:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    with exclusive(cfg.demo.output_dir, "demo"):
-        return run_demo_steps(cfg, open_output(cfg))
+    if storage.is_uri(cfg.demo.output_dir):
+        raise ConfigError(
+            "demo.output_dir: the demo writes a local folder; run the steps themselves "
+            "(prepare, train, rerank, evaluate) to keep outputs in cloud storage"
+        )
+    folder = DemoFolder(Path(cfg.demo.output_dir))
+    with claimed(folder, demo_settings(cfg), cfg.demo.overwrite) as out:
+        return run_demo_steps(cfg, out)
 
 
-def run_demo_steps(cfg: DemoConfig, out: Path) -> dict:
+def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
     progress = Progress(3 + len(cfg.demo.methods))
     init_ray(cfg.ray)
 
     progress.stage(f"prepare {cfg.source.irds or 'the source'} (BM25 candidates, splits, groups)")
-    prepared = out / "prepare"
+    prepared = out.prepared
     counts = prepare(
-        PrepareConfig(
+        sections_for(
+            PrepareConfig,
+            cfg,
             prepare=PrepareSection(
-                output_dir=str(prepared), source=cfg.source, first_stage=cfg.first_stage
+                output_dir=prepared.root, source=cfg.source, first_stage=cfg.first_stage
             ),
-            model=cfg.model,
-            template=cfg.template,
-            ray=cfg.ray,
         )
     )
-    print_counts(counts, str(prepared.resolve()))
+    print_counts(counts, str(Path(prepared.root).resolve()))
 
     adapters = {}
     for method in cfg.demo.methods:
         progress.stage(f"train {method}")
         summary = train(
-            TrainRunConfig(
-                model=cfg.model,
-                template=cfg.template,
+            sections_for(
+                TrainRunConfig,
+                cfg,
                 adapter=replace(cfg.adapter, method=method),
-                loss=cfg.loss,
-                scoring=cfg.scoring,
-                train=cfg.train,
-                data=DataSection(prepared_dir=str(prepared)),
-                scaling=cfg.scaling,
-                run=RunSection(name=method, storage_path=str(out / "train")),
-                ray=cfg.ray,
+                data=DataSection(prepared_dir=prepared.root),
+                run=RunSection(name=method, storage_path=out.train_dir),
             )
         )
-        adapters[method] = summary["adapter"]
+        adapters[method] = TrainingRun(storage.join(out.train_dir, method)).best_adapter()
         print(
             f"[demo] {method}: {summary['steps']} steps, best dev NDCG@10 "
-            f"{summary['best_dev_ndcg10']:.4f}; adapter in {summary['adapter']}",
+            f"{summary['best_dev_ndcg10']:.4f}; adapter in {adapters[method]}",
             flush=True,
         )
 
-    def rerank_with(name: str, method: str, adapter_dir: str | None, **section) -> dict:
-        return rerank(
-            RerankConfig(
-                model=cfg.model,
-                template=cfg.template,
-                scoring=cfg.scoring,
+    def rerank_with(name: str, method: str, adapter_dir: str | None, **section) -> RerankRun:
+        rerank(
+            sections_for(
+                RerankConfig,
+                cfg,
                 rerank=RerankSection(
-                    prepared_dir=str(prepared),
+                    prepared_dir=prepared.root,
                     method=method,
                     adapter_dir=adapter_dir,
                     name=name,
-                    output_dir=str(out / "rerank"),
+                    output_dir=out.rerank_dir,
                     **{"depth": cfg.demo.depth, **section},
                 ),
-                ray=cfg.ray,
             )
         )
+        return out.rerank_run(name)
 
     # Zero-shot's fusion weight, chosen on the dev queries training evaluates on (the
     # adapters carry the weight training chose on the same queries).
-    rerank_with(
+    zero_shot_dev = rerank_with(
         "zero_shot_dev",
         "zero_shot",
         None,
@@ -180,8 +204,8 @@ def run_demo_steps(cfg: DemoConfig, out: Path) -> dict:
         depth=cfg.train.dev_depth,  # where training chose the adapters' weights
     )
     systems = [
-        ("bm25", "first_stage", None, None),
-        ("zero_shot", "zero_shot", None, str(out / "rerank" / "zero_shot_dev" / "fusion.json")),
+        ("bm25", FIRST_STAGE, None, None),
+        ("zero_shot", "zero_shot", None, zero_shot_dev.path(RerankRun.FUSION)),
     ]
     systems += [(m, m, adapters[m], None) for m in cfg.demo.methods]
     progress.stage(
@@ -190,7 +214,7 @@ def run_demo_steps(cfg: DemoConfig, out: Path) -> dict:
     )
     runs = {}
     for name, method, adapter_dir, fusion in systems:
-        counts = rerank_with(
+        run = rerank_with(
             name,
             method,
             adapter_dir,
@@ -198,25 +222,27 @@ def run_demo_steps(cfg: DemoConfig, out: Path) -> dict:
             max_queries=cfg.demo.rerank_queries,
             fusion=fusion,
         )
-        runs[name] = str(out / "rerank" / name)
-        if "fusion" in counts:
-            runs[f"{name}_fused"] = str(out / "rerank" / name / FUSED_RUN_NAME)
+        runs[name] = run.root
+        if "fusion" in run.counts():
+            runs[f"{name}_fused"] = run.path(RerankRun.FUSED_TREC)
 
     progress.stage("evaluate")
-    section = EvaluateSection(
-        runs=runs,
-        baseline=cfg.demo.baseline,
-        also_against=["bm25"] if cfg.demo.baseline != "bm25" else [],
-        prepared_dir=str(prepared),
-        split="test",
-        measures=list(cfg.demo.measures),
-        output_dir=str(out / "evaluate"),
+    report, table = evaluate(
+        EvaluateConfig(
+            EvaluateSection(
+                runs=runs,
+                baseline=cfg.demo.baseline,
+                also_against=["bm25"] if cfg.demo.baseline != "bm25" else [],
+                prepared_dir=prepared.root,
+                split="test",
+                measures=list(cfg.demo.measures),
+                output_dir=out.report.root,
+            )
+        )
     )
-    report = evaluate_runs(section)
-    table = write_report(report, Path(section.output_dir))
     print(f"\n{table}\n")
     print(
-        f"[demo] done in {progress.seconds:.0f}s. Files under {out.resolve()}:\n"
+        f"[demo] done in {progress.seconds:.0f}s. Files under {Path(out.root).resolve()}:\n"
         f"  prepare/   parquet shards and counts.json\n"
         f"  train/     checkpoints; adapters in train/<method>/adapter\n"
         f"  rerank/    one run per system (run/ parquet, run.trec, run_fused.trec, counts.json)\n"

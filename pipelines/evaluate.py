@@ -8,7 +8,6 @@ baseline run; writes report.json, report.md, per_query.tsv and report.png.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,24 +17,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.cli import run_as_module, step_config
-from pipelines.outputs import exclusive
 from pipelines.report import write_report
+from pipelines.step import claimed
 from qpeft import storage
 from qpeft.answers import DEFAULT_KS, answer_metrics
-from qpeft.config import ConfigError
-from qpeft.data.first_stage import read_parquet_dir
+from qpeft.artifacts import PreparedData, Report, RerankRun
+from qpeft.config import ConfigError, to_dict
 from qpeft.data.readers import DataError, read_trec_qrels
-from qpeft.data.runs import FUSED_RUN_NAME, Run, read_run
+from qpeft.data.runs import Run, read_run
 from qpeft.data.sources import full_text
 from qpeft.metrics import (
     DEFAULT_MEASURES,
     Qrels,
-    evaluate,
     mean,
     paired_t_test,
     parse_measure,
     ranked,
 )
+from qpeft.metrics import evaluate as measure_run
 from qpeft.model_card import CONFIG_NAME, record_evaluation
 
 
@@ -57,6 +56,7 @@ class EvaluateSection:
     # Record each trained adapter's figures in its folder's model card (runs made by
     # `qpeft rerank` from a local adapter folder).
     model_cards: bool = False
+    overwrite: bool = False  # replace a folder that `qpeft evaluate` did not write
 
     def validate(self) -> None:
         if not self.runs:
@@ -89,6 +89,10 @@ class EvaluateSection:
     def baseline_name(self) -> str:
         return self.baseline or next(iter(self.runs))
 
+    @property
+    def prepared(self) -> PreparedData:
+        return PreparedData(self.prepared_dir)
+
 
 @dataclass
 class EvaluateConfig:
@@ -96,13 +100,10 @@ class EvaluateConfig:
 
 
 def load_qrels(section: EvaluateSection) -> Qrels:
+    if not section.qrels:
+        return section.prepared.qrels()
     qrels: Qrels = {}
-    if section.qrels:
-        rows = read_trec_qrels(storage.local_copy(section.qrels))
-    else:
-        table = read_parquet_dir(storage.join(section.prepared_dir, "qrels"))
-        rows = [(r["query_id"], r["doc_id"], r["relevance"]) for r in table.to_pylist()]
-    for query_id, doc_id, relevance in rows:
+    for query_id, doc_id, relevance in read_trec_qrels(storage.local_copy(section.qrels)):
         qrels.setdefault(query_id, {})[doc_id] = relevance
     return qrels
 
@@ -111,7 +112,7 @@ def load_answers(section: EvaluateSection) -> dict[str, list[str]] | None:
     """Gold answers per query, or None when answer metrics are off or there are none."""
     if section.answers == "off" or not section.prepared_dir:
         return None
-    table = read_parquet_dir(storage.join(section.prepared_dir, "queries"), ["query_id", "answers"])
+    table = section.prepared.table(PreparedData.QUERIES, ["query_id", "answers"])
     answers = {r["query_id"]: r["answers"] for r in table.to_pylist()}
     if not any(answers.values()):
         if section.answers == "on":
@@ -123,12 +124,7 @@ def load_answers(section: EvaluateSection) -> dict[str, list[str]] | None:
 def evaluation_queries(section: EvaluateSection, qrels: Qrels, runs: dict[str, Run]) -> list[str]:
     queries = set(qrels)
     if section.split:
-        table = read_parquet_dir(
-            storage.join(section.prepared_dir, "queries"),
-            ["query_id"],
-            pc.field("split") == section.split,
-        )
-        queries &= set(table.column("query_id").to_pylist())
+        queries &= set(section.prepared.query_ids(section.split))
     if section.queries == "ranked":
         queries &= {q for run in runs.values() for q in run}
     if not queries:
@@ -141,8 +137,8 @@ def evaluation_queries(section: EvaluateSection, qrels: Qrels, runs: dict[str, R
 def document_texts(section: EvaluateSection, runs: dict[str, Run]) -> dict[str, str]:
     """Texts of the documents the runs rank (answer matching reads them)."""
     needed = {d for run in runs.values() for docs in run.values() for d in docs}
-    corpus = read_parquet_dir(
-        storage.join(section.prepared_dir, "corpus"),
+    corpus = section.prepared.table(
+        PreparedData.CORPUS,
         filter=pc.field("doc_id").isin(pa.array(sorted(needed), pa.string())),
     )
     return {r["doc_id"]: full_text(r["title"], r["text"]) for r in corpus.to_pylist()}
@@ -169,7 +165,7 @@ def evaluate_runs(section: EvaluateSection) -> dict:
     measures = list(section.measures)
     per_query: dict[str, dict[str, dict[str, float]]] = {}
     for name, run in runs.items():
-        values = evaluate(judged, run, tuple(measures))
+        values = measure_run(judged, run, tuple(measures))
         if answers:
             extra = run_answer_metrics(run, queries, answers, texts, section.answer_ks)
             for q in queries:
@@ -218,13 +214,10 @@ def adapter_of(run_path: str) -> tuple[Path, bool] | None:
         return None
     path = Path(run_path)
     folder = path.parent if path.is_file() else path
-    counts = folder / "counts.json"
-    if not counts.is_file():
-        return None
-    adapter = json.loads(counts.read_text()).get("adapter_dir")
+    adapter = RerankRun(folder).adapter_dir()
     if not adapter or storage.is_uri(adapter) or not Path(adapter, CONFIG_NAME).is_file():
         return None
-    return Path(adapter), path.name == FUSED_RUN_NAME
+    return Path(adapter), path.name == RerankRun.FUSED_TREC
 
 
 def record_in_model_cards(section: EvaluateSection, report: dict, out: str) -> list[Path]:
@@ -249,19 +242,27 @@ def record_in_model_cards(section: EvaluateSection, report: dict, out: str) -> l
     return updated
 
 
+def evaluate(cfg: EvaluateConfig) -> tuple[dict, str]:
+    """Evaluate the runs and write the report; returns it and its markdown table."""
+    section = cfg.evaluate
+    report = evaluate_runs(section)
+    out = Report(storage.absolute(section.output_dir))
+    settings = {k: v for k, v in to_dict(section).items() if k not in ("output_dir", "overwrite")}
+    with claimed(out, settings, section.overwrite, replace=True, staged=True) as folder:
+        table = write_report(report, Path(folder.root))
+    if section.model_cards:
+        updated = sorted(set(record_in_model_cards(section, report, out.root)))
+        print(f"figures recorded in the model cards of {len(updated)} adapter folder(s)")
+        for adapter in updated:
+            print(f"  {adapter}")
+    return report, table
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = step_config(EvaluateConfig, __doc__.splitlines()[0], argv)
-    report = evaluate_runs(cfg.evaluate)
-    out = storage.absolute(cfg.evaluate.output_dir)
-    with exclusive(out, "evaluate"), storage.staged(out, markers=("report.json",)) as folder:
-        table = write_report(report, folder)
+    _, table = evaluate(cfg)
     print(table)
-    print(f"\nreport.json, report.md, per_query.tsv and report.png in {out}")
-    if cfg.evaluate.model_cards:
-        updated = sorted(set(record_in_model_cards(cfg.evaluate, report, out)))
-        print(f"figures recorded in the model cards of {len(updated)} adapter folder(s)")
-        for folder in updated:
-            print(f"  {folder}")
+    print(f"\nreport.json, report.md, per_query.tsv and report.png in {cfg.evaluate.output_dir}")
 
 
 if __name__ == "__main__":

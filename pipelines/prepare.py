@@ -26,12 +26,13 @@ from ray.data.block import BlockMetadata
 from ray.data.expressions import col
 
 from pipelines.cli import run_as_module, step_config
-from pipelines.outputs import claim_output_dir, digest, exclusive
 from pipelines.ray_setup import RaySection, init_ray
+from pipelines.step import claimed
 from qpeft import storage
+from qpeft.artifacts import PreparedData, without
 from qpeft.config import AdapterConfig, ConfigError, ModelConfig, TemplateConfig, to_dict
 from qpeft.data import schemas
-from qpeft.data.first_stage import FirstStage, FirstStageConfig, read_parquet_dir
+from qpeft.data.first_stage import FirstStage, FirstStageConfig
 from qpeft.data.readers import DataError
 from qpeft.data.sources import Part, SourceConfig, parts
 from qpeft.data.splits import SPLITS, split_of
@@ -74,8 +75,9 @@ def query_lengths(cfg: PrepareConfig, root: str) -> dict:
     """Queries over the template's limit, by split, for the configured tokenizer."""
     from qpeft.backbone import load_tokenizer
 
-    where = storage.join(root, "queries")
-    rows = read_parquet_dir(where, ["query_id", "text", "split"]).to_pylist()
+    prepared = PreparedData(root)
+    where = prepared.path(prepared.QUERIES)
+    rows = prepared.table(prepared.QUERIES, ["query_id", "text", "split"]).to_pylist()
     zero_shot = AdapterConfig(method="zero_shot")
     template = Template(
         replace(cfg.template, long_queries="truncate"), load_tokenizer(cfg.model), zero_shot.method
@@ -173,15 +175,17 @@ class Groups(Candidates):
 def check_references(root: str) -> dict:
     """Count qrels and run rows that name documents or queries the prepared data lacks."""
 
-    def ids(table: str, column: str) -> set[str]:
-        return set(read_parquet_dir(storage.join(root, table), [column])[column].to_pylist())
+    prepared = PreparedData(root)
 
-    doc_ids, query_ids = ids("corpus", "doc_id"), ids("queries", "query_id")
+    def ids(table: str, column: str) -> set[str]:
+        return set(prepared.table(table, [column])[column].to_pylist())
+
+    doc_ids, query_ids = ids(prepared.CORPUS, "doc_id"), ids(prepared.QUERIES, "query_id")
     report = {}
-    for name in ("qrels", "run"):
-        if not storage.exists(storage.join(root, name)):
+    for name in (prepared.QRELS, prepared.RUN):
+        if not prepared.has(name):
             continue
-        table = read_parquet_dir(storage.join(root, name), ["query_id", "doc_id"])
+        table = prepared.table(name, ["query_id", "doc_id"])
         docs, queries = table.column("doc_id").to_pylist(), table.column("query_id").to_pylist()
         missing_docs = [d for d in docs if d not in doc_ids]
         report[name] = {
@@ -196,16 +200,17 @@ def check_references(root: str) -> dict:
 @ray.remote(num_cpus=1)
 def summarize(root: str) -> dict:
     """Counts of everything written, read from the shards' columns (never the texts' bulk)."""
-    corpus = read_parquet_dir(storage.join(root, "corpus"), ["doc_id", "text"])
+    prepared = PreparedData(root)
+    corpus = prepared.table(prepared.CORPUS, ["doc_id", "text"])
     ids = corpus.column("doc_id")
     lengths = pa.compute.utf8_length(pa.compute.utf8_trim_whitespace(corpus.column("text")))
-    queries = read_parquet_dir(storage.join(root, "queries"), ["query_id", "split"])
-    qrels = read_parquet_dir(storage.join(root, "qrels"), ["query_id"])
-    cands = read_parquet_dir(storage.join(root, "candidates"), ["query_id"])
+    queries = prepared.table(prepared.QUERIES, ["query_id", "split"])
+    qrels = prepared.table(prepared.QRELS, ["query_id"])
+    cands = prepared.table(prepared.CANDIDATES, ["query_id"])
     per_query = cands.group_by("query_id").aggregate([("query_id", "count")])
     sizes = per_query.column("query_id_count").to_pylist()
     split_counts = queries.group_by("split").aggregate([("split", "count")]).to_pylist()
-    groups = read_parquet_dir(storage.join(root, "groups"), ["split"])
+    groups = prepared.table(prepared.GROUPS, ["split"])
     return {
         "documents": len(ids),
         "empty_documents": int(pa.compute.sum(pa.compute.equal(lengths, 0)).as_py() or 0),
@@ -226,40 +231,26 @@ def summarize(root: str) -> dict:
     }
 
 
-def config_hash(section: PrepareSection) -> str:
-    data = to_dict(section)
-    for policy in ("overwrite", "missing_docs"):  # how to run, not what is produced
-        data.pop(policy)
-    return digest(data)
+def stamp_settings(section: PrepareSection) -> dict:
+    # overwrite and missing_docs say how to run, not what is produced
+    return without(to_dict(section), ("overwrite", "missing_docs"))
 
 
-class Output:
-    """The output directory; a table is done once its folder's `_SUCCESS` exists."""
-
-    def __init__(self, root: str, section: PrepareSection):
-        self.root = root
-        claim_output_dir(
-            root, "prepare", config_hash(section), to_dict(section), section.overwrite, PrepareError
-        )
-
-    def done(self, name: str) -> bool:
-        return storage.exists(storage.join(self.root, name, "_SUCCESS"))
-
-    def write(self, name: str, dataset, schema: pa.Schema) -> None:
-        """A local table appears whole (written under a temporary name, then renamed); an
-        object store cannot rename a folder, so there its `_SUCCESS` alone says it is whole."""
-        folder = storage.join(self.root, name)
-        target = folder if storage.is_uri(folder) else f"{folder}.partial"
-        for stale in {folder, target}:  # what an interrupted attempt left
-            storage.remove(stale)
-        dataset.write_parquet(target)
-        if not storage.exists(target):  # no rows: still a readable, empty table of the schema
-            fs, inner = storage.resolve(target)
-            fs.create_dir(inner)
-            pq.write_table(schema.empty_table(), f"{inner}/empty.parquet", filesystem=fs)
-        if target != folder:
-            os.replace(target, folder)
-        storage.write_text(storage.join(folder, "_SUCCESS"), "")
+def write_table(out: PreparedData, name: str, dataset, schema: pa.Schema) -> None:
+    """A local table appears whole (written under a temporary name, then renamed); an
+    object store cannot rename a folder, so there its `_SUCCESS` alone says it is whole."""
+    folder = out.path(name)
+    target = folder if storage.is_uri(folder) else f"{folder}.partial"
+    for stale in {folder, target}:  # what an interrupted attempt left
+        storage.remove(stale)
+    dataset.write_parquet(target)
+    if not storage.exists(target):  # no rows: still a readable, empty table of the schema
+        fs, inner = storage.resolve(target)
+        fs.create_dir(inner)
+        pq.write_table(schema.empty_table(), f"{inner}/empty.parquet", filesystem=fs)
+    if target != folder:
+        os.replace(target, folder)
+    storage.write_text(storage.join(folder, out.marker), "")
 
 
 def log(message: str, start: float) -> None:
@@ -268,18 +259,18 @@ def log(message: str, start: float) -> None:
 
 def prepare(cfg: PrepareConfig) -> dict:
     """Run every missing step and return the counts (also written to counts.json)."""
-    root = storage.absolute(cfg.prepare.output_dir)
-    with exclusive(root, "prepare"):
-        return prepare_into(cfg, root)
+    section = cfg.prepare
+    out = PreparedData(storage.absolute(section.output_dir))
+    with claimed(out, stamp_settings(section), section.overwrite, PrepareError):
+        return prepare_into(cfg, out)
 
 
-def prepare_into(cfg: PrepareConfig, root: str) -> dict:
-    section, source = cfg.prepare, cfg.prepare.source
+def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
+    section, source, root = cfg.prepare, cfg.prepare.source, out.root
     start = time.perf_counter()
-    out = Output(root, section)
-    if storage.exists(storage.join(root, "_SUCCESS")):
+    if out.is_complete():
         log(f"{root} is complete; nothing to do", start)
-        return json.loads(storage.read_text(storage.join(root, "counts.json")))
+        return out.counts()
     init_ray(cfg.ray)
 
     def read(kind: str, schema: pa.Schema):
@@ -287,10 +278,10 @@ def prepare_into(cfg: PrepareConfig, root: str) -> dict:
 
     skipped: dict[str, dict[str, int]] = {}
 
-    if not out.done("corpus"):
-        out.write("corpus", read("corpus", schemas.CORPUS), schemas.CORPUS)
+    if not out.table_done(out.CORPUS):
+        write_table(out, out.CORPUS, read("corpus", schemas.CORPUS), schemas.CORPUS)
         log("corpus written", start)
-    if not out.done("queries"):
+    if not out.table_done(out.QUERIES):
         raw = (
             read("queries", schemas.RAW_QUERIES)
             .map_batches(
@@ -300,23 +291,24 @@ def prepare_into(cfg: PrepareConfig, root: str) -> dict:
             )
             .materialize()
         )
-        out.write(
-            "queries",
+        write_table(
+            out,
+            out.QUERIES,
             raw.filter(expr=col("skipped") == "").drop_columns(["skipped"]),
             schemas.QUERIES,
         )
         empty = raw.filter(expr=col("skipped") != "").count()
         storage.write_text(
-            storage.join(root, "queries_skipped.json"), json.dumps({"empty_query": empty})
+            out.path(out.skipped_name(out.QUERIES)), json.dumps({"empty_query": empty})
         )
         log(f"queries written ({raw.count()} read, {empty} empty skipped)", start)
-    skipped["queries"] = json.loads(storage.read_text(storage.join(root, "queries_skipped.json")))
-    if not out.done("qrels"):
-        out.write("qrels", read("qrels", schemas.QRELS), schemas.QRELS)
+    skipped["queries"] = json.loads(storage.read_text(out.path(out.skipped_name(out.QUERIES))))
+    if not out.table_done(out.QRELS):
+        write_table(out, out.QRELS, read("qrels", schemas.QRELS), schemas.QRELS)
         log("qrels written", start)
     has_run = bool(parts(source, "run"))
-    if has_run and not out.done("run"):
-        out.write("run", read("run", schemas.RUN), schemas.RUN)
+    if has_run and not out.table_done(out.RUN):
+        write_table(out, out.RUN, read("run", schemas.RUN), schemas.RUN)
         log("first-stage run written", start)
 
     references = ray.get(check_references.remote(root))
@@ -332,33 +324,34 @@ def prepare_into(cfg: PrepareConfig, root: str) -> dict:
             raise PrepareError(message + " (set prepare.missing_docs=warn to continue)")
         log(f"warning: {message}; those rows are left out of candidates and groups", start)
 
-    queries = ray.data.read_parquet(storage.join(root, "queries"))
+    queries = ray.data.read_parquet(out.path(out.QUERIES))
     udf_args = {"root": root, "config": section.first_stage, "has_run": has_run}
     actors = {"compute": ActorPoolStrategy(size=1), "num_cpus": 1, "batch_format": "pyarrow"}
-    if not out.done("candidates"):
-        out.write(
-            "candidates",
+    if not out.table_done(out.CANDIDATES):
+        write_table(
+            out,
+            out.CANDIDATES,
             queries.map_batches(
                 Candidates, fn_constructor_kwargs=udf_args, batch_size=512, **actors
             ),
             schemas.CANDIDATES,
         )
         log("candidates written", start)
-    if not out.done("groups"):
+    if not out.table_done(out.GROUPS):
         rows = (
             queries.filter(expr=col("split") != "test")
             .map_batches(Groups, fn_constructor_kwargs=udf_args, batch_size=512, **actors)
             .materialize()
         )
         ok = rows.filter(expr=col("skipped") == "").drop_columns(["skipped"])
-        out.write("groups", ok, schemas.GROUPS)
+        write_table(out, out.GROUPS, ok, schemas.GROUPS)
         reasons = rows.filter(expr=col("skipped") != "").select_columns(["skipped"]).to_pandas()
         storage.write_text(
-            storage.join(root, "groups_skipped.json"),
+            out.path(out.skipped_name(out.GROUPS)),
             json.dumps(reasons["skipped"].value_counts().to_dict() if len(reasons) else {}),
         )
         log("training groups written", start)
-    skipped["groups"] = json.loads(storage.read_text(storage.join(root, "groups_skipped.json")))
+    skipped["groups"] = json.loads(storage.read_text(out.path(out.skipped_name(out.GROUPS))))
 
     counts = ray.get(summarize.remote(root))
     counts["skipped"] = skipped
@@ -366,8 +359,8 @@ def prepare_into(cfg: PrepareConfig, root: str) -> dict:
     if cfg.model is not None:
         counts["query_lengths"] = query_lengths(cfg, root)
     counts["seconds"] = round(time.perf_counter() - start, 1)
-    storage.write_text(storage.join(root, "counts.json"), json.dumps(counts, indent=2) + "\n")
-    storage.write_text(storage.join(root, "_SUCCESS"), "")
+    storage.write_text(out.path(out.COUNTS), json.dumps(counts, indent=2) + "\n")
+    out.mark_complete()
     return counts
 
 

@@ -18,7 +18,6 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,7 +26,6 @@ from ray.data import ActorPoolStrategy
 from ray.data.expressions import col
 
 from pipelines.cli import run_as_module, step_config
-from pipelines.outputs import claim_output_dir, digest, exclusive
 from pipelines.ray_setup import (
     RaySection,
     check_cpu_headroom,
@@ -41,7 +39,9 @@ from pipelines.rerank_shards import (
     verify,
     write_shard,
 )
+from pipelines.step import claimed
 from qpeft import storage
+from qpeft.artifacts import PreparedData, RerankRun
 from qpeft.checkpoint import (
     WEIGHTS_NAME,
     adapter_location,
@@ -55,16 +55,17 @@ from qpeft.config import (
     ModelConfig,
     ScoringConfig,
     TemplateConfig,
+    check_choice,
     from_dict,
     to_dict,
 )
-from qpeft.data.first_stage import read_parquet_dir
 from qpeft.data.readers import DataError
 from qpeft.data.runs import write_trec_run
 from qpeft.input_check import QueryCheck, check_queries
+from qpeft.methods import METHODS, trainable_methods
 from qpeft.template import Template
 
-TRAINED_METHODS = ("soft_prompt", "qpeft_r", "qpeft_a", "lora")
+FIRST_STAGE = "first_stage"  # the pass-through system: the first stage's own ranking
 
 
 @dataclass
@@ -73,9 +74,7 @@ class RerankSection:
     split: str | None = "test"  # null: every query
     depth: int = 100  # rerank each query's top `depth` first-stage candidates
     max_queries: int | None = None  # the first N query ids only (a quick look)
-    method: Literal["first_stage", "zero_shot", "soft_prompt", "qpeft_r", "qpeft_a", "lora"] = (
-        "zero_shot"
-    )
+    method: str = "zero_shot"  # first_stage, or a name in qpeft.methods.METHODS
     adapter_dir: str | None = None  # required for trained methods
     name: str | None = None  # run tag and output folder; default: the method
     output_dir: str = "runs/rerank"
@@ -97,11 +96,13 @@ class RerankSection:
         for key in ("depth", "queries_per_shard", "rows_per_batch", "num_actors"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"rerank.{key}: must be positive")
-        if self.method in TRAINED_METHODS and not self.adapter_dir:
+        check_choice(self.method, [FIRST_STAGE, *METHODS], "rerank.method")
+        trained = self.method in trainable_methods()
+        if trained and not self.adapter_dir:
             raise ConfigError(f"rerank.adapter_dir: method {self.method} needs its adapter")
-        if self.method not in TRAINED_METHODS and self.adapter_dir:
+        if not trained and self.adapter_dir:
             raise ConfigError(f"rerank.adapter_dir: method {self.method} takes no adapter")
-        if self.fusion is not None and self.method == "first_stage":
+        if self.fusion is not None and self.method == FIRST_STAGE:
             raise ConfigError("rerank.fusion: the first stage has nothing to fuse with")
         check_fusion_value(self.fusion, "rerank.fusion")
         if self.fusion == CHOOSE and self.split in (None, "test"):
@@ -173,7 +174,7 @@ class PairScorer:
         return scored_table(batch, scores)
 
 
-def config_hash(cfg: RerankConfig) -> str:
+def stamp_settings(cfg: RerankConfig) -> dict:
     """What the scores depend on: model, template, method, adapter weights, candidates and
     shard layout. Resources, batch sizes and budgets may change between invocations."""
     section = cfg.rerank
@@ -189,7 +190,7 @@ def config_hash(cfg: RerankConfig) -> str:
     if section.adapter_dir:
         weights = storage.local_copy(adapter_location(section.adapter_dir)) / WEIGHTS_NAME
         what["adapter"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    return digest(what)
+    return what
 
 
 def check_adapter(section: RerankSection) -> None:
@@ -213,30 +214,34 @@ def candidate_filter(section: RerankSection):
     return condition
 
 
-def plan_shards(root: str, section: RerankSection, skip: list[str] = ()) -> ShardPlan:
+def plan_shards(prepared: PreparedData, section: RerankSection, skip: list[str] = ()) -> ShardPlan:
     """Candidate keys (ids only, never texts) cut into shards of whole queries; `skip`:
     queries the long-query policy leaves out."""
     condition = pc.field("rank") <= section.depth
     if section.split:
         condition = condition & (pc.field("split") == section.split)
-    keys = read_parquet_dir(storage.join(root, "candidates"), ["query_id", "doc_id"], condition)
+    keys = prepared.table(prepared.CANDIDATES, ["query_id", "doc_id"], condition)
     if section.max_queries:
         first = sorted(set(keys.column("query_id").to_pylist()))[: section.max_queries]
         keys = keys.filter(pc.is_in(keys.column("query_id"), pa.array(first)))
     if skip:
         keys = keys.filter(pc.invert(pc.is_in(keys.column("query_id"), pa.array(list(skip)))))
-    return ShardPlan.build(keys, section.queries_per_shard, storage.join(root, "candidates"))
+    return ShardPlan.build(keys, section.queries_per_shard, prepared.path(prepared.CANDIDATES))
 
 
-def check_rerank_queries(cfg: RerankConfig, root: str, query_ids: list[str]) -> QueryCheck:
+def check_rerank_queries(
+    cfg: RerankConfig, prepared: PreparedData, query_ids: list[str]
+) -> QueryCheck:
     """The plan's queries against the template (the adapter's own, for a trained method)
     and its long-query policy, in the driver, before any actor loads the model."""
     from qpeft.backbone import load_tokenizer
 
     template_cfg, adapter_cfg = reranker_configs(cfg.template, cfg.rerank.adapter_dir)
-    where = storage.join(root, "queries")
-    rows = read_parquet_dir(
-        where, ["query_id", "text"], pc.field("query_id").isin(pa.array(query_ids, pa.string()))
+    where = prepared.path(prepared.QUERIES)
+    rows = prepared.table(
+        prepared.QUERIES,
+        ["query_id", "text"],
+        pc.field("query_id").isin(pa.array(query_ids, pa.string())),
     ).to_pylist()
     template = Template(template_cfg, load_tokenizer(cfg.model), adapter_cfg.method)
     return check_queries(template, adapter_cfg, ((r["query_id"], r["text"]) for r in rows), where)
@@ -246,17 +251,17 @@ def log(message: str, start: float) -> None:
     print(f"[rerank {time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
 
-def scored_batches(cfg: RerankConfig, root: str, queries: list[str]):
+def scored_batches(cfg: RerankConfig, prepared: PreparedData, queries: list[str]):
     """Stream scored tables of the candidates of `queries` through Ray Data."""
     section = cfg.rerank
     data = (
-        ray.data.read_parquet(storage.join(root, "candidates"))
+        ray.data.read_parquet(prepared.path(prepared.CANDIDATES))
         .filter(expr=candidate_filter(section) & col("query_id").is_in(queries))
         .select_columns(SCORE_COLUMNS)
         # Blocks of one actor call each, so every actor of the pool gets work.
         .repartition(target_num_rows_per_block=section.rows_per_batch)
     )
-    if section.method == "first_stage":
+    if section.method == FIRST_STAGE:
         scored = data.map_batches(first_stage_scores, batch_format="pyarrow")
     else:
         scored = data.map_batches(
@@ -273,7 +278,7 @@ def scored_batches(cfg: RerankConfig, root: str, queries: list[str]):
 
 def record_invocation(out: Path, entry: dict) -> list[dict]:
     """Append this invocation to `progress.json` (what each run scored, and how fast)."""
-    path = out / "progress.json"
+    path = out / RerankRun.PROGRESS
     history = json.loads(path.read_text()) if path.exists() else []
     history.append(entry)
     path.write_text(json.dumps(history, indent=2) + "\n")
@@ -284,28 +289,28 @@ def rerank(cfg: RerankConfig) -> dict:
     """Score every missing shard, verify, and publish the run; returns the counts."""
     section = cfg.rerank
     start = time.perf_counter()
-    root = storage.absolute(section.prepared_dir)
-    if not storage.exists(storage.join(root, "_SUCCESS")):
-        raise ConfigError(f"rerank.prepared_dir: {root} is not a complete `qpeft prepare` output")
+    prepared = PreparedData(storage.absolute(section.prepared_dir))
+    prepared.require_complete("rerank.prepared_dir")
     check_adapter(section)
     # Resolve the fusion weight now: a bad fusion.json fails here, not after the scoring.
     section = replace(section, fusion=fusion_weight(section.fusion, section.adapter_dir))
     cfg = replace(cfg, rerank=section)
-    dest = storage.join(section.output_dir, section.run_name)
-    with exclusive(dest, "rerank"), storage.staged(dest, markers=("_SUCCESS",)) as out:
-        # `rerank_config.json` stamps the run's folder with the config hash.
-        claim_output_dir(out, "rerank", config_hash(cfg), to_dict(cfg), section.overwrite)
+    dest = RerankRun(storage.join(section.output_dir, section.run_name))
+    with claimed(dest, stamp_settings(cfg), section.overwrite, staged=True) as run:
+        out = Path(run.root)
         if section.adapter_dir:  # the actors may run in another directory
             section = replace(section, adapter_dir=adapter_reference(section.adapter_dir))
         cfg = replace(cfg, rerank=section)
-        return score_missing_shards(cfg, root, out, dest, start)
+        return score_missing_shards(cfg, prepared, out, dest.root, start)
 
 
-def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, start: float) -> dict:
+def score_missing_shards(
+    cfg: RerankConfig, prepared: PreparedData, out: Path, dest: str, start: float
+) -> dict:
     """The body of `rerank` once its output folder `out` (a local copy of `dest`) is claimed."""
     section = cfg.rerank
-    if (out / "_SUCCESS").exists():
-        counts = json.loads((out / "counts.json").read_text())
+    if RerankRun(out).is_complete():
+        counts = RerankRun(out).counts()
         wanted, done = section.fusion, counts.get("fusion", {})
         if (
             wanted is None
@@ -315,22 +320,22 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
             log(f"{dest} is complete; nothing to do", start)
             return counts
         # Complete, but asked for another fusion: only the fused run is rewritten.
-        counts["fusion"] = write_fused_run(out, root, section.run_name, section.split, wanted)
-        (out / "counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+        counts["fusion"] = write_fused_run(out, prepared, section.run_name, section.split, wanted)
+        RerankRun(out).write_counts(counts)
         log(f"{dest} is complete; fused again at weight {counts['fusion']['weight']}", start)
         return counts
-    shards_dir = out / "run.partial"
+    shards_dir = out / RerankRun.PARTIAL
     shards_dir.mkdir(exist_ok=True)
-    plan = plan_shards(root, section)
+    plan = plan_shards(prepared, section)
     query_check = QueryCheck()
-    if section.method != "first_stage":
+    if section.method != FIRST_STAGE:
         from qpeft.backbone import pin_model
 
         # The actors only read the model cache; the driver fills it once.
         cfg = replace(cfg, model=pin_model(cfg.model))
-        query_check = check_rerank_queries(cfg, root, sorted(plan.shard_of_query))
+        query_check = check_rerank_queries(cfg, prepared, sorted(plan.shard_of_query))
         if query_check.skipped:
-            plan = plan_shards(root, section, query_check.skipped)
+            plan = plan_shards(prepared, section, query_check.skipped)
         log(
             f"queries: {query_check.over_limit} over the template's max_query_tokens; "
             f"{query_check.truncated} truncated, {len(query_check.skipped)} skipped",
@@ -338,7 +343,7 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
         )
     if not plan.expected:
         raise DataError(
-            f"{storage.join(root, 'candidates')}: no candidates for split {section.split!r}"
+            f"{prepared.path(prepared.CANDIDATES)}: no candidates for split {section.split!r}"
         )
     done = finished_shards(shards_dir, plan)
     todo = [i for i in range(len(plan.expected)) if i not in set(done)]
@@ -354,7 +359,7 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
     scored_now = 0
     if todo:
         init_ray(cfg.ray)
-        if section.method != "first_stage":
+        if section.method != FIRST_STAGE:
             check_cpu_headroom(
                 section.num_actors * section.cpus_per_actor,
                 f"rerank: {section.num_actors} actors x {section.cpus_per_actor} CPUs",
@@ -362,7 +367,7 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
             )
         collector = ShardCollector(plan)
         tick = time.perf_counter()
-        for batch in scored_batches(cfg, root, plan.queries_of(todo)):
+        for batch in scored_batches(cfg, prepared, plan.queries_of(todo)):
             for shard, rows in collector.add(batch.to_pylist()):
                 write_shard(shards_dir, shard, rows)
                 scored_now += len(rows)
@@ -386,12 +391,14 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
         log(f"stopped with {remaining} shards left (rerank.max_new_shards); run again", start)
         return {"complete": False, "shards_left": remaining, "scored_this_run": scored_now}
     counts = verify(shards_dir, plan)
-    shards_dir.rename(out / "run")
-    rows = read_parquet_dir(out / "run", ["query_id", "doc_id", "rank", "score"]).to_pylist()
-    write_trec_run(out / "run.trec", rows, section.run_name)
+    shards_dir.rename(out / RerankRun.RUN)
+    rows = storage.read_parquet(
+        out / RerankRun.RUN, ["query_id", "doc_id", "rank", "score"]
+    ).to_pylist()
+    write_trec_run(out / RerankRun.TREC, rows, section.run_name)
     if section.fusion is not None:
         counts["fusion"] = write_fused_run(
-            out, root, section.run_name, section.split, section.fusion
+            out, prepared, section.run_name, section.split, section.fusion
         )
         log(f"fused with the first stage at weight {counts['fusion']['weight']}", start)
     counts.update(
@@ -405,11 +412,11 @@ def score_missing_shards(cfg: RerankConfig, root: str, out: Path, dest: str, sta
         adapter_dir=section.adapter_dir,
         query_check=query_check.counts(),
     )
-    (out / "counts.json").write_text(json.dumps(counts, indent=2) + "\n")
-    (out / "_SUCCESS").write_text("")
+    RerankRun(out).write_counts(counts)
+    RerankRun(out).mark_complete()
     log(
         f"{counts['pairs_written']} pairs scored exactly once ({scored_now} this run); "
-        f"run in {storage.join(dest, 'run')} and {storage.join(dest, 'run.trec')}",
+        f"run in {storage.join(dest, RerankRun.RUN)} and {storage.join(dest, RerankRun.TREC)}",
         start,
     )
     return counts

@@ -11,14 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from qpeft import storage
+from qpeft.artifacts import PreparedData, RerankRun
 from qpeft.checkpoint import read_adapter_config
 from qpeft.config import ConfigError
-from qpeft.data.first_stage import read_parquet_dir
-from qpeft.data.runs import FUSED_RUN_NAME, write_trec_run
+from qpeft.data.runs import write_trec_run
 from qpeft.fusion import choose_weight, fuse
 from qpeft.metrics import Run, ranked
 
@@ -54,12 +51,12 @@ def fusion_weight(fusion: float | str | None, adapter_dir: str | None) -> float 
 
 
 def write_fused_run(
-    out: Path, root: str, run_name: str, split: str | None, fusion: float | str
+    out: Path, prepared: PreparedData, run_name: str, split: str | None, fusion: float | str
 ) -> dict:
     """Write `run_fused.trec` (tag `<run_name>_fused`) from the finished run in `out`;
     with `choose`, first pick the weight on this split's qrels into `fusion.json`."""
-    rows = read_parquet_dir(
-        out / "run", ["query_id", "doc_id", "score", "first_stage_score"]
+    rows = storage.read_parquet(
+        out / RerankRun.RUN, ["query_id", "doc_id", "score", "first_stage_score"]
     ).to_pylist()
     lm: Run = {}
     first_stage: Run = {}
@@ -68,10 +65,10 @@ def write_fused_run(
         first_stage.setdefault(r["query_id"], {})[r["doc_id"]] = r["first_stage_score"]
     record: dict = {"normalisation": "minmax per query"}
     if fusion == CHOOSE:
-        qrels = read_qrels(root, sorted(lm))
+        qrels = prepared.qrels(sorted(lm))
         weight, curve = choose_weight(lm, first_stage, qrels)
         record.update(weight=weight, chosen_on=split, queries=len(qrels), ndcg10_by_weight=curve)
-        (out / "fusion.json").write_text(json.dumps(record, indent=2) + "\n")
+        (out / RerankRun.FUSION).write_text(json.dumps(record, indent=2) + "\n")
     else:
         weight = float(fusion)
         record["weight"] = weight
@@ -81,17 +78,5 @@ def write_fused_run(
         for q, docs in fused.items()
         for i, d in enumerate(ranked(docs))
     ]
-    write_trec_run(out / FUSED_RUN_NAME, ranked_rows, f"{run_name}_fused")
+    write_trec_run(out / RerankRun.FUSED_TREC, ranked_rows, f"{run_name}_fused")
     return record
-
-
-def read_qrels(root: str, query_ids: list[str]) -> dict[str, dict[str, int]]:
-    table = read_parquet_dir(
-        storage.join(root, "qrels"),
-        ["query_id", "doc_id", "relevance"],
-        pc.field("query_id").isin(pa.array(query_ids, pa.string())),
-    )
-    qrels: dict[str, dict[str, int]] = {}
-    for r in table.to_pylist():
-        qrels.setdefault(r["query_id"], {})[r["doc_id"]] = r["relevance"]
-    return qrels

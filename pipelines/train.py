@@ -11,10 +11,8 @@ and `data.prepared_dir` may be cloud URIs (s3://, gs://) that every node reads a
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -27,38 +25,40 @@ import pyarrow.compute as pc
 import ray
 import ray.train
 import torch
-import torch.distributed as dist
 from ray.data.expressions import col
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines.cli import run_as_module, step_config
-from pipelines.outputs import exclusive
 from pipelines.ray_setup import (
     RaySection,
     check_cpu_headroom,
     init_ray,
 )
 from pipelines.report import plot_dev_curve
+from pipelines.step import claimed
 from qpeft import storage
-from qpeft.adapters import ADAPTERS
+from qpeft.adapters import adapter_class
+from qpeft.artifacts import PreparedData, TrainingRun, without
 from qpeft.backbone import load_backbone, load_tokenizer, pin_model
-from qpeft.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, save_adapter
 from qpeft.config import ConfigError, ModelConfig, QPeftConfig, from_dict, to_dict
-from qpeft.data.first_stage import read_parquet_dir
 from qpeft.engines import DeepSpeedEngine, TorchEngine
-from qpeft.fusion import choose_weight
 from qpeft.input_check import QueryCheck, check_queries
-from qpeft.metrics import mean_ndcg10
+from qpeft.methods import METHODS
 from qpeft.model import QPeftModel
 from qpeft.template import Template
 from qpeft.training import (
     TrainSettings,
     TrainState,
+    all_gather,
     backward_step,
-    dev_loss,
-    dev_run,
+    end_epoch,
+    evaluate_dev,
     groups_from_rows,
+    load_dev,
+    publish_if_best,
+    restore_checkpoint,
+    write_checkpoint,
 )
 
 
@@ -90,6 +90,7 @@ class RunSection:
     storage_path: str = "runs/train"
     max_failures: int = 1
     num_to_keep: int = 2
+    overwrite: bool = False  # replace a run folder made with another configuration
 
 
 @dataclass
@@ -103,20 +104,22 @@ class TrainRunConfig(QPeftConfig):
     ray: RaySection = field(default_factory=RaySection)
 
     def validate(self) -> None:
-        if self.adapter.method == "zero_shot":
-            raise ConfigError("adapter.method: zero_shot has nothing to train")
+        if not METHODS[self.adapter.method].trainable:
+            raise ConfigError(f"adapter.method: {self.adapter.method} has nothing to train")
 
 
-def my_slice(items: list, rank: int, world: int) -> list:
-    return items[rank::world]
-
-
-def all_gather(obj, world: int) -> list:
-    if world == 1 or not dist.is_initialized():
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
+# How to run, not what is trained: a run resumed with other values of these is the same run.
+RUN_POLICY_KEYS = (
+    "ray",
+    "run.max_failures",
+    "run.num_to_keep",
+    "run.overwrite",
+    "train.checkpoint_every",
+    "train.fail_at_step",
+    "model.num_threads",
+    "scaling.cpus_per_worker",
+    "scaling.placement_strategy",
+)
 
 
 def training_token_ids(
@@ -125,14 +128,15 @@ def training_token_ids(
     """The vocabulary rows of E' that training can reach (the method decides which: query
     tokens, hint words, and for Q-PEFT-R the documents' tokens), found once in the driver
     so that every worker builds the same sparse E'. `skip`: groups the policy leaves out."""
-    rows = read_parquet_dir(
-        storage.join(cfg.data.prepared_dir, "groups"),
+    prepared = PreparedData(cfg.data.prepared_dir)
+    rows = prepared.table(
+        prepared.GROUPS,
         ["query_id", "query", "positive_text", "negative_texts"],
         pc.field("split") == "train",
     ).to_pylist()
     rows = [r for r in rows if r["query_id"] not in set(skip)]
     docs = {r["positive_text"] for r in rows} | {t for r in rows for t in r["negative_texts"]}
-    return ADAPTERS[cfg.adapter.method].trainable_token_ids(
+    return adapter_class(cfg.adapter.method).trainable_token_ids(
         template,
         template.tokenize_queries(sorted({r["query"] for r in rows})) if rows else [],
         template.tokenize_docs(sorted(docs)) if docs else [],
@@ -143,16 +147,14 @@ def check_training_queries(cfg: TrainRunConfig) -> QueryCheck:
     """Every train and dev query against the template and its long-query policy, in the
     driver, with the tokenizer alone: a data or template error stops the run here, in
     seconds, instead of in Ray workers that Ray Train would restart as if a node died."""
-    root = cfg.data.prepared_dir
-    if not storage.exists(storage.join(root, "_SUCCESS")):
-        raise ConfigError(f"data.prepared_dir: {root} is not a complete `qpeft prepare` output")
-    rows = read_parquet_dir(
-        storage.join(root, "queries"),
+    prepared = PreparedData(cfg.data.prepared_dir).require_complete("data.prepared_dir")
+    rows = prepared.table(
+        prepared.QUERIES,
         ["query_id", "text"],
         pc.field("split").isin(pa.array(["train", "dev"], pa.string())),
     ).to_pylist()
     template = Template(cfg.template, load_tokenizer(cfg.model), cfg.adapter.method)
-    where = storage.join(root, "queries")
+    where = prepared.path(prepared.QUERIES)
     return check_queries(template, cfg.adapter, ((r["query_id"], r["text"]) for r in rows), where)
 
 
@@ -165,79 +167,11 @@ def describe_query_check(check: QueryCheck, template) -> str:
     )
 
 
-def load_dev(prepared_dir: str, settings: TrainSettings, skip: list[str] = ()) -> dict:
-    """The dev queries' groups, top candidates and qrels, read with pyarrow in each worker.
-
-    Every rank needs all of it and it is small (capped by `train.dev_max_queries`); three
-    Ray Data executions per worker took about a minute on a 2-core machine.
-    """
-
-    def table(name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
-        return read_parquet_dir(storage.join(prepared_dir, name), columns, filter)
-
-    dev_split = pc.field("split") == "dev"
-    queries = sorted(
-        set(table("queries", ["query_id"], dev_split)["query_id"].to_pylist()) - set(skip)
-    )
-    if settings.dev_max_queries:
-        queries = queries[: settings.dev_max_queries]
-    chosen = pc.field("query_id").isin(pa.array(queries, pa.string()))
-    groups = sorted(table("groups", filter=chosen).to_pylist(), key=lambda r: r["query_id"])
-    candidates = table(
-        "candidates", filter=chosen & (pc.field("rank") <= settings.dev_depth)
-    ).to_pylist()
-    qrels: dict[str, dict[str, int]] = {}
-    for row in table("qrels", filter=chosen).to_pylist():
-        qrels.setdefault(row["query_id"], {})[row["doc_id"]] = row["relevance"]
-    return {
-        "groups": groups_from_rows(groups, settings.max_negatives),
-        "candidates": candidates,
-        "qrels": qrels,
-    }
-
-
-def evaluate(cfg: TrainRunConfig, qpeft: QPeftModel, dev: dict, rank: int, world: int) -> dict:
-    """Dev loss and NDCG@10, each rank taking a slice of the dev queries."""
-    queries = sorted({r["query_id"] for r in dev["candidates"]})
-    mine = set(my_slice(queries, rank, world))
-    run = dev_run(
-        qpeft,
-        [r for r in dev["candidates"] if r["query_id"] in mine],
-        cfg.train.dev_depth,
-        cfg.scoring,
-    )
-    groups = my_slice(dev["groups"], rank, world)
-    loss = dev_loss(qpeft, groups, cfg.loss, cfg.train.queries_per_batch) if groups else 0.0
-    merged: dict = {}
-    losses = []
-    for part_run, part_loss, n in all_gather((run, loss, len(groups)), world):
-        merged.update(part_run)
-        losses += [part_loss] * n
-    first_stage: dict[str, dict[str, float]] = {}
-    for row in dev["candidates"]:
-        first_stage.setdefault(row["query_id"], {})[row["doc_id"]] = row["first_stage_score"]
-    weight, curve = choose_weight(merged, first_stage, dev["qrels"])
-    return {
-        "dev_ndcg10": mean_ndcg10(dev["qrels"], merged),
-        "dev_loss": sum(losses) / max(1, len(losses)),
-        "dev_queries": len(merged),
-        # Interpolation with the first stage, its weight chosen on these dev queries.
-        "fusion_weight": weight,
-        "dev_ndcg10_fused": curve[weight],
-    }
-
-
 def save_checkpoint(engine, qpeft: QPeftModel, state: TrainState, rank: int, metrics: dict) -> None:
-    """Report metrics with a checkpoint: the current adapter, optimizer and state. The best
-    adapter is not copied into checkpoints: it lives in the run's `adapter/` folder."""
+    """Report metrics to Ray Train with a checkpoint of the current adapter, optimiser and
+    training state."""
     with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        with engine.gathered():
-            if rank == 0:  # the adapter alone: LoRA's peft/ copy is for the exported one
-                save_adapter(qpeft, directory / "adapter", export=False)
-        engine.save_state(directory, rank)
-        if rank == 0:
-            state.save(directory)
+        write_checkpoint(Path(tmp), engine, qpeft, state, rank)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
@@ -261,57 +195,6 @@ def training_record(cfg: TrainRunConfig) -> dict:
             "embedding lr": settings.embedding_lr,
         },
     }
-
-
-def reconcile_best(state: TrainState, best_out: str) -> None:
-    """After a restart: a best adapter published after the restored checkpoint was taken
-    still counts, so a worse epoch cannot replace it."""
-    if not storage.exists(storage.join(best_out, CONFIG_NAME)):
-        return
-    saved = read_adapter_config(best_out)
-    if saved.get("dev_ndcg10", float("-inf")) > state.best_ndcg10:
-        state.best_ndcg10, state.best_epoch = saved["dev_ndcg10"], saved["epoch"]
-
-
-def keep_if_best(
-    engine,
-    qpeft: QPeftModel,
-    state: TrainState,
-    metrics: dict,
-    best_out: str,
-    rank: int,
-    training: dict,
-) -> bool:
-    """Publish the adapter to `best_out` (the run's `adapter/`) if its dev NDCG@10 beats
-    the best so far; say whether."""
-    if metrics["dev_ndcg10"] <= state.best_ndcg10:
-        return False
-    state.best_ndcg10, state.best_epoch, state.bad_epochs = (
-        metrics["dev_ndcg10"],
-        state.epoch,
-        0,
-    )
-    with engine.gathered():
-        if rank == 0:
-            local = Path(tempfile.mkdtemp(prefix="qpeft-best-")) / "adapter"
-            save_adapter(
-                qpeft,
-                local,
-                extra={
-                    "training": training,
-                    "dev_ndcg10": metrics["dev_ndcg10"],
-                    "epoch": state.epoch,
-                    "fusion": {
-                        "weight": metrics["fusion_weight"],
-                        "dev_ndcg10": metrics["dev_ndcg10_fused"],
-                        "normalisation": "minmax per query",
-                    },
-                },
-            )
-            # The config goes last: a reader never takes a half-copied folder for an adapter.
-            storage.copy(local, best_out, markers=(CONFIG_NAME,))
-            shutil.rmtree(local.parent, ignore_errors=True)
-    return True
 
 
 def train_loop(loop_config: dict) -> None:
@@ -348,24 +231,15 @@ def train_loop(loop_config: dict) -> None:
         engine = TorchEngine(qpeft, settings, total_steps, distributed=world > 1)
 
     state = TrainState(history=[])
-    best_out = storage.join(cfg.run.storage_path, cfg.run.name, "adapter")
+    best_out = TrainingRun(storage.join(cfg.run.storage_path, cfg.run.name)).adapter_dir
     restored = ray.train.get_checkpoint()
     if restored:
         with restored.as_directory() as ckpt:
-            ckpt = Path(ckpt)
-            from safetensors.torch import load_file
-
-            with engine.gathered():
-                weights = load_file(str(ckpt / "adapter" / WEIGHTS_NAME), device=str(device))
-                qpeft.adapter.load_state_dict(weights)
-            engine.load_state(ckpt)
-            state = TrainState.load(ckpt)
-            state.resumed_at = [*(state.resumed_at or []), state.step]
-        reconcile_best(state, best_out)
+            state = restore_checkpoint(Path(ckpt), engine, qpeft, best_out)
         if rank == 0:
             print(f"[train] resumed at step {state.step} (epoch {state.epoch})", flush=True)
 
-    dev = load_dev(cfg.data.prepared_dir, settings, loop_config["skip_query_ids"])
+    dev = load_dev(PreparedData(cfg.data.prepared_dir), settings, loop_config["skip_query_ids"])
     training = training_record(cfg)
     shard = ray.train.get_dataset_shard("train")
     steps_per_epoch = loop_config["steps_per_epoch"]
@@ -375,9 +249,9 @@ def train_loop(loop_config: dict) -> None:
     if state.step == 0 and not state.history:
         # Step 0 is a candidate like any epoch: training can then only keep or improve the
         # dev ranking it started from (an untrained adapter ranks about as zero-shot does).
-        metrics = evaluate(cfg, qpeft, dev, rank, world)
+        metrics = evaluate_dev(qpeft, dev, settings, cfg.loss, cfg.scoring, rank, world)
         metrics.update(step=0, epoch=0)
-        keep_if_best(engine, qpeft, state, metrics, best_out, rank, training)
+        publish_if_best(engine, qpeft, state, metrics, best_out, rank, training)
         state.history.append(metrics)
         # Reported like an epoch: a Tune trial's best then counts step 0 (the adapter it
         # may export), and a restart after this point skips the evaluation.
@@ -445,7 +319,7 @@ def train_loop(loop_config: dict) -> None:
         state.epoch += 1
         if settings.max_steps and state.step >= settings.max_steps:
             state.epoch = settings.epochs  # the step budget ends training after this epoch
-        metrics = evaluate(cfg, qpeft, dev, rank, world)
+        metrics = evaluate_dev(qpeft, dev, settings, cfg.loss, cfg.scoring, rank, world)
         metrics.update(
             step=state.step,
             epoch=state.epoch,
@@ -464,10 +338,7 @@ def train_loop(loop_config: dict) -> None:
             ),
             worker_nodes=all_gather(ray.get_runtime_context().get_node_id()[:12], world),
         )
-        if not keep_if_best(engine, qpeft, state, metrics, best_out, rank, training):
-            state.bad_epochs += 1
-            state.stopped_early = state.bad_epochs >= settings.patience
-        state.history.append(metrics)
+        end_epoch(engine, qpeft, state, metrics, best_out, rank, training, settings.patience)
         if rank == 0:
             print(
                 f"[train] epoch {state.epoch}: dev NDCG@10 {metrics['dev_ndcg10']:.4f} "
@@ -482,8 +353,7 @@ def train_loop(loop_config: dict) -> None:
 def build_datasets(cfg: TrainRunConfig, skip: list[str]) -> tuple[dict, int]:
     """The training groups (less the queries the long-query policy skips) and the number
     of optimizer steps per epoch."""
-    root = cfg.data.prepared_dir
-    groups = ray.data.read_parquet(storage.join(root, "groups"))
+    groups = ray.data.read_parquet(PreparedData(cfg.data.prepared_dir).path(PreparedData.GROUPS))
     condition = col("split") == "train"
     if skip:
         condition = condition & col("query_id").not_in(list(skip))
@@ -501,8 +371,9 @@ def build_datasets(cfg: TrainRunConfig, skip: list[str]) -> tuple[dict, int]:
 def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
     """Run (or resume) training; returns the final metrics and where the adapter is.
 
-    A finished run (its metrics.json written with this same config) is not started again;
-    an unfinished one resumes from its last checkpoint (Ray Train does that by name).
+    The run's folder is stamped with its config: a finished run is not started again, an
+    unfinished one resumes from its last checkpoint (Ray Train does that by name), and one
+    made with another configuration is refused (`run.overwrite` replaces it).
     `callbacks` go to Ray Train's RunConfig (a Tune trial passes TuneReportCallback)."""
     pinned = pin_model(cfg.model)  # workers only read the model cache from here on
     cfg = replace(
@@ -512,21 +383,24 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
         data=replace(cfg.data, prepared_dir=storage.absolute(cfg.data.prepared_dir)),
         run=replace(cfg.run, storage_path=storage.absolute(cfg.run.storage_path)),
     )
-    out = storage.join(cfg.run.storage_path, cfg.run.name)
-    with exclusive(out, "train"):
-        return fit(cfg, pinned, out, callbacks)
-
-
-def fit(cfg: TrainRunConfig, pinned: ModelConfig, out: str, callbacks: list | None) -> dict:
-    """The body of `train` once it holds the run's folder."""
-    finished = storage.join(out, "metrics.json")
-    if storage.exists(finished):
-        summary = json.loads(storage.read_text(finished))
-        if summary["config"] == to_dict(cfg):
-            print(f"[train] {out} is complete; nothing to do", flush=True)
-            return summary
     query_check = check_training_queries(cfg)
     print(f"[train] {describe_query_check(query_check, cfg.template)}", flush=True)
+    out = TrainingRun(storage.join(cfg.run.storage_path, cfg.run.name))
+    with claimed(out, without(to_dict(cfg), RUN_POLICY_KEYS), cfg.run.overwrite):
+        if out.is_complete():
+            print(f"[train] {out.root} is complete; nothing to do", flush=True)
+            return out.metrics()
+        return fit(cfg, pinned, out, query_check, callbacks)
+
+
+def fit(
+    cfg: TrainRunConfig,
+    pinned: ModelConfig,
+    out: TrainingRun,
+    query_check: QueryCheck,
+    callbacks: list | None,
+) -> dict:
+    """The body of `train` once its inputs are checked and it holds the run's folder."""
     template = Template(cfg.template, load_tokenizer(cfg.model), cfg.adapter.method)
     trainable_ids = training_token_ids(cfg, template, query_check.skipped)
     init_ray(cfg.ray)
@@ -565,7 +439,7 @@ def fit(cfg: TrainRunConfig, pinned: ModelConfig, out: str, callbacks: list | No
         datasets=datasets,
     )
     result = trainer.fit()
-    adapter = storage.join(out, "adapter")  # published by rank 0 at each new best
+    adapter = out.adapter_dir  # published by rank 0 at each new best
     with result.checkpoint.as_directory() as ckpt:
         state = TrainState.load(Path(ckpt))
     summary = {
@@ -581,10 +455,10 @@ def fit(cfg: TrainRunConfig, pinned: ModelConfig, out: str, callbacks: list | No
         "config": to_dict(cfg),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        curve = Path(tmp) / "dev_curve.png"
-        plot_dev_curve(state.history, f"{cfg.run.name}: {cfg.adapter.method}", curve)
-        storage.copy(curve, storage.join(out, "dev_curve.png"))
-    storage.write_text(finished, json.dumps(summary, indent=2) + "\n")  # written last
+        curve = Path(tmp) / out.DEV_CURVE
+        if plot_dev_curve(state.history, f"{cfg.run.name}: {cfg.adapter.method}", curve):
+            storage.copy(curve, out.path(out.DEV_CURVE))
+    out.write_metrics(summary)  # written last
     return summary
 
 

@@ -10,11 +10,10 @@ workers, with CPUs kept free for Ray Data. Re-running a sweep of the same name r
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,9 +31,17 @@ from pipelines.train import (
     train,
 )
 from qpeft import storage
+from qpeft.artifacts import TrainingRun
 from qpeft.backbone import pin_model
-from qpeft.checkpoint import CONFIG_NAME
-from qpeft.config import ConfigError, from_dict, read_yaml, set_dotted, to_dict
+from qpeft.config import (
+    ConfigError,
+    ModelConfig,
+    from_dict,
+    override,
+    read_yaml,
+    set_dotted,
+    to_dict,
+)
 
 
 @dataclass
@@ -108,33 +115,38 @@ def flatten(mapping: dict, prefix: str = ""):
             yield dotted, value
 
 
-def base_train_config(section: SweepSection, ray_section: RaySection) -> tuple[dict, int]:
+def base_train_config(section: SweepSection, ray_section: RaySection) -> TrainRunConfig:
     """The train config every trial starts from: base file, fixed values and the sweep's
     resources, checked (with an example value for every swept key) before anything runs."""
     data = read_yaml(section.base_config) if section.base_config else {}
     for key, value in flatten(section.fixed):
         set_dotted(data, key, value, "tune.fixed")
-    resources = section.resources
-    set_dotted(data, "scaling.num_workers", resources.workers)
-    set_dotted(data, "scaling.cpus_per_worker", resources.cpus_per_worker)
-    set_dotted(data, "scaling.use_gpu", resources.use_gpu)
-    data["ray"] = to_dict(ray_section)
-    trial = copy.deepcopy(data)
-    for key, spec in section.search_space.items():
-        set_dotted(trial, key, example_value(spec), "tune.search_space")
     where = section.base_config or "the default train config"
     try:
-        cfg = from_dict(TrainRunConfig, trial)
+        cfg = from_dict(TrainRunConfig, data)
     except ConfigError as err:
-        raise ConfigError(f"tune: {where} with tune.fixed and tune.search_space: {err}") from None
+        raise ConfigError(f"tune: {where} with tune.fixed: {err}") from None
+    resources = section.resources
+    cfg = replace(
+        cfg,
+        scaling=replace(
+            cfg.scaling,
+            num_workers=resources.workers,
+            cpus_per_worker=resources.cpus_per_worker,
+            use_gpu=resources.use_gpu,
+        ),
+        ray=ray_section,
+        # Relative to where the sweep starts: Tune runs each trial in a folder of its own.
+        data=replace(cfg.data, prepared_dir=storage.absolute(cfg.data.prepared_dir)),
+    )
+    examples = {key: example_value(spec) for key, spec in section.search_space.items()}
+    override(cfg, examples, f"tune: {where} with tune.search_space")
     if section.scheduler.type == "asha" and (section.scheduler.max_t or 0) > cfg.train.epochs:
         raise ConfigError(
             f"tune.scheduler.max_t: {section.scheduler.max_t} epochs, but train.epochs is "
             f"{cfg.train.epochs}"
         )
-    # Relative to where the sweep starts: Tune runs each trial in a working folder of its own.
-    set_dotted(data, "data.prepared_dir", storage.absolute(cfg.data.prepared_dir))
-    return data, cfg.train.epochs
+    return cfg
 
 
 def concurrency(resources: ResourcesSection) -> int:
@@ -165,22 +177,25 @@ def trial_train_dir(sweep_dir: str) -> str:
     return storage.join(sweep_dir, "train")
 
 
-def run_trial(params: dict, base: dict, model: dict, sweep_dir: str) -> None:
+def run_trial(params: dict, base: TrainRunConfig, model: ModelConfig, sweep_dir: str) -> None:
     """One trial: the sampled values on the base config, trained by `qpeft train`'s code;
     each epoch's report reaches Tune through TuneReportCallback. `model` is the base's model
     section as the driver resolved it (trials only read the model cache)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    data = copy.deepcopy(base)
-    data["model"] = model
-    for key, value in params.items():
-        set_dotted(data, key, value, "tune.search_space")
-    trial_id = tune.get_context().get_trial_id()
-    set_dotted(data, "run.name", trial_id)
-    set_dotted(data, "run.storage_path", trial_train_dir(sweep_dir))
-    # Only epoch-end reports carry the metric ASHA compares.
-    set_dotted(data, "train.checkpoint_every", 10**9)
-    train(from_dict(TrainRunConfig, data), callbacks=[TuneReportCallback()])
+    cfg = override(base, params, "tune.search_space")
+    cfg = replace(
+        cfg,
+        model=model,
+        run=replace(
+            cfg.run,
+            name=tune.get_context().get_trial_id(),
+            storage_path=trial_train_dir(sweep_dir),
+        ),
+        # Only epoch-end reports carry the metric ASHA compares.
+        train=replace(cfg.train, checkpoint_every=10**9),
+    )
+    train(cfg, callbacks=[TuneReportCallback()])
 
 
 def build_scheduler(section: SweepSection, epochs: int):
@@ -201,6 +216,13 @@ def build_search_alg(section: SweepSection, max_concurrent: int):
     """The searcher, limited to `max_concurrent` running trials (TuneConfig's own limit
     does not reach a BasicVariantGenerator passed in: all grid trials started at once)."""
     if section.search_alg.type == "optuna":
+        try:
+            import optuna  # noqa: F401  (Ray's OptunaSearch only asserts that it is there)
+        except ImportError as e:
+            raise ConfigError(
+                "tune.search_alg.type: optuna needs Optuna, which is not installed: "
+                "pip install 'qpeft-ray[tune]'"
+            ) from e
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
@@ -222,7 +244,7 @@ def trial_rows(results, section: SweepSection, sweep_dir: str) -> list[dict]:
         train_dir = storage.join(trial_train_dir(sweep_dir), trial_id)
         if result.error:
             status = f"error: {str(result.error).splitlines()[0][:120]}"
-        elif storage.exists(storage.join(train_dir, "metrics.json")):
+        elif TrainingRun(train_dir).is_complete():
             status = "completed"
         else:
             status = "stopped early"
@@ -241,15 +263,6 @@ def trial_rows(results, section: SweepSection, sweep_dir: str) -> list[dict]:
     return rows
 
 
-def best_adapter(train_dir: str) -> str:
-    """The trial's best adapter: training publishes it to `adapter/` at each new best, so
-    a trial ASHA stopped has one too."""
-    adapter = storage.join(train_dir, "adapter")
-    if not storage.exists(storage.join(adapter, CONFIG_NAME)):
-        raise FileNotFoundError(f"{train_dir}: no adapter (the trial never finished an evaluation)")
-    return adapter
-
-
 def markdown(rows: list[dict], section: SweepSection) -> str:
     columns = ["trial_id", *section.search_space, f"best_{section.metric}", "epochs", "status"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -259,25 +272,25 @@ def markdown(rows: list[dict], section: SweepSection) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(rows: list[dict], base: dict, section: SweepSection, sweep_dir: str) -> dict:
+def write_outputs(
+    rows: list[dict], base: TrainRunConfig, section: SweepSection, sweep_dir: str
+) -> dict:
     table = markdown(rows, section)
     storage.write_text(storage.join(sweep_dir, "results.md"), table + "\n")
     storage.write_text(storage.join(sweep_dir, "results.json"), json.dumps(rows, indent=2) + "\n")
     best = rows[0]
     if best[f"best_{section.metric}"] is None:
         raise ConfigError(f"tune: no trial reported {section.metric}")
-    config = copy.deepcopy(base)
-    for key in section.search_space:
-        set_dotted(config, key, best[key])
-    set_dotted(config, "run.name", f"{section.name}-best")
+    config = override(base, {key: best[key] for key in section.search_space})
+    config = replace(config, run=replace(config.run, name=f"{section.name}-best"))
     storage.write_text(
         storage.join(sweep_dir, "best_config.yaml"),
         f"# Best trial {best['trial_id']} of sweep {section.name}: "
         f"{section.metric} {best[f'best_{section.metric}']:.4f}\n"
-        + yaml.safe_dump(config, sort_keys=False),
+        + yaml.safe_dump(to_dict(config), sort_keys=False),
     )
     adapter = storage.join(sweep_dir, "best_adapter")
-    storage.copy(best_adapter(best["train_dir"]), adapter)
+    storage.copy(TrainingRun(best["train_dir"]).best_adapter(), adapter)
     print(table)
     print(
         f"\n[tune] best trial {best['trial_id']}: {section.metric} "
@@ -288,13 +301,12 @@ def write_outputs(rows: list[dict], base: dict, section: SweepSection, sweep_dir
 
 def sweep(cfg: TuneRunConfig) -> dict:
     section = cfg.tune
-    base, epochs = base_train_config(section, cfg.ray)
-    base_cfg = from_dict(TrainRunConfig, base)
-    model = to_dict(pin_model(base_cfg.model))
+    base = base_train_config(section, cfg.ray)
+    model = pin_model(base.model)
     # Data and template errors stop the sweep here, not in every trial's workers. (A swept
     # template or adapter key is checked again by each trial's own driver.)
-    check = check_training_queries(base_cfg)
-    print(f"[tune] {describe_query_check(check, base_cfg.template)}", flush=True)
+    check = check_training_queries(base)
+    print(f"[tune] {describe_query_check(check, base.template)}", flush=True)
     init_ray(cfg.ray)
     storage_path = storage.absolute(section.storage_path)  # a local folder or a cloud URI
     sweep_dir = storage.join(storage_path, section.name)
@@ -314,7 +326,7 @@ def sweep(cfg: TuneRunConfig) -> dict:
             tune_config=tune.TuneConfig(
                 metric=section.metric,
                 mode=section.mode,
-                scheduler=build_scheduler(section, epochs),
+                scheduler=build_scheduler(section, base.train.epochs),
                 search_alg=build_search_alg(section, running),
                 num_samples=section.num_samples,
                 trial_dirname_creator=lambda trial: trial.trial_id,

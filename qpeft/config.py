@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
-METHODS = ("zero_shot", "soft_prompt", "qpeft_r", "qpeft_a", "lora")
+from qpeft.losses import LOSSES
+from qpeft.methods import METHODS
 
 
 class ConfigError(ValueError):
@@ -41,7 +42,7 @@ PLAIN_PROMPT = "please generate a question for the input passage"
 
 @dataclass
 class TemplateConfig:
-    """Text pieces of the (q, d) layout; DESIGN section 1 gives the default."""
+    """Text pieces of the (q, d) layout (`qpeft/template.py` draws the default)."""
 
     # P. null: the method's default, `HINT_PROMPT` (the paper's) for the methods that add
     # hints and `PLAIN_PROMPT` for zero-shot and the soft prompt, which have none.
@@ -63,7 +64,7 @@ class TemplateConfig:
         """The prompt text P for `method`."""
         if self.prompt is not None:
             return self.prompt
-        return HINT_PROMPT if method in ("qpeft_r", "qpeft_a") else PLAIN_PROMPT
+        return HINT_PROMPT if METHODS[method].adds_hints else PLAIN_PROMPT
 
     def validate(self) -> None:
         _require(self.max_length > 0, "template.max_length", "must be positive")
@@ -76,7 +77,7 @@ class TemplateConfig:
 class AdapterConfig:
     """The QD module: method plus its hyperparameters (unused ones are ignored by a method)."""
 
-    method: Literal["zero_shot", "soft_prompt", "qpeft_r", "qpeft_a", "lora"] = "qpeft_a"
+    method: str = "qpeft_a"  # a name in qpeft.methods.METHODS
     k: int = 10
     similarity: Literal["cosine", "dot"] = "cosine"
     drop_query_tokens: bool = False
@@ -93,6 +94,7 @@ class AdapterConfig:
     lora_target_modules: list[str] | None = None
 
     def validate(self) -> None:
+        check_choice(self.method, METHODS, "adapter.method")
         _require(self.k > 0, "adapter.k", "must be positive")
         _require(self.lora_rank > 0, "adapter.lora_rank", "must be positive")
         _require(self.lora_alpha > 0, "adapter.lora_alpha", "must be positive")
@@ -112,12 +114,13 @@ class AdapterConfig:
 class LossConfig:
     """Training objective over each query's group (positive first, then negatives)."""
 
-    kind: Literal["pairwise", "listwise"] = "pairwise"
+    kind: str = "pairwise"  # a name in qpeft.losses.LOSSES
     margin: float = 1.0
     pointwise_weight: float = 1.0
     in_batch_negatives: int = 1
 
     def validate(self) -> None:
+        check_choice(self.kind, LOSSES, "loss.kind")
         _require(self.margin >= 0, "loss.margin", "must be >= 0")
         _require(self.in_batch_negatives >= 0, "loss.in_batch_negatives", "must be >= 0")
 
@@ -145,6 +148,12 @@ class QPeftConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+
+def check_choice(value: str, registry: typing.Iterable[str], key: str) -> None:
+    """`value` must name an entry of a registry (methods, losses)."""
+    if value not in registry:
+        raise ConfigError(f"{key}: {value!r} is not one of {list(registry)}")
 
 
 def _require(ok: bool, key: str, why: str) -> None:
@@ -254,6 +263,18 @@ def set_dotted(data: dict, key: str, value: Any, where: str = "--set") -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"{where} {key}: {part} is not a section")
     node[parts[-1]] = value
+
+
+def override(cfg: Any, values: dict[str, Any], where: str = "--set") -> Any:
+    """A copy of the config dataclass `cfg` with dotted keys set, checked as strictly as a
+    loaded config (an unknown key or a wrong type raises ConfigError naming it)."""
+    data = to_dict(cfg)
+    for key, value in values.items():
+        set_dotted(data, key, value, where)
+    try:
+        return from_dict(type(cfg), data)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

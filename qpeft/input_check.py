@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from qpeft.adapters import ADAPTERS
+from qpeft.adapters import adapter_class
 from qpeft.config import AdapterConfig
 from qpeft.data.readers import DataError
 from qpeft.template import Template
@@ -43,7 +43,7 @@ class QueryCheck:
 
 def check_template(template: Template, adapter: AdapterConfig) -> None:
     """The longest allowed query and its hint slots must leave room for a document."""
-    cls = ADAPTERS[adapter.method]
+    cls = adapter_class(adapter.method)
     template.check_room(cls.slots_for(adapter, template, template.config.max_query_tokens))
 
 

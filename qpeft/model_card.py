@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from qpeft import storage
+from qpeft.methods import METHODS
 
 # Beside adapter_config.json: figures `qpeft evaluate --set evaluate.model_cards=true` measured
 # for this adapter (test splits are never part of training). A new adapter saved to the
@@ -27,14 +28,6 @@ HUB_METRICS = {
     "mrr@10": "mrr_at_10",
     "map": "map",
     "recall@20": "recall_at_20",
-}
-
-METHOD_NAMES = {
-    "zero_shot": "zero-shot query likelihood (nothing trained)",
-    "soft_prompt": "soft prompt (trainable prompt vectors)",
-    "qpeft_r": "Q-PEFT-R (top-k document tokens chosen by the query as hints)",
-    "qpeft_a": "Q-PEFT-A (attention from query tokens over document tokens as hints)",
-    "lora": "LoRA (peft) inside the LM, no hints",
 }
 
 # Hub license identifiers for the packaged bases' terms.
@@ -63,7 +56,7 @@ def model_card(config: dict, evaluations: Sequence[dict] = ()) -> str:
     if evaluations:
         header["model-index"] = model_index(method, base, evaluations)
     rows = [
-        ("method", METHOD_NAMES.get(method, method)),
+        ("method", METHODS[method].description if method in METHODS else method),
         ("hyperparameters", ", ".join(f"{k} {v}" for k, v in config["hyperparameters"].items())),
         ("base model", f"`{base}` ({config['base_model_license']})"),
         ("trainable parameters", f"{config['trainable_parameters']:,}"),

@@ -1,8 +1,5 @@
-"""The one query-likelihood scorer, used by training, offline reranking and serving.
-
-score(q, d) = mean log p(label tokens | everything before), label = <bos> q <eos>. The LM
-head runs only at the label positions: the decoder's hidden states are sliced first, so no
-`batch x seq x vocab` tensor is ever built.
+"""The one query-likelihood scorer, used by training's dev checks, offline reranking and
+serving: pairs encoded, batched by length and run through `log_likelihood` in eval mode.
 """
 
 from __future__ import annotations
@@ -11,77 +8,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from qpeft.model import QPeftModel
-from qpeft.template import Batch, PairLayout, Segment
-
-
-def assemble_inputs(model: QPeftModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input embeddings with P and the hint block filled in, and the final attention mask."""
-    backbone = model.backbone
-    frozen = backbone.input_embeddings(batch.input_ids)
-    embeds = frozen
-    attention_mask = batch.attention_mask
-    prompt = model.adapter.prompt_embeddings()
-    if prompt is not None:
-        embeds = embeds.clone()
-        slots = batch.segments == Segment.PROMPT
-        embeds[slots] = prompt.to(embeds.dtype).repeat(len(batch), 1)
-    block = model.adapter.hints(batch, frozen)
-    if block is not None:
-        embeds = embeds.clone()
-        slots = batch.segments == Segment.HINT
-        embeds[slots] = block.vectors[block.present].to(embeds.dtype)
-        attention_mask = attention_mask.clone()
-        attention_mask[slots] = block.visible[block.present].to(attention_mask.dtype)
-    return embeds, attention_mask
-
-
-def run_decoder(
-    model: QPeftModel, batch: Batch, embeds: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Hidden states of the frozen decoder for the assembled inputs.
-
-    The shared prefix's keys and values are computed once for the batch and reused by every
-    row (the numbers equal a full pass, with fewer FLOPs), except when training a method
-    whose weights shape them (soft prompt, LoRA): the prefix runs without gradients.
-    """
-    decoder = model.backbone.decoder
-    # Positions count attended tokens only: padding and hidden hint slots shift nothing.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    shared = batch.shared_prefix
-    if shared == 0 or (model.adapter.trains_prefix and torch.is_grad_enabled()):
-        return decoder(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
-        ).last_hidden_state
-    with torch.no_grad():
-        cache = decoder(
-            inputs_embeds=embeds[:1, :shared],
-            position_ids=position_ids[:1, :shared],
-            use_cache=True,
-        ).cache
-    cache.batch_repeat_interleave(len(batch))
-    return decoder(
-        inputs_embeds=embeds[:, shared:],
-        attention_mask=attention_mask,
-        position_ids=position_ids[:, shared:],
-        cache=cache,
-        use_cache=False,
-    ).last_hidden_state
-
-
-def log_likelihood(model: QPeftModel, batch: Batch) -> torch.Tensor:
-    """Mean log-likelihood of each pair's label tokens, shape (B,); differentiable."""
-    embeds, attention_mask = assemble_inputs(model, batch)
-    hidden = run_decoder(model, batch, embeds, attention_mask)
-    # Left padding puts every row's labels at the end: take the last L positions.
-    is_label = batch.segments == Segment.LABEL
-    width = int(is_label.sum(-1).max())
-    label_mask = is_label[:, -width:]
-    targets = batch.input_ids[:, -width:]
-    logits = model.backbone.lm_head(hidden[:, -width - 1 : -1]).float()
-    token_ll = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    token_ll = token_ll * label_mask
-    return token_ll.sum(-1) / label_mask.sum(-1)
+from qpeft.model import QPeftModel, log_likelihood
+from qpeft.template import Batch, PairLayout
 
 
 def score_batch(model: QPeftModel, batch: Batch) -> torch.Tensor:

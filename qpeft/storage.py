@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from qpeft.config import ConfigError
@@ -118,6 +119,12 @@ def copy(source: str | Path, dest: str | Path, markers: tuple[str, ...] = ()) ->
         if entry.type == pafs.FileType.Directory:
             dest_fs.create_dir(target)
         pafs.copy_files(entry.path, target, source_fs, dest_fs)
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None, filter=None) -> pa.Table:
+    """A folder of parquet files as one table (a cloud URI too), with pyarrow's pushdown of
+    `columns` and `filter`."""
+    return pads.dataset(str(path), format="parquet").to_table(columns=columns, filter=filter)
 
 
 def list_dir(path: str | Path) -> list[str]:

@@ -1,6 +1,6 @@
 """Token layout of a (query, document) pair and its collation into padded batches.
 
-Default layout (DESIGN section 1), hints as suffix:
+Default layout (the paper's), hints as suffix:
 
     <bos> P  "Passage: " d " \\n"  HINTS  "Question: \\n"  <bos> q <eos>
 

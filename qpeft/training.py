@@ -1,9 +1,10 @@
-"""The parts of training that do not depend on how it is distributed.
+"""The parts of training that do not depend on Ray.
 
-One optimisation step on a batch of training groups, dev evaluation through the shared
-scorer (dev loss and NDCG@10), the optimiser and learning-rate schedule, and the training
-state saved beside the adapter in every checkpoint. `pipelines/train.py` runs these under
-Ray Train with DDP (CPU) or DeepSpeed (GPU).
+One optimisation step on a batch of training groups; dev evaluation through the shared
+scorer (dev loss, NDCG@10 and the fusion weight), each rank scoring a slice; best tracking
+and early stopping, with the best adapter published as soon as it is found; the optimiser
+and learning-rate schedule; and the checkpoint's contents (adapter, engine and training
+state). `pipelines/train.py` runs these under Ray Train with DDP (CPU) or DeepSpeed (GPU).
 """
 
 from __future__ import annotations
@@ -11,13 +12,24 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
 
+from qpeft import storage
+from qpeft.artifacts import PreparedData
+from qpeft.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, save_adapter
 from qpeft.config import LossConfig, ScoringConfig
+from qpeft.fusion import choose_weight
 from qpeft.losses import GroupedPairs, LossScale, TrainingGroup, group_pairs, ranking_loss
 from qpeft.metrics import Qrels, mean_ndcg10
 from qpeft.model import QPeftModel
@@ -296,12 +308,6 @@ def dev_run(
     return run
 
 
-def dev_ndcg10(
-    qpeft: QPeftModel, candidates: list[dict], qrels: Qrels, depth: int, scoring: ScoringConfig
-) -> float:
-    return mean_ndcg10(qrels, dev_run(qpeft, candidates, depth, scoring))
-
-
 def parameter_groups(adapter: torch.nn.Module, settings: TrainSettings) -> list[dict]:
     """AdamW groups: E' rows (`embed.*`) at `embedding_lr`, everything else at `lr`."""
     embedding, module = [], []
@@ -374,3 +380,175 @@ def load_optimizer(directory: Path, optimizer, scheduler) -> None:
     state = torch.load(directory / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+
+
+@dataclass
+class DevSet:
+    """What every rank evaluates on: the dev groups (dev loss), their top candidates
+    (NDCG@10) and judgments."""
+
+    groups: list[TrainingGroup]
+    candidates: list[dict]
+    qrels: Qrels
+
+
+def load_dev(prepared: PreparedData, settings: TrainSettings, skip: Sequence[str] = ()) -> DevSet:
+    """The dev split, read with pyarrow in each worker: every rank needs all of it and it is
+    small (capped by `train.dev_max_queries`); three Ray Data executions per worker took
+    about a minute on a 2-core machine."""
+    queries = [q for q in prepared.query_ids("dev") if q not in set(skip)]
+    if settings.dev_max_queries:
+        queries = queries[: settings.dev_max_queries]
+    chosen = pc.field("query_id").isin(pa.array(queries, pa.string()))
+    groups = prepared.table(prepared.GROUPS, filter=chosen).to_pylist()
+    candidates = prepared.table(
+        prepared.CANDIDATES, filter=chosen & (pc.field("rank") <= settings.dev_depth)
+    ).to_pylist()
+    return DevSet(
+        groups=groups_from_rows(
+            sorted(groups, key=lambda r: r["query_id"]), settings.max_negatives
+        ),
+        candidates=candidates,
+        qrels=prepared.qrels(queries),
+    )
+
+
+def my_slice(items: list, rank: int, world: int) -> list:
+    return items[rank::world]
+
+
+def all_gather(obj, world: int) -> list:
+    """`obj` from every rank (torch.distributed), in rank order."""
+    if world == 1 or not dist.is_initialized():
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def evaluate_dev(
+    qpeft: QPeftModel,
+    dev: DevSet,
+    settings: TrainSettings,
+    loss: LossConfig,
+    scoring: ScoringConfig,
+    rank: int = 0,
+    world: int = 1,
+) -> dict:
+    """Dev loss, NDCG@10 and the fusion weight chosen on them, each rank scoring a slice
+    of the dev queries; every rank gets the same figures."""
+    queries = sorted({r["query_id"] for r in dev.candidates})
+    mine = set(my_slice(queries, rank, world))
+    run = dev_run(
+        qpeft, [r for r in dev.candidates if r["query_id"] in mine], settings.dev_depth, scoring
+    )
+    groups = my_slice(dev.groups, rank, world)
+    part_loss = dev_loss(qpeft, groups, loss, settings.queries_per_batch) if groups else 0.0
+    merged: dict = {}
+    losses = []
+    for part_run, part, n in all_gather((run, part_loss, len(groups)), world):
+        merged.update(part_run)
+        losses += [part] * n
+    first_stage: dict[str, dict[str, float]] = {}
+    for row in dev.candidates:
+        first_stage.setdefault(row["query_id"], {})[row["doc_id"]] = row["first_stage_score"]
+    weight, curve = choose_weight(merged, first_stage, dev.qrels)
+    return {
+        "dev_ndcg10": mean_ndcg10(dev.qrels, merged),
+        "dev_loss": sum(losses) / max(1, len(losses)),
+        "dev_queries": len(merged),
+        # Interpolation with the first stage, its weight chosen on these dev queries.
+        "fusion_weight": weight,
+        "dev_ndcg10_fused": curve[weight],
+    }
+
+
+def publish_if_best(
+    engine,
+    qpeft: QPeftModel,
+    state: TrainState,
+    metrics: dict,
+    destination: str,
+    rank: int,
+    training: dict,
+) -> bool:
+    """Publish the adapter to `destination` (the run's `adapter/`) if its dev NDCG@10 beats
+    the best so far, and say whether. Step 0 is a candidate like any epoch, so training can
+    only keep or improve the dev ranking it started from."""
+    if metrics["dev_ndcg10"] <= state.best_ndcg10:
+        return False
+    state.best_ndcg10, state.best_epoch, state.bad_epochs = (
+        metrics["dev_ndcg10"],
+        state.epoch,
+        0,
+    )
+    with engine.gathered():
+        if rank == 0:
+            local = Path(tempfile.mkdtemp(prefix="qpeft-best-")) / "adapter"
+            save_adapter(
+                qpeft,
+                local,
+                extra={
+                    "training": training,
+                    "dev_ndcg10": metrics["dev_ndcg10"],
+                    "epoch": state.epoch,
+                    "fusion": {
+                        "weight": metrics["fusion_weight"],
+                        "dev_ndcg10": metrics["dev_ndcg10_fused"],
+                        "normalisation": "minmax per query",
+                    },
+                },
+            )
+            # The config goes last: a reader never takes a half-copied folder for an adapter.
+            storage.copy(local, destination, markers=(CONFIG_NAME,))
+            shutil.rmtree(local.parent, ignore_errors=True)
+    return True
+
+
+def end_epoch(
+    engine,
+    qpeft: QPeftModel,
+    state: TrainState,
+    metrics: dict,
+    destination: str,
+    rank: int,
+    training: dict,
+    patience: int,
+) -> None:
+    """Keep the epoch's adapter if it is the best; otherwise count a bad epoch and stop
+    after `patience` of them."""
+    if not publish_if_best(engine, qpeft, state, metrics, destination, rank, training):
+        state.bad_epochs += 1
+        state.stopped_early = state.bad_epochs >= patience
+    state.history.append(metrics)
+
+
+def write_checkpoint(directory: Path, engine, qpeft: QPeftModel, state: TrainState, rank: int):
+    """A checkpoint's contents: the current adapter, the engine's optimiser state and the
+    training state. The best adapter is not copied in: it lives in the run's `adapter/`."""
+    with engine.gathered():
+        if rank == 0:  # the adapter alone: LoRA's peft/ copy is for the exported one
+            save_adapter(qpeft, directory / "adapter", export=False)
+    engine.save_state(directory, rank)
+    if rank == 0:
+        state.save(directory)
+
+
+def restore_checkpoint(
+    directory: Path, engine, qpeft: QPeftModel, best_published: str
+) -> TrainState:
+    """Load what `write_checkpoint` saved. A best adapter published after this checkpoint
+    was taken still counts, so a worse epoch cannot replace it."""
+    with engine.gathered():
+        weights = load_file(
+            str(directory / "adapter" / WEIGHTS_NAME), device=str(qpeft.backbone.device)
+        )
+        qpeft.adapter.load_state_dict(weights)
+    engine.load_state(directory)
+    state = TrainState.load(directory)
+    state.resumed_at = [*(state.resumed_at or []), state.step]
+    if storage.exists(storage.join(best_published, CONFIG_NAME)):
+        saved = read_adapter_config(best_published)
+        if saved.get("dev_ndcg10", float("-inf")) > state.best_ndcg10:
+            state.best_ndcg10, state.best_epoch = saved["dev_ndcg10"], saved["epoch"]
+    return state

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from qpeft.config import METHODS, LossConfig
+from qpeft.config import LossConfig
 from qpeft.losses import TrainingGroup, group_pairs, ranking_loss
-from qpeft.scoring import assemble_inputs, log_likelihood
+from qpeft.methods import METHODS
+from qpeft.model import assemble_inputs, log_likelihood
 from qpeft.template import Segment
 from tests.conftest import build_model
 
@@ -12,7 +13,7 @@ def token_id(tiny, word):
     return tiny.tokenizer.convert_tokens_to_ids(word)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_only_adapter_parameters_get_gradients(tiny, method):
     model = build_model(tiny, method, k=3)
     batch = model.template.collate(

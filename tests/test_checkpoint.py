@@ -17,7 +17,7 @@ from qpeft.checkpoint import (
     load_adapter,
     save_adapter,
 )
-from qpeft.config import METHODS
+from qpeft.methods import METHODS
 from qpeft.scoring import score_pairs
 from tests.conftest import WORDS, build_model
 
@@ -25,7 +25,7 @@ QUERIES = ["what is flow", "heat", "alpha"]
 DOCS = ["wing flow heat", "layer of heat", "beta gamma"]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_round_trip_gives_identical_scores(tiny, tmp_path, method):
     model = build_model(tiny, method, k=3, template={"hint_position": "prefix"})
     with torch.no_grad():  # move the weights off their initial values

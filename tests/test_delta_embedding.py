@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from qpeft.adapters import ADAPTERS
+from qpeft.adapters import adapter_class
 from qpeft.checkpoint import WEIGHTS_NAME, load_adapter, save_adapter
 from qpeft.scoring import score_pairs
 from tests.conftest import build_model
@@ -74,9 +74,9 @@ def test_trainable_rows_per_method(tiny):
     template = model.template
     queries = template.tokenize_queries(["what is flow"])
     docs = template.tokenize_docs(["alpha beta"])
-    a = set(ADAPTERS["qpeft_a"].trainable_token_ids(template, queries, docs))
-    r = set(ADAPTERS["qpeft_r"].trainable_token_ids(template, queries, docs))
+    a = set(adapter_class("qpeft_a").trainable_token_ids(template, queries, docs))
+    r = set(adapter_class("qpeft_r").trainable_token_ids(template, queries, docs))
     assert set(queries[0]) | set(template.hint_prefix_ids) <= a
     assert not set(docs[0]) & a  # Q-PEFT-A never looks documents up in E'
     assert a | set(docs[0]) | set(template.prompt_ids) <= r
-    assert ADAPTERS["soft_prompt"].trainable_token_ids(template, queries, docs) is None
+    assert adapter_class("soft_prompt").trainable_token_ids(template, queries, docs) is None

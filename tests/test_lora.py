@@ -9,8 +9,8 @@ from peft import PeftModel
 
 from qpeft.checkpoint import load_adapter, save_adapter
 from qpeft.config import AdapterConfig, TemplateConfig
-from qpeft.model import QPeftModel
-from qpeft.scoring import log_likelihood, score_pairs
+from qpeft.model import QPeftModel, log_likelihood
+from qpeft.scoring import score_pairs
 from tests.conftest import TINY_TEMPLATE, build_model
 
 QUERIES = ["what is flow", "heat", "boundary layer of flow"]

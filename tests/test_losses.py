@@ -3,15 +3,19 @@ import math
 import pytest
 import torch
 
-from qpeft.config import LossConfig
-from qpeft.losses import TrainingGroup, group_pairs, listwise_softmax, pairwise_hinge, ranking_loss
+from qpeft.config import ConfigError, LossConfig, from_dict
+from qpeft.losses import LOSSES, LossScale, TrainingGroup, group_pairs, ranking_loss
+from qpeft.losses.listwise import listwise_softmax
+from qpeft.losses.pairwise import pairwise_hinge
 
 
 def test_pairwise_hinge_matches_hand_computation():
     nll = torch.tensor([[1.0, 3.0, 1.5], [2.0, 1.0, 0.0]])
     valid = torch.tensor([[True, True, True], [True, True, False]])
     # row 0: relu(1-3+1)=0, relu(1-1.5+1)=0.5 ; row 1: relu(2-1+1)=2 ; masked pair ignored
-    assert pairwise_hinge(nll, valid, 1.0).item() == pytest.approx((0 + 0.5 + 2) / 3)
+    config = LossConfig(kind="pairwise", margin=1.0)
+    hinge = pairwise_hinge(nll, valid, config, LossScale.of(valid))
+    assert hinge.item() == pytest.approx((0 + 0.5 + 2) / 3)
     loss = ranking_loss(nll, valid, LossConfig(kind="pairwise", margin=1.0))
     assert loss.item() == pytest.approx(1.5 + 2.5 / 3)
 
@@ -20,7 +24,17 @@ def test_listwise_matches_hand_computation():
     nll = torch.tensor([[1.0, 2.0, 9.0]])
     valid = torch.tensor([[True, True, False]])
     expected = -math.log(math.exp(-1) / (math.exp(-1) + math.exp(-2)))
-    assert listwise_softmax(nll, valid).item() == pytest.approx(expected)
+    config = LossConfig(kind="listwise")
+    assert listwise_softmax(nll, valid, config, LossScale.of(valid)).item() == pytest.approx(
+        expected
+    )
+
+
+def test_loss_kind_is_any_registered_loss_and_nothing_else():
+    for kind in LOSSES:
+        assert from_dict(LossConfig, {"kind": kind}).kind == kind
+    with pytest.raises(ConfigError, match=r"loss\.kind: 'hinge' is not one of"):
+        from_dict(LossConfig, {"kind": "hinge"}, "loss")
 
 
 def test_group_pairs_adds_in_batch_negatives_without_duplicates():

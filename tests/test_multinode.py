@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from qpeft import storage
-from qpeft.data.first_stage import read_parquet_dir
 from qpeft.data.runs import read_run
 from qpeft.metrics import mean_ndcg10
 from tests.conftest import TINY_TEMPLATE
@@ -45,7 +44,7 @@ def two_nodes(s3_server):
         **s3_server,
         # The jobs' `python` must be this interpreter, activated or not.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "RAY_AUTH_MODE": "disabled",  # both the nodes and the job client (RAY_NOTES.md)
+        "RAY_AUTH_MODE": "disabled",  # both the nodes and the job client, or Ray refuses
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     env.pop("RAY_ADDRESS", None)
@@ -133,7 +132,7 @@ def test_prepare_job_writes_its_tables_to_s3(two_nodes, shared, tmp_path):
     counts = json.loads(storage.read_text(storage.join(out, "counts.json")))
     assert counts["queries"] == 2 and counts["skipped"]["queries"] == {"empty_query": 1}
     assert counts["candidates"] == 5 and "_SUCCESS" in storage.list_dir(out)
-    cands = read_parquet_dir(storage.join(out, "candidates"), ["query_id", "doc_id", "rank"])
+    cands = storage.read_parquet(storage.join(out, "candidates"), ["query_id", "doc_id", "rank"])
     assert sorted(tuple(c.values()) for c in cands.to_pylist()) == [
         ("q1", "d1", 1),
         ("q1", "d3", 2),
@@ -218,7 +217,7 @@ def test_train_rerank_evaluate_jobs_share_checkpoints_and_outputs_in_s3(
     result = json.loads(storage.read_text(storage.join(report, "report.json")))
     # The job's figure is the one computed here from the same run and qrels in S3.
     qrels: dict[str, dict[str, int]] = {}
-    for row in read_parquet_dir(storage.join(prepared, "qrels")).to_pylist():
+    for row in storage.read_parquet(storage.join(prepared, "qrels")).to_pylist():
         if row["query_id"] in result["per_query"]["qpeft_r"]:
             qrels.setdefault(row["query_id"], {})[row["doc_id"]] = row["relevance"]
     expected = mean_ndcg10(qrels, read_run(run))

@@ -275,8 +275,8 @@ def test_fused_runs_use_a_weight_chosen_on_dev(ray_session, setup, tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from pipelines.outputs import exclusive
-with exclusive(sys.argv[1], "rerank"):
+from qpeft.artifacts import RerankRun
+with RerankRun(sys.argv[1]).exclusive():
     Path(sys.argv[2]).write_text("held")
     while not Path(sys.argv[3]).exists():
         time.sleep(0.05)

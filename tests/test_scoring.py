@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from qpeft.config import METHODS
-from qpeft.scoring import log_likelihood, score_batch, score_pairs
+from qpeft.methods import METHODS
+from qpeft.model import log_likelihood
+from qpeft.scoring import score_batch, score_pairs
 from tests.conftest import build_model
 
 QUERIES = ["what is wing flow", "heat", "boundary layer of flow and heat", "alpha beta"]
@@ -14,7 +15,7 @@ DOCS = [
 ]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_score_does_not_depend_on_batch(tiny, method):
     model = build_model(tiny, method, k=3)
     together = score_pairs(model, QUERIES, DOCS, batch_size=4)

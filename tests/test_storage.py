@@ -8,8 +8,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from pipelines.cli import main
-from pipelines.outputs import claim_output_dir
 from qpeft import storage
+from qpeft.artifacts import RerankRun
 from qpeft.checkpoint import WEIGHTS_NAME, load_adapter, read_adapter_config, save_adapter
 from qpeft.config import ConfigError
 from qpeft.data.readers import DataError
@@ -97,17 +97,19 @@ def test_local_copy_downloads_each_version_once(s3_dir, tmp_path, monkeypatch):
 
 
 def test_claimed_cloud_folders_refuse_other_configs_and_foreign_files(s3_dir):
-    claim_output_dir(s3_dir, "rerank", "hash-a", {"a": 1}, overwrite=False)
-    claim_output_dir(s3_dir, "rerank", "hash-a", {"a": 1}, overwrite=False)  # same: resumes
+    run = RerankRun(s3_dir)
+    run.claim("hash-a", {"a": 1}, overwrite=False)
+    run.claim("hash-a", {"a": 1}, overwrite=False)  # same: resumes
+    storage.write_text(storage.join(s3_dir, "run.trec"), "q 0 d 1 1.0 a\n")  # an output
     with pytest.raises(ConfigError, match="another configuration"):
-        claim_output_dir(s3_dir, "rerank", "hash-b", {"b": 1}, overwrite=False)
-    claim_output_dir(s3_dir, "rerank", "hash-b", {"b": 1}, overwrite=True)
+        run.claim("hash-b", {"b": 1}, overwrite=False)
+    run.claim("hash-b", {"b": 1}, overwrite=True)
     stamp = json.loads(storage.read_text(storage.join(s3_dir, "rerank_config.json")))
     assert stamp["hash"] == "hash-b"
     foreign = storage.join(s3_dir, "other")
     storage.write_text(storage.join(foreign, "data.csv"), "x")
     with pytest.raises(ConfigError, match="was not written by qpeft rerank"):
-        claim_output_dir(foreign, "rerank", "h", {}, overwrite=False)
+        RerankRun(foreign).claim("h", {}, overwrite=False)
 
 
 def test_adapter_loads_from_a_cloud_uri(tiny, s3_dir, tmp_path, monkeypatch):
@@ -154,7 +156,13 @@ def test_evaluate_reads_and_writes_cloud_storage(s3_dir, tmp_path, capsys):
         f"evaluate.output_dir={out}",
     ]
     assert main(["evaluate", *(x for a in args for x in ("--set", a))]) == 0
-    assert storage.list_dir(out) == ["per_query.tsv", "report.json", "report.md", "report.png"]
+    assert storage.list_dir(out) == [
+        "evaluate_config.json",  # the stamp every step's folder carries
+        "per_query.tsv",
+        "report.json",
+        "report.md",
+        "report.png",
+    ]
     report = json.loads(storage.read_text(storage.join(out, "report.json")))
     assert report["runs"]["base"]["mean"]["mrr@10"] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
     assert report["queries"] == len(QRELS)

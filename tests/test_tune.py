@@ -195,9 +195,9 @@ def test_shipped_sweeps_check_against_their_base_configs(path):
     from pipelines.tune import base_train_config
 
     cfg = load_config(TuneRunConfig, path)
-    base, epochs = base_train_config(cfg.tune, cfg.ray)
-    assert base["adapter"]["method"] in ("qpeft_r", "qpeft_a", "soft_prompt", "lora")
-    assert (cfg.tune.scheduler.max_t or epochs) <= epochs
+    base = base_train_config(cfg.tune, cfg.ray)
+    assert base.adapter.method in ("qpeft_r", "qpeft_a", "soft_prompt", "lora")
+    assert (cfg.tune.scheduler.max_t or base.train.epochs) <= base.train.epochs
     # Trials run in working folders of their own: the data path is fixed where `qpeft tune`
     # starts (a relative one failed every trial of the first Cranfield sweep).
-    assert base["data"]["prepared_dir"] == str(Path("runs/prepare/cranfield").absolute())
+    assert base.data.prepared_dir == str(Path("runs/prepare/cranfield").absolute())

@@ -1,22 +1,25 @@
-"""Methods behind one interface, chosen by `adapter.method`."""
+"""Methods behind one interface, chosen by `adapter.method` (registered in `qpeft.methods`)."""
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
-from qpeft.adapters.attention import QueryAttention
 from qpeft.adapters.base import Adapter, HintBlock
-from qpeft.adapters.lora import LoRA
-from qpeft.adapters.soft_prompt import SoftPrompt
-from qpeft.adapters.topk_tokens import TopKTokens
-from qpeft.adapters.zero_shot import ZeroShot
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig
+from qpeft.methods import METHODS
 from qpeft.template import Template
 
-ADAPTERS: dict[str, type[Adapter]] = {
-    cls.method: cls for cls in (ZeroShot, SoftPrompt, TopKTokens, QueryAttention, LoRA)
-}
+
+def adapter_class(method: str) -> type[Adapter]:
+    """The adapter class the registry names for `method`."""
+    module, _, name = METHODS[method].adapter.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Adapter) and cls.method == method):
+        raise TypeError(f"qpeft.methods: {METHODS[method].adapter} is not the {method} adapter")
+    return cls
 
 
 def build_adapter(
@@ -27,8 +30,8 @@ def build_adapter(
 ) -> Adapter:
     """Instantiate the adapter named by `config.method` on the backbone's device;
     `trainable_ids` limits E' (query-dependent methods) to those vocabulary rows."""
-    adapter = ADAPTERS[config.method](config, backbone, template, trainable_ids)
+    adapter = adapter_class(config.method)(config, backbone, template, trainable_ids)
     return adapter.to(backbone.device)
 
 
-__all__ = ["ADAPTERS", "Adapter", "HintBlock", "build_adapter"]
+__all__ = ["Adapter", "HintBlock", "adapter_class", "build_adapter"]

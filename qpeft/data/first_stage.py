@@ -11,13 +11,11 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
-from qpeft import storage
+from qpeft.artifacts import PreparedData
 from qpeft.data import schemas
 from qpeft.data.bm25 import BM25Index
 from qpeft.data.groups import choose_group
@@ -35,20 +33,14 @@ class FirstStageConfig:
     seed: int = 13
 
 
-def read_parquet_dir(path: str | Path, columns: list[str] | None = None, filter=None) -> pa.Table:
-    return pads.dataset(str(path), format="parquet").to_table(columns=columns, filter=filter)
-
-
 class FirstStage:
     def __init__(self, root: str, config: FirstStageConfig, has_run: bool):
         self.config = config
-        qrels = read_parquet_dir(storage.join(root, "qrels")).to_pylist()
-        self.judgments: dict[str, dict[str, int]] = defaultdict(dict)
-        for row in qrels:
-            self.judgments[row["query_id"]][row["doc_id"]] = row["relevance"]
+        prepared = PreparedData(root)
+        self.judgments = prepared.qrels()
         self.run: dict[str, list[tuple[str, float]]] | None = None
         if has_run:
-            rows = read_parquet_dir(storage.join(root, "run")).to_pylist()
+            rows = prepared.table(prepared.RUN).to_pylist()
             grouped: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
             for row in rows:
                 grouped[row["query_id"]].append((row["score"], row["rank"], row["doc_id"]))
@@ -64,12 +56,12 @@ class FirstStage:
                 for d, g in j.items()
                 if g >= config.min_relevance
             }
-            corpus = read_parquet_dir(
-                storage.join(root, "corpus"),
+            corpus = prepared.table(
+                prepared.CORPUS,
                 filter=pc.field("doc_id").isin(pa.array(sorted(needed))),
             )
         else:
-            corpus = read_parquet_dir(storage.join(root, "corpus"))
+            corpus = prepared.table(prepared.CORPUS)
         ids = corpus.column("doc_id").to_pylist()
         texts = [
             full_text(t, x)

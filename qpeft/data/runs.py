@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from qpeft import storage
+from qpeft.artifacts.rerank_run import RerankRun
 from qpeft.data.readers import DataError, read_trec_run
 
 Run = dict[str, dict[str, float]]
 
 # In a `qpeft rerank` output folder: the run interpolated with the first stage.
-FUSED_RUN_NAME = "run_fused.trec"
 
 
 def rank_candidates(rows: list[dict]) -> list[dict]:
@@ -78,10 +78,10 @@ def read_run(path: str | Path) -> Run:
                 raise DataError(f"{path}: document {doc_id} is ranked twice for query {query_id}")
             run[query_id][doc_id] = score
         return run
-    if (path / "run").is_dir() or (path / "run.partial").is_dir():
-        if not (path / "_SUCCESS").exists():
+    if (path / RerankRun.RUN).is_dir() or (path / RerankRun.PARTIAL).is_dir():
+        if not RerankRun(path).is_complete():
             raise DataError(f"{path}: the rerank run is incomplete (no _SUCCESS); resume it first")
-        path = path / "run"
+        path = path / RerankRun.RUN
     try:
         table = pads.dataset(str(path), format="parquet").to_table(
             columns=["query_id", "doc_id", "score"]

@@ -1,8 +1,8 @@
-"""Training objectives over query groups, and in-batch negatives.
+"""Query groups, their pairs and in-batch negatives: what every loss is computed over.
 
 A group holds one query's candidates with the positive first. `group_pairs` turns a batch of
 training groups into the (query, doc) pairs to score, adding in-batch negatives (other
-queries' documents); `ranking_loss` takes the resulting (Q, G) matrix of mean NLLs.
+queries' documents); the losses take the resulting (Q, G) matrix of mean NLLs.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-
-from qpeft.config import LossConfig
 
 
 @dataclass
@@ -81,38 +78,3 @@ class LossScale:
     @classmethod
     def of(cls, valid: torch.Tensor) -> LossScale:
         return cls(queries=valid.shape[0], pairs=max(1, int(valid[:, 1:].sum())))
-
-
-def pairwise_hinge(
-    nll: torch.Tensor, valid: torch.Tensor, margin: float, pairs: int | None = None
-) -> torch.Tensor:
-    """mean over (pos, neg) pairs of relu(L_pos - L_neg + margin) (`pairs`: the mean's
-    denominator, when `nll` holds part of a batch)."""
-    hinge = F.relu(nll[:, :1] - nll[:, 1:] + margin)
-    mask = valid[:, 1:]
-    denominator = pairs if pairs is not None else mask.sum().clamp(min=1)
-    return (hinge * mask).sum() / denominator
-
-
-def listwise_softmax(
-    nll: torch.Tensor, valid: torch.Tensor, queries: int | None = None
-) -> torch.Tensor:
-    """Softmax cross-entropy of the positive (column 0) against the query's whole group."""
-    logits = (-nll).masked_fill(~valid, float("-inf"))
-    target = torch.zeros(nll.shape[0], dtype=torch.long, device=nll.device)
-    return F.cross_entropy(logits, target, reduction="sum") / (queries or nll.shape[0])
-
-
-def ranking_loss(
-    nll: torch.Tensor, valid: torch.Tensor, config: LossConfig, scale: LossScale | None = None
-) -> torch.Tensor:
-    """The paper's objective: weight * mean(L_pos) + the pairwise hinge (or listwise CE),
-    over the (Q, G) matrix of mean NLLs; with `scale`, the share of these Q groups in the
-    loss of a larger batch."""
-    scale = scale or LossScale.of(valid)
-    pointwise = nll[:, 0].sum() / scale.queries
-    if config.kind == "listwise":
-        ranking = listwise_softmax(nll, valid, scale.queries)
-    else:
-        ranking = pairwise_hinge(nll, valid, config.margin, scale.pairs)
-    return config.pointwise_weight * pointwise + ranking
