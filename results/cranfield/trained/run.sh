@@ -4,7 +4,8 @@
 # listwise without the pointwise term); for SmolLM2-135M zero-shot and Q-PEFT-A listwise (the
 # loss dev chose for Gemma). Every LM run raw and fused with BM25, fusion weights chosen on
 # dev, never on test; through the project's own commands.
-# Needs: qpeft prepare --config configs/prepare-cranfield.yaml. About 2.5 hours for Gemma
+# Needs: qpeft prepare --config configs/prepare-cranfield.yaml, and for `sweep_best` the sweep
+# (qpeft tune --config results/cranfield/sweep/qpeft-a-lr.yaml). About 2.5 hours for Gemma
 # and 30 minutes for SmolLM2 here. `bash run.sh smollm2-135m` runs one backbone's part only.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
@@ -73,6 +74,19 @@ trained() {
   done
 }
 
+# The best adapter of the learning-rate sweep (results/cranfield/sweep/qpeft-a-lr.yaml,
+# SmolLM2), reranked like the runs above.
+sweep_best() {
+  local A=results/cranfield/sweep/qpeft-a-lr/best_adapter
+  for split in dev test; do
+    local fusion=choose
+    [ $split = test ] && fusion=$D/runs/dev-smollm2-135m-qpeft_a_sweep/fusion.json
+    qpeft rerank --config $D/rerank.yaml --set rerank.method=qpeft_a --set rerank.adapter_dir=$A \
+      --set rerank.split=$split --set rerank.name=$split-smollm2-135m-qpeft_a_sweep \
+      --set rerank.fusion=$fusion
+  done
+}
+
 main() {
   local backbones=("$@") M run
   [ ${#backbones[@]} -eq 0 ] && backbones=(gemma3-270m smollm2-135m)
@@ -87,6 +101,7 @@ main() {
       for run in qpeft_a qpeft_r soft_prompt; do trained "$M" $run; done
     fi
   done
+  sweep_best
   qpeft evaluate --config $D/evaluate-dev.yaml
   qpeft evaluate --config $D/evaluate-test.yaml
 }
