@@ -23,6 +23,7 @@ from benchmarks.scoring import SHAPES, random_backbone
 from qpeft.checkpoint import load_adapter, save_adapter
 from qpeft.config import AdapterConfig, LossConfig, TemplateConfig
 from qpeft.engines import DeepSpeedEngine
+from qpeft.hardware import detect
 from qpeft.losses import TrainingGroup
 from qpeft.model import QPeftModel
 from qpeft.training import TrainSettings, backward_step
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args()
+    print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
     for key, value in (
         ("MASTER_ADDR", "127.0.0.1"),

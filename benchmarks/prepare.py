@@ -22,11 +22,13 @@ from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
+import torch
 
 from pipelines.prepare import read_source
 from pipelines.ray_setup import RaySection, init_ray
 from qpeft.data import irds, schemas
 from qpeft.data.sources import SourceConfig, parts
+from qpeft.hardware import detect
 
 
 class DriverPeak:
@@ -83,6 +85,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--block-rows", type=int, default=2000)
     args = parser.parse_args()
+    print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
     init_ray(RaySection(num_cpus=2))
     work = Path(tempfile.mkdtemp(prefix="qpeft-bench-prepare-"))

@@ -26,6 +26,7 @@ from qpeft import storage
 from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
 from qpeft.data.runs import read_run
+from qpeft.hardware import detect
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_pairs
 
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--rows-per-batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
     rows = candidates(args)
     init_ray(RaySection(num_cpus=2))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import threading
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from qpeft.backbone import DTYPES, Backbone, freeze, load_backbone, resolve_model_path
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig
+from qpeft.hardware import detect
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_layouts
 from qpeft.template import PairLayout
@@ -143,12 +143,6 @@ def random_backbone(name: str, shape: str | None, dtype: torch.dtype, device: st
     return Backbone(freeze(model), AutoTokenizer.from_pretrained(path), f"{name}-random-{shape}")
 
 
-def machine_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} / {torch.get_num_threads()} threads"
-
-
 def non_embedding_params(backbone: Backbone) -> int:
     emb = backbone.input_embeddings.weight.numel()
     return sum(p.numel() for p in backbone.decoder.parameters()) - emb
@@ -174,6 +168,7 @@ def main() -> None:
     )
     parser.add_argument("--json-out")
     args = parser.parse_args()
+    print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
     dtype = DTYPES[args.dtype]
     if args.random_weights:
@@ -236,7 +231,7 @@ def main() -> None:
     )
     ours, plain = results["qpeft"], results["plain"]
     summary = {
-        "machine": machine_name(args.device),
+        "machine": f"{detect().describe()}, {torch.get_num_threads()} threads",
         "model": backbone.name,
         "dtype": args.dtype,
         "method": args.method,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pyarrow.compute as pc
+import torch
 from ray import serve
 
 from pipelines.ray_setup import RaySection, init_ray
@@ -26,6 +27,7 @@ from pipelines.serve import ServeConfig, application
 from qpeft import storage
 from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
+from qpeft.hardware import detect
 from qpeft.model import QPeftModel
 
 PORT = 8437
@@ -84,6 +86,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--token-budget", type=int, default=4096)
     args = parser.parse_args()
+    print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
     requests = requests_from(args.prepared, args.requests, args.docs)
     template = {"max_doc_tokens": 96}

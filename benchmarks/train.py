@@ -5,9 +5,12 @@ scaling): 1 worker, then 2. Prints training pairs/s (steps after the first, from
 metrics), the scaling efficiency (2-worker rate / (2 x 1-worker rate)), each worker's
 peak RSS and the gradient bytes DDP all-reduces per step (counted by a DDP comm hook).
 With `--dense-embedding` it also runs 2 workers with E' as a dense trainable table (every
-row, as before issue 16's sparse delta), side by side with the sparse delta.
+row, as before issue 16's sparse delta), side by side with the sparse delta. With
+`--compare-dtypes` it runs 2 workers with the LM in float32 and in bfloat16 (the adapter
+stays fp32), side by side: pairs/s, peak RSS and the dev figures after the same steps.
 
     python benchmarks/train.py --prepared runs/prepare/cranfield [--steps 4] [--dense-embedding]
+    python benchmarks/train.py --prepared runs/prepare/cranfield --compare-dtypes
 """
 
 from __future__ import annotations
@@ -16,16 +19,20 @@ import argparse
 import tempfile
 from unittest import mock
 
+import torch
+
 import pipelines.train
 from pipelines.train import TrainRunConfig, train
 from qpeft.config import from_dict
+from qpeft.hardware import detect
 
 
-def run(workers: int, args, storage: str, name: str = "") -> dict:
+def run(workers: int, args, storage: str, name: str = "", dtype: str | None = None) -> list:
+    """A short `qpeft train`; its dev history (step 0, then the end of the step budget)."""
     cfg = from_dict(
         TrainRunConfig,
         {
-            "model": {"name": args.model},
+            "model": {"name": args.model, "dtype": dtype or args.dtype},
             "template": {"max_doc_tokens": args.max_doc_tokens},
             "adapter": {"method": args.method},
             "loss": {"in_batch_negatives": 0},
@@ -35,8 +42,8 @@ def run(workers: int, args, storage: str, name: str = "") -> dict:
                 "max_negatives": 1,
                 "max_steps": args.steps,
                 "checkpoint_every": 10**6,
-                "dev_depth": 2,
-                "dev_max_queries": 1,
+                "dev_depth": args.dev_depth,
+                "dev_max_queries": args.dev_queries,
             },
             "data": {"prepared_dir": args.prepared},
             "scaling": {"num_workers": workers, "cpus_per_worker": 0.5},
@@ -44,7 +51,23 @@ def run(workers: int, args, storage: str, name: str = "") -> dict:
             "ray": {"num_cpus": 2},
         },
     )
-    return train(cfg)["history"][-1]
+    return train(cfg)["history"]
+
+
+def compare_dtypes(args) -> None:
+    """2 workers, the LM in float32 then bfloat16, on the same data and steps."""
+    with tempfile.TemporaryDirectory() as storage:
+        runs = {d: run(2, args, storage, f"-{d}", d) for d in ("float32", "bfloat16")}
+    for dtype, history in runs.items():
+        last = history[-1]
+        curve = ", ".join(f"step {h['step']} {h['dev_ndcg10']:.4f}" for h in history)
+        print(
+            f"{dtype:>8}: {last['train_pairs_per_s']:6.2f} training pairs/s, peak RSS per worker "
+            f"{', '.join(f'{m:.0f}' for m in last['peak_rss_mib'])} MiB; dev NDCG@10 {curve}; "
+            f"dev loss {history[0]['dev_loss']:.4f} -> {last['dev_loss']:.4f}"
+        )
+    ratio = runs["bfloat16"][-1]["train_pairs_per_s"] / runs["float32"][-1]["train_pairs_per_s"]
+    print(f"bfloat16 / float32: {ratio:.2f}x training pairs/s ({args.method}, {args.model})")
 
 
 def main() -> None:
@@ -56,13 +79,21 @@ def main() -> None:
     parser.add_argument("--queries-per-worker", type=int, default=2)
     parser.add_argument("--max-doc-tokens", type=int, default=64)
     parser.add_argument("--dense-embedding", action="store_true")
+    parser.add_argument("--dtype", default="auto", help="the LM's dtype (model.dtype)")
+    parser.add_argument("--compare-dtypes", action="store_true")
+    parser.add_argument("--dev-queries", type=int, default=1, help="dev check: queries")
+    parser.add_argument("--dev-depth", type=int, default=2, help="dev check: candidates each")
     args = parser.parse_args()
+    print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
+    if args.compare_dtypes:
+        compare_dtypes(args)
+        return
     with tempfile.TemporaryDirectory() as storage:
-        one, two = run(1, args, storage), run(2, args, storage)
+        one, two = run(1, args, storage)[-1], run(2, args, storage)[-1]
         if args.dense_embedding:
             # No trainable-row list: the delta covers the whole vocabulary (a dense E').
             with mock.patch.object(pipelines.train, "training_token_ids", return_value=None):
-                dense = run(2, args, storage, "-dense")
+                dense = run(2, args, storage, "-dense")[-1]
     r1, r2 = one["train_pairs_per_s"], two["train_pairs_per_s"]
     print(
         f"1 worker : {r1:6.2f} training pairs/s, peak RSS per worker "

@@ -19,10 +19,12 @@ import tempfile
 from pathlib import Path
 
 import pyarrow.dataset as pads
+import torch
 
 from pipelines.prepare import PrepareConfig, prepare
 from pipelines.train import TrainRunConfig, train
 from qpeft.config import from_dict, load_config
+from qpeft.hardware import detect
 from qpeft.training import TrainSettings
 
 ONE_PASS = 10**9
@@ -88,6 +90,7 @@ def main() -> None:
         "--skip-one-pass", action="store_true", help="measure the default budget only"
     )
     args = parser.parse_args()
+    print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
     default_budget = TrainSettings().micro_batch_tokens
     modes = [(f"{default_budget}-token", default_budget)]
     if not args.skip_one_pass:

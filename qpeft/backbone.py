@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from qpeft.config import ModelConfig
+from qpeft.hardware import detect, resolve_dtype
 from qpeft.packaged import PACKAGED_MODELS, ModelSetupError
 
 # Config fields that decide whether an adapter's tensors fit a model (dtype, paths and the
@@ -264,8 +265,11 @@ def load_backbone(config: ModelConfig) -> Backbone:
         torch.set_num_threads(config.num_threads)
     path = resolve_model_path(config.name, config.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    dtype = resolve_dtype(config.dtype, config.device)
+    if config.dtype == "auto":
+        print(f"[model] dtype auto: {dtype} ({detect().describe()})", file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code
+        path, dtype=DTYPES[dtype], trust_remote_code=config.trust_remote_code
     )
     model.to(config.device)
     return Backbone(model=freeze(model), tokenizer=tokenizer, name=config.name)

@@ -29,7 +29,9 @@ class ModelConfig:
     """Which frozen causal LM to load and where it runs."""
 
     name: str = "smollm2-135m"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: bfloat16 where the device multiplies in it natively (GPUs; CPUs with AMX or
+    # AVX-512-BF16), float32 elsewhere (qpeft/hardware.py); decided where the model loads.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "cpu"
     trust_remote_code: bool = False
     cache_dir: str | None = None

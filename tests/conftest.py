@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -10,6 +11,11 @@ import torch
 from qpeft.backbone import Backbone, tiny_backbone
 from qpeft.config import AdapterConfig, TemplateConfig
 from qpeft.model import QPeftModel
+
+# `model.dtype: auto` means float32 in every test process, Ray workers and CLI subprocesses
+# included (they inherit it): recorded figures and exact comparisons hold on any CPU.
+# tests/test_dtype.py checks the auto rule itself on described hardware.
+os.environ.setdefault("QPEFT_AUTO_DTYPE", "float32")
 
 # Words of the default template as the whitespace tokenizer splits them.
 TEMPLATE_WORDS = [
