@@ -9,6 +9,7 @@ LM head at label positions), as a fraction of a float matmul peak measured in th
 
     python benchmarks/scoring.py                       # SmolLM2-135M on Cranfield, CPU
     python benchmarks/scoring.py --device cuda --dtype bfloat16 --random-weights --shape 7b
+    python benchmarks/scoring.py --queries 2 --dtype bfloat16 --profile   # where the time goes
 """
 
 from __future__ import annotations
@@ -148,6 +149,18 @@ def non_embedding_params(backbone: Backbone) -> int:
     return sum(p.numel() for p in backbone.decoder.parameters()) - emb
 
 
+def profile(paths: dict) -> None:
+    """Each path's operators by self CPU time (torch.profiler), the top 15."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for name, run in paths.items():
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        print(f"\n== {name} ==")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -167,6 +180,9 @@ def main() -> None:
         "--warmup", choices=["full", "batch"], help="untimed pass first (default: full on cuda)"
     )
     parser.add_argument("--json-out")
+    parser.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's top operators of each path"
+    )
     args = parser.parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
@@ -205,6 +221,14 @@ def main() -> None:
     plain_loop(backbone, warm, args.batch_size)
     peak = matmul_peak(args.device, dtype, args.peak_size)
 
+    if args.profile:
+        profile(
+            {
+                "qpeft": lambda: score_layouts(model, layouts, args.batch_size, share),
+                "plain": lambda: plain_loop(backbone, layouts, args.batch_size),
+            }
+        )
+        return
     results = {}
     for name, run, work in (
         ("qpeft", lambda: score_layouts(model, layouts, args.batch_size, share), ours_flops),

@@ -124,7 +124,11 @@ def log_likelihood(model: QPeftModel, batch: Batch) -> torch.Tensor:
     width = int(is_label.sum(-1).max())
     label_mask = is_label[:, -width:]
     targets = batch.input_ids[:, -width:]
-    logits = model.backbone.lm_head(hidden[:, -width - 1 : -1]).float()
+    # The label positions as one contiguous (B*L, d) matrix: a strided (B, L, d) slice makes
+    # torch.matmul fall back to a bmm that copies the whole LM head once per row (in bf16 on
+    # CPU a quarter of the scorer's time went to that copy).
+    states = hidden[:, -width - 1 : -1].reshape(-1, hidden.shape[-1])
+    logits = model.backbone.lm_head(states).float().view(len(targets), width, -1)
     token_ll = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     token_ll = token_ll * label_mask
     return token_ll.sum(-1) / label_mask.sum(-1)
