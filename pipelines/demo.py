@@ -101,6 +101,9 @@ class DemoFolder(OutputFolder):
     def rerank_dir(self) -> str:
         return self.path("rerank")
 
+    def training_run(self, method: str) -> TrainingRun:
+        return TrainingRun(storage.join(self.train_dir, method))
+
     def rerank_run(self, name: str) -> RerankRun:
         return RerankRun(storage.join(self.rerank_dir, name))
 
@@ -168,7 +171,7 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
                 run=RunSection(name=method, storage_path=out.train_dir),
             )
         )
-        adapters[method] = TrainingRun(storage.join(out.train_dir, method)).best_adapter()
+        adapters[method] = out.training_run(method).best_adapter()
         print(
             f"[demo] {method}: {summary['steps']} steps, best dev NDCG@10 "
             f"{summary['best_dev_ndcg10']:.4f}; adapter in {adapters[method]}",

@@ -21,7 +21,7 @@ from pipelines.report import write_report
 from pipelines.step import claimed
 from qpeft import storage
 from qpeft.answers import DEFAULT_KS, answer_metrics
-from qpeft.artifacts import PreparedData, Report, RerankRun
+from qpeft.artifacts import PreparedData, Report, RerankRun, without
 from qpeft.config import ConfigError, to_dict
 from qpeft.data.readers import DataError, read_trec_qrels
 from qpeft.data.runs import Run, read_run
@@ -247,7 +247,7 @@ def evaluate(cfg: EvaluateConfig) -> tuple[dict, str]:
     section = cfg.evaluate
     report = evaluate_runs(section)
     out = Report(storage.absolute(section.output_dir))
-    settings = {k: v for k, v in to_dict(section).items() if k not in ("output_dir", "overwrite")}
+    settings = without(to_dict(section), ("output_dir", "overwrite"))
     with claimed(out, settings, section.overwrite, replace=True, staged=True) as folder:
         table = write_report(report, Path(folder.root))
     if section.model_cards:

@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path
 
+from qpeft.artifacts import Report
+
 ANSWER_PREFIXES = ("hit@", "answer_recall@")
 
 
@@ -91,12 +93,9 @@ def pyplot(png: str):
     return plt
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict, path: Path, plt) -> None:
     """Bars of the IR measures (95% confidence intervals over queries) and, for QA data,
-    hit rate against k."""
-    plt = pyplot("report.png")
-    if plt is None:
-        return
+    hit rate against k (`plt`: matplotlib.pyplot)."""
 
     ir = [m for m in report["measures"] if not m.startswith(ANSWER_PREFIXES)]
     hits = [m for m in report["measures"] if m.startswith("hit@")]
@@ -139,13 +138,14 @@ def write_report(report: dict, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(report)
     _atomic_write(
-        out / "report.md",
+        out / Report.MARKDOWN,
         lambda p: p.write_text(f"{table}\n\n{p_value_table(report)}\n", encoding="utf-8"),
     )
-    _atomic_write(out / "per_query.tsv", lambda p: p.write_text(per_query_tsv(report)))
-    if pyplot("report.png") is not None:  # without the `plots` extra: no report.png
-        _atomic_write(out / "report.png", lambda p: plot(report, p))
-    _atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    _atomic_write(out / Report.PER_QUERY, lambda p: p.write_text(per_query_tsv(report)))
+    plt = pyplot(Report.PLOT)
+    if plt is not None:  # without the `plots` extra: no report.png
+        _atomic_write(out / Report.PLOT, lambda p: plot(report, p, plt))
+    _atomic_write(out / Report.marker, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
     return table
 
 

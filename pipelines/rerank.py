@@ -297,20 +297,20 @@ def rerank(cfg: RerankConfig) -> dict:
     cfg = replace(cfg, rerank=section)
     dest = RerankRun(storage.join(section.output_dir, section.run_name))
     with claimed(dest, stamp_settings(cfg), section.overwrite, staged=True) as run:
-        out = Path(run.root)
         if section.adapter_dir:  # the actors may run in another directory
             section = replace(section, adapter_dir=adapter_reference(section.adapter_dir))
         cfg = replace(cfg, rerank=section)
-        return score_missing_shards(cfg, prepared, out, dest.root, start)
+        return score_missing_shards(cfg, prepared, run, dest.root, start)
 
 
 def score_missing_shards(
-    cfg: RerankConfig, prepared: PreparedData, out: Path, dest: str, start: float
+    cfg: RerankConfig, prepared: PreparedData, run: RerankRun, dest: str, start: float
 ) -> dict:
-    """The body of `rerank` once its output folder `out` (a local copy of `dest`) is claimed."""
+    """The body of `rerank` once its output folder `run` (a local copy of `dest`) is claimed."""
     section = cfg.rerank
-    if RerankRun(out).is_complete():
-        counts = RerankRun(out).counts()
+    out = Path(run.root)
+    if run.is_complete():
+        counts = run.counts()
         wanted, done = section.fusion, counts.get("fusion", {})
         if (
             wanted is None
@@ -321,7 +321,7 @@ def score_missing_shards(
             return counts
         # Complete, but asked for another fusion: only the fused run is rewritten.
         counts["fusion"] = write_fused_run(out, prepared, section.run_name, section.split, wanted)
-        RerankRun(out).write_counts(counts)
+        run.write_counts(counts)
         log(f"{dest} is complete; fused again at weight {counts['fusion']['weight']}", start)
         return counts
     shards_dir = out / RerankRun.PARTIAL
@@ -412,8 +412,8 @@ def score_missing_shards(
         adapter_dir=section.adapter_dir,
         query_check=query_check.counts(),
     )
-    RerankRun(out).write_counts(counts)
-    RerankRun(out).mark_complete()
+    run.write_counts(counts)
+    run.mark_complete()
     log(
         f"{counts['pairs_written']} pairs scored exactly once ({scored_now} this run); "
         f"run in {storage.join(dest, RerankRun.RUN)} and {storage.join(dest, RerankRun.TREC)}",

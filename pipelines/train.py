@@ -231,11 +231,12 @@ def train_loop(loop_config: dict) -> None:
         engine = TorchEngine(qpeft, settings, total_steps, distributed=world > 1)
 
     state = TrainState(history=[])
-    best_out = TrainingRun(storage.join(cfg.run.storage_path, cfg.run.name)).adapter_dir
+    run = TrainingRun(storage.join(cfg.run.storage_path, cfg.run.name))
+    best_out = run.adapter_dir
     restored = ray.train.get_checkpoint()
     if restored:
         with restored.as_directory() as ckpt:
-            state = restore_checkpoint(Path(ckpt), engine, qpeft, best_out)
+            state = restore_checkpoint(Path(ckpt), engine, qpeft, run)
         if rank == 0:
             print(f"[train] resumed at step {state.step} (epoch {state.epoch})", flush=True)
 

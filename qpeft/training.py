@@ -26,7 +26,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from qpeft import storage
-from qpeft.artifacts import PreparedData
+from qpeft.artifacts import PreparedData, TrainingRun
 from qpeft.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, save_adapter
 from qpeft.config import LossConfig, ScoringConfig
 from qpeft.fusion import choose_weight
@@ -534,9 +534,7 @@ def write_checkpoint(directory: Path, engine, qpeft: QPeftModel, state: TrainSta
         state.save(directory)
 
 
-def restore_checkpoint(
-    directory: Path, engine, qpeft: QPeftModel, best_published: str
-) -> TrainState:
+def restore_checkpoint(directory: Path, engine, qpeft: QPeftModel, run: TrainingRun) -> TrainState:
     """Load what `write_checkpoint` saved. A best adapter published after this checkpoint
     was taken still counts, so a worse epoch cannot replace it."""
     with engine.gathered():
@@ -547,8 +545,8 @@ def restore_checkpoint(
     engine.load_state(directory)
     state = TrainState.load(directory)
     state.resumed_at = [*(state.resumed_at or []), state.step]
-    if storage.exists(storage.join(best_published, CONFIG_NAME)):
-        saved = read_adapter_config(best_published)
+    if run.has_adapter():
+        saved = read_adapter_config(run.adapter_dir)
         if saved.get("dev_ndcg10", float("-inf")) > state.best_ndcg10:
             state.best_ndcg10, state.best_epoch = saved["dev_ndcg10"], saved["epoch"]
     return state

@@ -49,9 +49,6 @@ class OutputFolder:
     def __init__(self, root: str | Path):
         self.root = str(root)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.root!r})"
-
     def path(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
 
