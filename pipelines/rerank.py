@@ -243,7 +243,9 @@ def check_rerank_queries(
         ["query_id", "text"],
         pc.field("query_id").isin(pa.array(query_ids, pa.string())),
     ).to_pylist()
-    template = Template(template_cfg, load_tokenizer(cfg.model), adapter_cfg.method)
+    template = Template(
+        template_cfg, load_tokenizer(cfg.model), adapter_cfg.method, adapter_cfg.hint_gate
+    )
     return check_queries(template, adapter_cfg, ((r["query_id"], r["text"]) for r in rows), where)
 
 

@@ -153,7 +153,9 @@ def check_training_queries(cfg: TrainRunConfig) -> QueryCheck:
         ["query_id", "text"],
         pc.field("split").isin(pa.array(["train", "dev"], pa.string())),
     ).to_pylist()
-    template = Template(cfg.template, load_tokenizer(cfg.model), cfg.adapter.method)
+    template = Template(
+        cfg.template, load_tokenizer(cfg.model), cfg.adapter.method, cfg.adapter.hint_gate
+    )
     where = prepared.path(prepared.QUERIES)
     return check_queries(template, cfg.adapter, ((r["query_id"], r["text"]) for r in rows), where)
 
@@ -193,6 +195,7 @@ def training_record(cfg: TrainRunConfig) -> dict:
             "hard negatives": settings.max_negatives,
             "lr": settings.lr,
             "embedding lr": settings.embedding_lr,
+            "gate lr": settings.gate_lr,
         },
     }
 
@@ -402,7 +405,9 @@ def fit(
     callbacks: list | None,
 ) -> dict:
     """The body of `train` once its inputs are checked and it holds the run's folder."""
-    template = Template(cfg.template, load_tokenizer(cfg.model), cfg.adapter.method)
+    template = Template(
+        cfg.template, load_tokenizer(cfg.model), cfg.adapter.method, cfg.adapter.hint_gate
+    )
     trainable_ids = training_token_ids(cfg, template, query_check.skipped)
     init_ray(cfg.ray)
     check_cpu_headroom(

@@ -175,6 +175,10 @@ def dequantize_packaged(alias: str, folder: Path) -> None:
         )
     plain = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
+    # The weights are plain now: a kept GGUF `quantization_config` would make transformers
+    # warn about packed GGUF weights on every bf16 load.
+    if hasattr(plain.config, "quantization_config"):
+        del plain.config.quantization_config
     plain.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 

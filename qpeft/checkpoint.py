@@ -61,7 +61,9 @@ def save_adapter(
         "adapter": to_dict(adapter.config),
         "hyperparameters": adapter.hyperparameters(),
         # The prompt as used, also where the config left it to the method's default.
-        "template": to_dict(replace(template, prompt=template.prompt_for(adapter.method))),
+        "template": to_dict(
+            replace(template, prompt=template.prompt_for(adapter.method, adapter.config.hint_gate))
+        ),
         "base_model": model.backbone.shape(),
         **base_model_card(model.backbone.name),
         "trainable_parameters": adapter.num_trainable_parameters(),
@@ -135,6 +137,7 @@ def read_adapter_config(directory: str | Path) -> dict:
         raise ValueError(f"{path}: invalid JSON: {err}") from None
     if config.get("format") != FORMAT:
         raise ValueError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
+    config["adapter"].setdefault("hint_gate", False)  # saved before the gate existed
     return config
 
 

@@ -62,11 +62,12 @@ class TemplateConfig:
     max_query_tokens: int = 64
     long_queries: Literal["truncate", "skip", "fail"] = "truncate"
 
-    def prompt_for(self, method: str) -> str:
-        """The prompt text P for `method`."""
+    def prompt_for(self, method: str, hint_gate: bool = False) -> str:
+        """The prompt text P for `method`. Gated hints start unseen (`adapter.hint_gate`),
+        so their prompt is zero-shot's: an untrained adapter then reads exactly as zero-shot."""
         if self.prompt is not None:
             return self.prompt
-        return HINT_PROMPT if METHODS[method].adds_hints else PLAIN_PROMPT
+        return HINT_PROMPT if METHODS[method].adds_hints and not hint_gate else PLAIN_PROMPT
 
     def validate(self) -> None:
         _require(self.max_length > 0, "template.max_length", "must be positive")
@@ -94,6 +95,11 @@ class AdapterConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_target_modules: list[str] | None = None
+    # Q-PEFT-R/-A: the LM reads the hint block through a zero-initialised gate per layer
+    # and head (LLaMA-Adapter's zero-init attention), so an untrained adapter ranks exactly
+    # as zero-shot and training opens the gate as far as the hints help; false: the paper's
+    # plain hint tokens. Adapters saved before this option load with false.
+    hint_gate: bool = True
 
     def validate(self) -> None:
         check_choice(self.method, METHODS, "adapter.method")

@@ -14,6 +14,7 @@ from torch import nn
 from qpeft.adapters import Adapter, build_adapter
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig, TemplateConfig
+from qpeft.gated_attention import gated_attention
 from qpeft.template import Batch, PairLayout, Segment, Template
 
 
@@ -34,7 +35,9 @@ class QPeftModel(nn.Module):
         adapter_config: AdapterConfig,
         trainable_ids: torch.Tensor | None = None,
     ) -> QPeftModel:
-        template = Template(template_config, backbone.tokenizer, adapter_config.method)
+        template = Template(
+            template_config, backbone.tokenizer, adapter_config.method, adapter_config.hint_gate
+        )
         adapter = build_adapter(adapter_config, backbone, template, trainable_ids)
         template.check_room(adapter.hint_slots(template_config.max_query_tokens))
         return cls(backbone, template, adapter)
@@ -90,14 +93,38 @@ def run_decoder(
     The shared prefix's keys and values are computed once for the batch and reused by every
     row (the numbers equal a full pass, with fewer FLOPs), except when training a method
     whose weights shape them (soft prompt, LoRA): the prefix runs without gradients.
+    A gated adapter's hint block is read through its gate (`qpeft.gated_attention`).
     """
     decoder = model.backbone.decoder
     # Positions count attended tokens only: padding and hidden hint slots shift nothing.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    counted = attention_mask.bool()
+    gate = model.adapter.hint_gate()
+    if gate is None:
+        return _decode(model, batch, embeds, attention_mask, counted, {})
+    # Gated hints take no positions either, so the text reads as it does zero-shot.
+    hint_keys = counted & (batch.segments == Segment.HINT)
+    gated = {"hint_keys": hint_keys, "hint_gate": gate}
+    with gated_attention(decoder):
+        return _decode(model, batch, embeds, attention_mask, counted & ~hint_keys, gated)
+
+
+def _decode(
+    model: QPeftModel,
+    batch: Batch,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    counted: torch.Tensor,
+    gated: dict,
+) -> torch.Tensor:
+    decoder = model.backbone.decoder
+    position_ids = (counted.long().cumsum(-1) - 1).clamp(min=0)
     shared = batch.shared_prefix
     if shared == 0 or (model.adapter.trains_prefix and torch.is_grad_enabled()):
         return decoder(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **gated,
         ).last_hidden_state
     with torch.no_grad():
         cache = decoder(
@@ -112,6 +139,7 @@ def run_decoder(
         position_ids=position_ids[:, shared:],
         cache=cache,
         use_cache=False,
+        **gated,
     ).last_hidden_state
 
 

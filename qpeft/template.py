@@ -73,8 +73,14 @@ class QueryTooLongError(ValueError):
 class Template:
     """Encodes pairs into `PairLayout`s and collates them; tokenizes the template once."""
 
-    def __init__(self, config: TemplateConfig, tokenizer: PreTrainedTokenizerBase, method: str):
-        """`method` picks the default prompt (`TemplateConfig.prompt_for`)."""
+    def __init__(
+        self,
+        config: TemplateConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        method: str,
+        hint_gate: bool = False,
+    ):
+        """`method` and `hint_gate` pick the default prompt (`TemplateConfig.prompt_for`)."""
         self.config = config
         self.tokenizer = tokenizer
         if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
@@ -84,7 +90,7 @@ class Template:
         self.bos = tokenizer.bos_token_id
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
-        self.prompt_ids = self._ids(config.prompt_for(method))
+        self.prompt_ids = self._ids(config.prompt_for(method, hint_gate))
         self.passage_prefix_ids, self._joins_passage = self._passage_prefix(config.passage_prefix)
         self.passage_suffix_ids = self._ids(config.passage_suffix)
         self.hint_prefix_ids = self._ids(config.hint_prefix)

@@ -37,10 +37,11 @@ def test_trainable_counts_match_the_method(tiny):
     prompt_len = len(build_model(tiny, "zero_shot").template.prompt_ids)
     assert counts["zero_shot"] == 0
     assert counts["soft_prompt"] == prompt_len * d
-    assert counts["qpeft_r"] == v * d + mlp
-    assert counts["qpeft_a"] == v * d + mlp + 4 * d * d + 4 * d  # attention in/out projections
-    # LoRA rank 8 on q_proj (d -> d) and v_proj (d -> kv heads x head dim) of every layer
     config = tiny.model.config
+    gate = config.num_hidden_layers * config.num_attention_heads  # one per layer and head
+    assert counts["qpeft_r"] == v * d + mlp + gate
+    assert counts["qpeft_a"] == v * d + mlp + 4 * d * d + 4 * d + gate  # + attention in/out
+    # LoRA rank 8 on q_proj (d -> d) and v_proj (d -> kv heads x head dim) of every layer
     kv = config.num_key_value_heads * (d // config.num_attention_heads)
     assert counts["lora"] == config.num_hidden_layers * 8 * ((d + d) + (d + kv))
 

@@ -52,6 +52,8 @@ def test_only_reached_rows_get_gradients_and_are_saved(tiny, tmp_path):
     base = build_model(tiny, "qpeft_a", dropout=0.0)
     model = QPeftModel.build(base.backbone, base.template.config, base.adapter.config, rows)
     model.adapter.train()
+    with torch.no_grad():
+        model.adapter.gate.weight.fill_(0.5)  # a closed gate lets no gradient reach E'
     loss = -model(model.template.collate(model.encode(QUERIES, DOCS), share_prefix=False)).sum()
     loss.backward()
     grad = model.adapter.embed.delta.grad

@@ -57,10 +57,8 @@ def test_reduced_demo_runs_every_step_and_resumes(ray_session, tmp_path, capsys,
         counts = json.loads((out / "rerank" / name / "counts.json").read_text())
         assert counts["pairs_written"] == counts["pairs_expected"] == 8
         assert counts["missing"] == counts["duplicated"] == 0
-    assert (
-        json.loads((out / "rerank" / "zero_shot_dev" / "fusion.json").read_text())["chosen_on"]
-        == "dev"
-    )
+    zero_shot_dev = json.loads((out / "rerank" / "zero_shot_dev" / "fusion.json").read_text())
+    assert zero_shot_dev["chosen_on"] == "dev"
     for method in ("qpeft_a", "qpeft_r"):
         adapter = json.loads(
             (out / "train" / method / "adapter" / "adapter_config.json").read_text()
@@ -69,6 +67,9 @@ def test_reduced_demo_runs_every_step_and_resumes(ray_session, tmp_path, capsys,
         # Step 0 is a candidate: the exported adapter is never below where training began.
         metrics = json.loads((out / "train" / method / "metrics.json").read_text())
         assert metrics["history"][0]["epoch"] == 0
+        # Gated hints: untrained, the adapter ranks the same dev queries as zero-shot does.
+        start = metrics["history"][0]["dev_ndcg10"]
+        assert start == pytest.approx(zero_shot_dev["ndcg10_by_weight"]["1.0"], abs=1e-6)
         assert adapter["dev_ndcg10"] >= metrics["history"][0]["dev_ndcg10"]
     assert "| qpeft_r |" in printed and (out / "evaluate" / "report.png").exists()
 

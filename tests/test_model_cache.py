@@ -164,3 +164,5 @@ def test_processes_racing_into_an_empty_cache_convert_once_and_all_load(tmp_path
     models = tmp_path / "cache" / "models"
     assert is_complete_conversion(models / ALIAS)
     assert sorted(p.name for p in models.iterdir()) == [f".{ALIAS}.lock", ALIAS]
+    # plain weights: no GGUF quantization_config left to make transformers warn in bf16
+    assert "quantization_config" not in json.loads((models / ALIAS / "config.json").read_text())

@@ -12,6 +12,7 @@ from torch import nn
 from qpeft.adapters.delta_embedding import DeltaEmbedding
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig
+from qpeft.gated_attention import HintGate
 from qpeft.template import Batch, Segment, Template
 
 
@@ -73,6 +74,11 @@ class Adapter(nn.Module):
         """Vectors for the hint slots, from the pair's query and frozen input embeddings."""
         return None
 
+    def hint_gate(self) -> torch.Tensor | None:
+        """How far each layer and head of the LM reads the hint block, (layers, heads) in
+        [-1, 1]; None: the hints are plain input tokens (the paper's layout), or no hints."""
+        return None
+
     def hyperparameters(self) -> dict:
         """What `adapter_config.json` records to rebuild this adapter."""
         return {"method": self.method}
@@ -118,6 +124,10 @@ class QueryDependentAdapter(Adapter):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
+        self.gate = None
+        if config.hint_gate:
+            lm = backbone.decoder.config
+            self.gate = HintGate(lm.num_hidden_layers, lm.num_attention_heads)
         self.register_buffer(
             "hint_prefix_ids",
             torch.tensor(template.hint_prefix_ids, dtype=torch.long),
@@ -128,6 +138,9 @@ class QueryDependentAdapter(Adapter):
             torch.tensor(template.hint_suffix_ids, dtype=torch.long),
             persistent=False,
         )
+
+    def hint_gate(self) -> torch.Tensor | None:
+        return self.gate() if self.gate is not None else None
 
     @classmethod
     def qd_slots(cls, config: AdapterConfig, query_len: int) -> int:

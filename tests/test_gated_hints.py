@@ -1,0 +1,105 @@
+"""Zero-initialised gated hints (`adapter.hint_gate`): an untrained adapter ranks exactly as
+zero-shot, training opens the gate, and adapters saved before the gate load unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import build_model
+
+from qpeft.checkpoint import CONFIG_NAME, load_adapter, save_adapter
+from qpeft.config import HINT_PROMPT, PLAIN_PROMPT, TemplateConfig
+from qpeft.model import log_likelihood
+from qpeft.scoring import score_pairs
+
+QUERIES = ["what is flow", "heat wing", "boundary layer flow"]
+DOCS = ["wing flow heat boundary layer", "the wing", "flow of heat in a boundary layer"]
+
+
+@pytest.mark.parametrize("method", ["qpeft_a", "qpeft_r"])
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_an_untrained_gated_adapter_scores_as_zero_shot(tiny, method, share_prefix):
+    template = {"prompt": None}  # each method's default prompt
+    zero_shot = build_model(tiny, "zero_shot", template=template).eval()
+    gated = build_model(tiny, method, template=template, k=2, dropout=0.0).eval()
+    expected = score_pairs(zero_shot, QUERIES, DOCS, batch_size=2, share_prefix=share_prefix)
+    got = score_pairs(gated, QUERIES, DOCS, batch_size=2, share_prefix=share_prefix)
+    assert got == pytest.approx(expected, abs=1e-5)
+    with torch.no_grad():
+        gated.adapter.gate.weight.fill_(0.5)
+    opened = score_pairs(gated, QUERIES, DOCS, batch_size=2, share_prefix=share_prefix)
+    assert max(abs(a - b) for a, b in zip(opened, expected, strict=True)) > 1e-3
+
+
+def test_gated_hint_methods_default_to_the_plain_prompt():
+    """The untrained LM cannot see gated hints, so their prompt does not mention them."""
+    config = TemplateConfig()
+    assert config.prompt_for("qpeft_a", hint_gate=True) == PLAIN_PROMPT
+    assert config.prompt_for("qpeft_a", hint_gate=False) == HINT_PROMPT
+    assert config.prompt_for("zero_shot", hint_gate=True) == PLAIN_PROMPT
+
+
+def test_the_gate_learns_first_then_the_hint_module(tiny):
+    """At g = 0 only the gate has a gradient (the hints are not read yet); one step opens it
+    and the hint module starts learning, as in LLaMA-Adapter."""
+    model = build_model(tiny, "qpeft_a", dropout=0.0)
+    batch = model.template.collate(model.encode(QUERIES, DOCS))
+    optimizer = torch.optim.AdamW(model.adapter.parameters(), lr=1e-2)
+    for step in range(2):
+        optimizer.zero_grad()
+        log_likelihood(model, batch).sum().backward()
+        mlp_grad = model.adapter.mlp[2].weight.grad.abs().sum().item()
+        assert model.adapter.gate.weight.grad.abs().sum() > 0
+        assert (mlp_grad > 0) == (step > 0)
+        optimizer.step()
+
+
+def test_gated_scoring_leaves_the_backbone_attention_as_it_was(tiny):
+    model = build_model(tiny, "qpeft_r", k=2)
+    before = tiny.decoder.config._attn_implementation
+    score_pairs(model, QUERIES[:1], DOCS[:1])
+    assert tiny.decoder.config._attn_implementation == before
+
+
+def test_ungated_adapters_keep_the_papers_layout(tiny):
+    """hint_gate false: the hints are plain input tokens with positions, the paper's prompt."""
+    model = build_model(tiny, "qpeft_a", template={"prompt": None}, hint_gate=False)
+    assert model.adapter.gate is None
+    assert model.template.config.prompt_for("qpeft_a", False) == HINT_PROMPT
+    zero_shot = build_model(tiny, "zero_shot", template={"prompt": None})
+    assert model.template.prompt_ids != zero_shot.template.prompt_ids
+
+
+def test_an_adapter_saved_before_the_gate_loads_ungated(tiny, tmp_path):
+    model = build_model(tiny, "qpeft_r", k=2, hint_gate=False).eval()
+    directory = save_adapter(model, tmp_path / "adapter")
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    del config["adapter"]["hint_gate"]  # as written by earlier versions
+    (directory / CONFIG_NAME).write_text(json.dumps(config))
+    loaded = load_adapter(directory, tiny).eval()
+    assert loaded.adapter.gate is None
+    assert score_pairs(loaded, QUERIES, DOCS) == pytest.approx(score_pairs(model, QUERIES, DOCS))
+
+
+def test_a_gated_adapter_round_trips_with_its_gate(tiny, tmp_path):
+    model = build_model(tiny, "qpeft_a", dropout=0.0).eval()
+    with torch.no_grad():
+        model.adapter.gate.weight.uniform_(-0.5, 0.5)
+    loaded = load_adapter(save_adapter(model, tmp_path / "adapter"), tiny).eval()
+    assert torch.equal(loaded.adapter.gate.weight, model.adapter.gate.weight)
+    assert score_pairs(loaded, QUERIES, DOCS) == pytest.approx(score_pairs(model, QUERIES, DOCS))
+
+
+def test_the_gate_trains_at_its_own_rate(tiny):
+    from qpeft.training import TrainSettings, parameter_groups
+
+    model = build_model(tiny, "qpeft_a")
+    groups = parameter_groups(model.adapter, TrainSettings(lr=1e-3, gate_lr=1e-2))
+    rates = {g["name"]: (g["lr"], sum(p.numel() for p in g["params"])) for g in groups}
+    gate = model.adapter.gate.weight
+    assert rates["gate"] == (1e-2, gate.numel())
+    assert rates["module"][0] == 1e-3 and rates["embedding"][0] == 1e-4
+    default = parameter_groups(model.adapter, TrainSettings(lr=1e-3, gate_lr=None))
+    assert {g["name"]: g["lr"] for g in default}["gate"] == 1e-3
