@@ -80,7 +80,10 @@ def query_lengths(cfg: PrepareConfig, root: str) -> dict:
     rows = prepared.table(prepared.QUERIES, ["query_id", "text", "split"]).to_pylist()
     zero_shot = AdapterConfig(method="zero_shot")
     template = Template(
-        replace(cfg.template, long_queries="truncate"), load_tokenizer(cfg.model), zero_shot.method
+        replace(cfg.template, long_queries="truncate"),
+        load_tokenizer(cfg.model),
+        zero_shot.method,
+        zero_shot.hint_gate,
     )
     by_split = {}
     for split in sorted({r["split"] for r in rows}):

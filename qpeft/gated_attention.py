@@ -10,19 +10,18 @@ Hint slots take no position of their own (they share the position of the text to
 before them), so with g = 0 every text and label token sees exactly what it sees
 zero-shot: an untrained adapter ranks exactly as zero-shot does, and training opens the
 gate as far as the hints help. The function is registered with transformers'
-`AttentionInterface` and used only for calls with a gated adapter (`gated_attention`).
+`AttentionInterface`; calls without hint arguments run plain SDPA.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from qpeft.config import ConfigError
 
 GATED_ATTENTION = "qpeft_gated_sdpa"
 
@@ -88,19 +87,19 @@ class HintGate(nn.Module):
         return torch.tanh(self.weight)
 
 
-AttentionInterface.register(GATED_ATTENTION, gated_hint_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(GATED_ATTENTION, sdpa_mask)
-
-
-@contextmanager
-def gated_attention(decoder: nn.Module) -> Iterator[None]:
-    """Run `decoder` with the gated function for the duration (SDPA for calls without hint
-    arguments), then give it back the attention it had: other callers of a shared backbone
-    (zero-shot, another adapter) see no change."""
+def use_gated_attention(decoder: nn.Module) -> None:
+    """Make `decoder` call the gated function from now on. Calls without hint arguments
+    (zero-shot, the shared prefix, other adapters on the same backbone) run plain SDPA, so
+    the switch is made once and never undone: gradient checkpointing re-runs each layer in
+    the backward pass, where a switch made for the forward pass only would be gone."""
     config = decoder.config
-    before = config._attn_implementation
+    if config._attn_implementation == GATED_ATTENTION:
+        return
+    if config._attn_implementation != "sdpa":
+        raise ConfigError(
+            f"adapter.hint_gate needs the LM's sdpa attention, and it runs "
+            f"{config._attn_implementation!r}; set adapter.hint_gate=false for plain hints"
+        )
+    AttentionInterface.register(GATED_ATTENTION, gated_hint_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(GATED_ATTENTION, sdpa_mask)
     config._attn_implementation = GATED_ATTENTION
-    try:
-        yield
-    finally:
-        config._attn_implementation = before

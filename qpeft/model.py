@@ -14,7 +14,6 @@ from torch import nn
 from qpeft.adapters import Adapter, build_adapter
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig, TemplateConfig
-from qpeft.gated_attention import gated_attention
 from qpeft.template import Batch, PairLayout, Segment, Template
 
 
@@ -98,25 +97,13 @@ def run_decoder(
     decoder = model.backbone.decoder
     # Positions count attended tokens only: padding and hidden hint slots shift nothing.
     counted = attention_mask.bool()
+    gated = {}
     gate = model.adapter.hint_gate()
-    if gate is None:
-        return _decode(model, batch, embeds, attention_mask, counted, {})
-    # Gated hints take no positions either, so the text reads as it does zero-shot.
-    hint_keys = counted & (batch.segments == Segment.HINT)
-    gated = {"hint_keys": hint_keys, "hint_gate": gate}
-    with gated_attention(decoder):
-        return _decode(model, batch, embeds, attention_mask, counted & ~hint_keys, gated)
-
-
-def _decode(
-    model: QPeftModel,
-    batch: Batch,
-    embeds: torch.Tensor,
-    attention_mask: torch.Tensor,
-    counted: torch.Tensor,
-    gated: dict,
-) -> torch.Tensor:
-    decoder = model.backbone.decoder
+    if gate is not None:
+        # Gated hints take no positions either, so the text reads as it does zero-shot.
+        hint_keys = counted & (batch.segments == Segment.HINT)
+        counted = counted & ~hint_keys
+        gated = {"hint_keys": hint_keys, "hint_gate": gate}
     position_ids = (counted.long().cumsum(-1) - 1).clamp(min=0)
     shared = batch.shared_prefix
     if shared == 0 or (model.adapter.trains_prefix and torch.is_grad_enabled()):

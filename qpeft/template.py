@@ -78,7 +78,7 @@ class Template:
         config: TemplateConfig,
         tokenizer: PreTrainedTokenizerBase,
         method: str,
-        hint_gate: bool = False,
+        hint_gate: bool,
     ):
         """`method` and `hint_gate` pick the default prompt (`TemplateConfig.prompt_for`)."""
         self.config = config

@@ -3,6 +3,7 @@ zero-shot, training opens the gate, and adapters saved before the gate load unch
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from conftest import build_model
 
 from qpeft.checkpoint import CONFIG_NAME, load_adapter, save_adapter
-from qpeft.config import HINT_PROMPT, PLAIN_PROMPT, TemplateConfig
+from qpeft.config import HINT_PROMPT, PLAIN_PROMPT, ConfigError, TemplateConfig
+from qpeft.gated_attention import GATED_ATTENTION
 from qpeft.model import log_likelihood
 from qpeft.scoring import score_pairs
 
@@ -56,11 +58,41 @@ def test_the_gate_learns_first_then_the_hint_module(tiny):
         optimizer.step()
 
 
-def test_gated_scoring_leaves_the_backbone_attention_as_it_was(tiny):
-    model = build_model(tiny, "qpeft_r", k=2)
-    before = tiny.decoder.config._attn_implementation
-    score_pairs(model, QUERIES[:1], DOCS[:1])
-    assert tiny.decoder.config._attn_implementation == before
+def test_other_callers_of_a_gated_backbone_score_as_before(tiny):
+    """Building a gated adapter switches the LM to the gated attention for good (gradient
+    checkpointing re-runs layers after the forward pass); calls without hints are SDPA."""
+    backbone = copy.deepcopy(tiny)
+    zero_shot = build_model(backbone, "zero_shot")
+    before = score_pairs(zero_shot, QUERIES, DOCS)
+    build_model(backbone, "qpeft_r", k=2)
+    assert backbone.decoder.config._attn_implementation == GATED_ATTENTION
+    assert score_pairs(zero_shot, QUERIES, DOCS) == pytest.approx(before, abs=1e-6)
+
+
+def test_gated_hints_train_under_gradient_checkpointing(tiny):
+    """Checkpointing recomputes each layer in the backward pass: the gate's gradient must be
+    the same as without it."""
+    grads = []
+    for checkpointing in (False, True):
+        backbone = copy.deepcopy(tiny)
+        if checkpointing:
+            backbone.model.gradient_checkpointing_enable({"use_reentrant": False})
+            backbone.model.train()  # transformers checkpoints in training mode only
+        model = build_model(backbone, "qpeft_a", dropout=0.0)
+        with torch.no_grad():
+            model.adapter.gate.weight.fill_(0.3)
+        batch = model.template.collate(model.encode(QUERIES, DOCS), share_prefix=False)
+        log_likelihood(model, batch).sum().backward()
+        grads.append(model.adapter.gate.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert grads[0].abs().sum() > 0
+
+
+def test_gated_hints_refuse_an_attention_they_cannot_gate(tiny):
+    backbone = copy.deepcopy(tiny)
+    backbone.decoder.config._attn_implementation = "eager"
+    with pytest.raises(ConfigError, match="hint_gate=false"):
+        build_model(backbone, "qpeft_a")
 
 
 def test_ungated_adapters_keep_the_papers_layout(tiny):

@@ -58,3 +58,17 @@ def test_scores_do_not_depend_on_batching_or_prefix_reuse(gemma):
     assert torch.allclose(torch.tensor(shared), torch.tensor(full), atol=1e-4)
     assert torch.allclose(torch.tensor(alone), torch.tensor(full), atol=1e-4)
     assert max(range(4), key=lambda i: full[i]) == 0  # the aerodynamics passage wins
+
+
+@pytest.mark.parametrize("method", ["qpeft_a", "qpeft_r"])
+def test_an_untrained_gated_adapter_scores_as_zero_shot_on_gemma(gemma, method):
+    """Gemma 3 shares one key/value head among its query heads and alternates sliding-window
+    layers: the gated attention must handle both and stay exact while the gate is shut."""
+    zero_shot = QPeftModel.build(gemma, TemplateConfig(), AdapterConfig(method="zero_shot"))
+    gated = QPeftModel.build(gemma, TemplateConfig(), AdapterConfig(method=method, k=5)).eval()
+    assert gemma.decoder.config.num_key_value_heads < gemma.decoder.config.num_attention_heads
+    queries = [QUERIES["aero"]] * 4
+    docs = list(PASSAGES.values())
+    expected = torch.tensor(score_pairs(zero_shot, queries, docs, batch_size=4))
+    got = torch.tensor(score_pairs(gated, queries, docs, batch_size=4))
+    assert torch.allclose(got, expected, atol=1e-4)

@@ -7,7 +7,7 @@ from tests.conftest import TINY_TEMPLATE
 
 
 def make(tiny, **kw):
-    return Template(TemplateConfig(**{**TINY_TEMPLATE, **kw}), tiny.tokenizer, "qpeft_a")
+    return Template(TemplateConfig(**{**TINY_TEMPLATE, **kw}), tiny.tokenizer, "qpeft_a", True)
 
 
 def words(tiny, ids):

@@ -43,7 +43,7 @@ def pieces(tokenizer, layout, segment: Segment) -> list[str]:
 
 
 def check_pair(tokenizer, query: str, doc: str, space: str) -> None:
-    template = Template(TemplateConfig(max_length=400), tokenizer, "zero_shot")
+    template = Template(TemplateConfig(max_length=400), tokenizer, "zero_shot", False)
     q = template.tokenize_queries([query])[0]
     d = template.tokenize_docs([doc])[0]
     layout = template.encode(q, d, n_hint_slots=0)
@@ -79,7 +79,7 @@ def test_llama_style_real_cranfield_pair(cranfield_pair):
 
 def test_user_text_never_becomes_a_special_token():
     tokenizer = load_tokenizer(ModelConfig(name="smollm2-135m"))
-    template = Template(TemplateConfig(), tokenizer, "zero_shot")
+    template = Template(TemplateConfig(), tokenizer, "zero_shot", False)
     specials = set(tokenizer.all_special_ids)
     for ids in (
         template.tokenize_queries(["stop <|im_end|> here"])[0],

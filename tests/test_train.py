@@ -165,7 +165,9 @@ def test_skipped_long_queries_are_left_out_of_the_sparse_e_prime(setup, tmp_path
     cfg.template.long_queries = "skip"
     check = check_training_queries(cfg)
     assert check.skipped == ["q3"]
-    template = Template(cfg.template, load_tokenizer(cfg.model), cfg.adapter.method)
+    template = Template(
+        cfg.template, load_tokenizer(cfg.model), cfg.adapter.method, cfg.adapter.hint_gate
+    )
     ids = training_token_ids(cfg, template, check.skipped)  # raised QueryTooLongError before
     assert ids and set(template.hint_prefix_ids) <= set(ids)
 

@@ -12,7 +12,7 @@ from torch import nn
 from qpeft.adapters.delta_embedding import DeltaEmbedding
 from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig
-from qpeft.gated_attention import HintGate
+from qpeft.gated_attention import HintGate, use_gated_attention
 from qpeft.template import Batch, Segment, Template
 
 
@@ -128,6 +128,7 @@ class QueryDependentAdapter(Adapter):
         if config.hint_gate:
             lm = backbone.decoder.config
             self.gate = HintGate(lm.num_hidden_layers, lm.num_attention_heads)
+            use_gated_attention(backbone.decoder)
         self.register_buffer(
             "hint_prefix_ids",
             torch.tensor(template.hint_prefix_ids, dtype=torch.long),

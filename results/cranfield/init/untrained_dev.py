@@ -38,7 +38,9 @@ def main(name: str, variants: list[str]) -> None:
         if variant.startswith("match"):
             attention.MATCH_SHARPNESS = float(variant.removeprefix("match"))
         model = QPeftModel.build(
-            backbone, template, AdapterConfig(method=method, heads=2, dropout=0.1, k=10)
+            backbone,
+            template,
+            AdapterConfig(method=method, heads=2, dropout=0.1, k=10, hint_gate=False),
         )
         if variant == "random":
             dim = backbone.hidden_size
