@@ -212,7 +212,8 @@ def load_reranker(
 ) -> QPeftModel:
     """The model a reranking step scores with: zero-shot query likelihood with `template`
     when there is no adapter, else the saved adapter with the template it was trained with
-    (a trained adapter only means something with its own template)."""
+    (a trained adapter only means something with its own template). In eval mode: no
+    dropout, and pairs are laid out as they are scored."""
     if adapter_dir is None:
-        return QPeftModel.build(backbone, template, AdapterConfig(method="zero_shot"))
-    return load_adapter(adapter_dir, backbone)
+        return QPeftModel.build(backbone, template, AdapterConfig(method="zero_shot")).eval()
+    return load_adapter(adapter_dir, backbone).eval()

@@ -75,12 +75,14 @@ def assemble_inputs(model: QPeftModel, batch: Batch) -> tuple[torch.Tensor, torc
         slots = batch.segments == Segment.PROMPT
         embeds[slots] = prompt.to(embeds.dtype).repeat(len(batch), 1)
     block = model.adapter.hints(batch, frozen)
+    slots = batch.segments == Segment.HINT
     if block is not None:
         embeds = embeds.clone()
-        slots = batch.segments == Segment.HINT
         embeds[slots] = block.vectors[block.present].to(embeds.dtype)
         attention_mask = attention_mask.clone()
         attention_mask[slots] = block.visible[block.present].to(attention_mask.dtype)
+    elif slots.any():  # encoded in training mode, scored with a shut gate: nothing to read
+        attention_mask = attention_mask.masked_fill(slots, 0)
     return embeds, attention_mask
 
 

@@ -5,6 +5,7 @@ serving: pairs encoded, batched by length and run through `log_likelihood` in ev
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -35,16 +36,12 @@ def score_layouts(
     `share_prefix=None` reuses the shared prefix's keys/values on CPU only."""
     if share_prefix is None:
         share_prefix = model.backbone.device.type == "cpu"
-    was_training = model.adapter.training
-    model.adapter.eval()
     scores = [0.0] * len(layouts)
-    try:
+    with eval_mode(model):
         for indices in length_sorted_batches(layouts, batch_size):
             batch = model.template.collate([layouts[i] for i in indices], share_prefix)
             for i, value in zip(indices, score_batch(model, batch).tolist(), strict=True):
                 scores[i] = value
-    finally:
-        model.adapter.train(was_training)
     return scores
 
 
@@ -56,5 +53,17 @@ def score_pairs(
     share_prefix: bool | None = None,
 ) -> list[float]:
     """Query-likelihood scores of (query, doc) pairs, in input order."""
-    layouts = model.encode(list(queries), list(docs))
+    with eval_mode(model):  # the layout too: a shut hint gate reserves no hint slots
+        layouts = model.encode(list(queries), list(docs))
     return score_layouts(model, layouts, batch_size, share_prefix)
+
+
+@contextmanager
+def eval_mode(model: QPeftModel) -> Iterator[None]:
+    """The adapter in eval mode (no dropout) for the duration, then as it was."""
+    was_training = model.adapter.training
+    model.adapter.eval()
+    try:
+        yield
+    finally:
+        model.adapter.train(was_training)

@@ -14,7 +14,7 @@ from qpeft.checkpoint import CONFIG_NAME, load_adapter, save_adapter
 from qpeft.config import HINT_PROMPT, PLAIN_PROMPT, ConfigError, TemplateConfig
 from qpeft.gated_attention import GATED_ATTENTION
 from qpeft.model import log_likelihood
-from qpeft.scoring import score_pairs
+from qpeft.scoring import score_layouts, score_pairs
 
 QUERIES = ["what is flow", "heat wing", "boundary layer flow"]
 DOCS = ["wing flow heat boundary layer", "the wing", "flow of heat in a boundary layer"]
@@ -135,3 +135,26 @@ def test_the_gate_trains_at_its_own_rate(tiny):
     assert rates["module"][0] == 1e-3 and rates["embedding"][0] == 1e-4
     default = parameter_groups(model.adapter, TrainSettings(lr=1e-3, gate_lr=None))
     assert {g["name"]: g["lr"] for g in default}["gate"] == 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_shut_gate_scores_exactly_as_zero_shot_in_any_dtype(tiny, dtype):
+    """In eval mode an untrained gated adapter leaves the hint block out altogether: the same
+    computation as zero-shot, so the same numbers even in bf16. Pairs encoded in training
+    mode (slots reserved) and scored with the gate shut get their slots hidden."""
+    backbone = copy.deepcopy(tiny)
+    backbone.model.to(dtype)
+    template = {"prompt": None}
+    zero_shot = build_model(backbone, "zero_shot", template=template)
+    gated = build_model(backbone, "qpeft_a", template=template, dropout=0.0)
+    expected = score_pairs(zero_shot, QUERIES, DOCS)
+    assert score_pairs(gated, QUERIES, DOCS) == expected
+    gated.adapter.train()
+    reserved = gated.encode(QUERIES, DOCS)
+    assert gated.adapter.hint_slots(3) > 0
+    gated.adapter.eval()
+    assert gated.adapter.hint_slots(3) == 0
+    assert score_layouts(gated, reserved, 8) == pytest.approx(expected, abs=1e-2)
+    with torch.no_grad():
+        gated.adapter.gate.weight[0, 0] = 1e-3  # open: the block is read again
+    assert gated.adapter.hint_slots(3) > 0

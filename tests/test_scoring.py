@@ -56,6 +56,8 @@ def test_lm_head_runs_only_at_label_positions(tiny):
 
 def test_inference_mode_for_scoring_and_gradients_for_training(tiny):
     model = build_model(tiny, "qpeft_a")
+    with torch.no_grad():
+        model.adapter.gate.weight.fill_(0.1)  # a shut gate in eval mode reads no hints
     batch = model.template.collate(model.encode(QUERIES, DOCS))
     model.adapter.eval()  # no attention dropout: both paths must give the same numbers
     scored = score_batch(model, batch)

@@ -140,8 +140,18 @@ class QueryDependentAdapter(Adapter):
             persistent=False,
         )
 
+    def reads_hints(self) -> bool:
+        """False in eval mode while the gate is shut (exactly zero: untrained): the LM would
+        read nothing from the block, so scoring leaves it out and an untrained adapter
+        scores as zero-shot in every dtype, at zero-shot's cost. Training always builds the
+        block: the gate's first gradient comes through it."""
+        return self.gate is None or self.training or bool(self.gate().any())
+
+    def hint_slots(self, query_len: int) -> int:
+        return super().hint_slots(query_len) if self.reads_hints() else 0
+
     def hint_gate(self) -> torch.Tensor | None:
-        return self.gate() if self.gate is not None else None
+        return self.gate() if self.gate is not None and self.reads_hints() else None
 
     @classmethod
     def qd_slots(cls, config: AdapterConfig, query_len: int) -> int:
@@ -169,7 +179,9 @@ class QueryDependentAdapter(Adapter):
         """QD(q, d): vectors (B, Q, d), `present` (B, Q) and `visible` (B, Q)."""
         raise NotImplementedError
 
-    def hints(self, batch: Batch, frozen_embeds: torch.Tensor) -> HintBlock:
+    def hints(self, batch: Batch, frozen_embeds: torch.Tensor) -> HintBlock | None:
+        if not self.reads_hints():
+            return None
         qd, qd_present, qd_visible = self.query_dependent(batch, frozen_embeds)
         n = qd.shape[0]
         prefix = self.embed(self.hint_prefix_ids).unsqueeze(0).expand(n, -1, -1)
