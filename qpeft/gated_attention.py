@@ -34,12 +34,37 @@ def gated_hint_attention(
     attention_mask: torch.Tensor | None,
     hint_keys: torch.Tensor | None = None,
     hint_gate: torch.Tensor | None = None,
+    hint_masks: dict | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SDPA with the hint keys (`hint_keys`, (B, K) bool) behind `hint_gate`, the gate's
-    values tanh(g) of shape (layers, heads)."""
+    values tanh(g) of shape (layers, heads). `hint_masks`, a dict fresh for each decoder
+    call, keeps the masks built for one layer for the next ones that get the same mask."""
     if hint_keys is None or hint_gate is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    masks = hint_masks if hint_masks is not None else {}
+    index = (id(attention_mask), query.shape[-2], key.shape[-2])
+    if index not in masks:
+        masks[index] = _split_masks(attention_mask, hint_keys, query, key)
+    text, to_hints, keep_hints = masks[index]
+    kwargs.pop("is_causal", None)
+    text_out, _ = sdpa_attention_forward(module, query, key, value, text, is_causal=False, **kwargs)
+    hint_out, _ = sdpa_attention_forward(
+        module, query, key, value, to_hints, is_causal=False, **kwargs
+    )
+    # sdpa_attention_forward returns (B, q, heads, head_dim); gate (1, 1, heads, 1).
+    gate = hint_gate[module.layer_idx].to(hint_out.dtype)[None, None, :, None]
+    return text_out + gate * hint_out * keep_hints.to(hint_out.dtype), None
+
+
+def _split_masks(
+    attention_mask: torch.Tensor | None,
+    hint_keys: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The text softmax's mask, the hint softmax's mask, and which rows read hints at all
+    ((B, q, 1, 1), to drop the others' hint output)."""
     allowed = _allowed(attention_mask, query, key)
     hints = hint_keys[:, None, None, :]
     text = allowed & ~hints
@@ -48,17 +73,7 @@ def gated_hint_attention(
     has_hints = to_hints.any(-1, keepdim=True)
     # A row with nothing to attend to would give NaN: let it attend to everything. Such rows
     # are padding (never read) or, for the hint softmax, rows before the hints (dropped).
-    kwargs.pop("is_causal", None)
-    text_out, _ = sdpa_attention_forward(
-        module, query, key, value, text | ~has_text, is_causal=False, **kwargs
-    )
-    hint_out, _ = sdpa_attention_forward(
-        module, query, key, value, to_hints | ~has_hints, is_causal=False, **kwargs
-    )
-    # sdpa_attention_forward returns (B, q, heads, head_dim); masks are (B, 1, q, 1).
-    gate = hint_gate[module.layer_idx].to(hint_out.dtype)[None, None, :, None]
-    keep_hints = has_hints.squeeze(1).unsqueeze(-1)  # (B, q, 1, 1)
-    return text_out + gate * hint_out * keep_hints.to(hint_out.dtype), None
+    return text | ~has_text, to_hints | ~has_hints, has_hints.squeeze(1).unsqueeze(-1)
 
 
 def _allowed(

@@ -105,7 +105,7 @@ def run_decoder(
         # Gated hints take no positions either, so the text reads as it does zero-shot.
         hint_keys = counted & (batch.segments == Segment.HINT)
         counted = counted & ~hint_keys
-        gated = {"hint_keys": hint_keys, "hint_gate": gate}
+        gated = {"hint_keys": hint_keys, "hint_gate": gate, "hint_masks": {}}
     position_ids = (counted.long().cumsum(-1) - 1).clamp(min=0)
     shared = batch.shared_prefix
     if shared == 0 or (model.adapter.trains_prefix and torch.is_grad_enabled()):
