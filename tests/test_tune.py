@@ -95,7 +95,9 @@ def test_four_trial_asha_sweep_stops_weak_trials_and_exports_the_best(ray_sessio
     base = {
         "model": {"name": model},
         "template": TINY_TEMPLATE,
-        "adapter": {"method": "qpeft_r", "k": 3},
+        # The paper's plain hints, which the tiny model learns within an epoch (gated hints
+        # open slowly; tests/test_gated_hints.py covers them).
+        "adapter": {"method": "qpeft_r", "k": 3, "hint_gate": False},
         # One rate for E' and the MLP, so the weak trials' 1e-9 really freezes everything.
         "train": {
             "epochs": 3,

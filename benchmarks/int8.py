@@ -1,0 +1,76 @@
+"""An int8 path for scoring, measured before it is offered (issue 18, optional): zero-shot
+SmolLM2 on Cranfield dev, the LM's linear layers in float32 and dynamically quantised to
+int8 (`torch.ao.quantization.quantize_dynamic`, fbgemm's VNNI kernels on x86), side by side:
+pairs/s, the largest score difference and dev NDCG@10 of each.
+
+    python benchmarks/int8.py --prepared runs/prepare/cranfield --queries 10 --depth 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import warnings
+
+import torch
+
+from qpeft.artifacts import PreparedData
+from qpeft.backbone import load_backbone
+from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig
+from qpeft.hardware import detect
+from qpeft.metrics import mean_ndcg10
+from qpeft.model import QPeftModel
+from qpeft.scoring import score_pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prepared", default="runs/prepare/cranfield")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--queries", type=int, default=10, help="first N dev queries")
+    parser.add_argument("--depth", type=int, default=10)
+    parser.add_argument("--max-doc-tokens", type=int, default=96)
+    args = parser.parse_args()
+    print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
+
+    prepared = PreparedData(args.prepared)
+    queries = prepared.query_ids("dev")[: args.queries]
+    rows = [
+        r
+        for r in prepared.table(prepared.CANDIDATES).to_pylist()
+        if r["query_id"] in set(queries) and r["rank"] <= args.depth
+    ]
+    qrels = prepared.qrels(queries)
+    backbone = load_backbone(ModelConfig(name=args.model, dtype="float32"))
+    quantised = copy.copy(backbone)
+    with warnings.catch_warnings():  # torch marks its quantised tensor types deprecated
+        warnings.simplefilter("ignore")
+        quantised.model = torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(backbone.model), {torch.nn.Linear}, dtype=torch.qint8
+        )
+    template = TemplateConfig(max_doc_tokens=args.max_doc_tokens)
+    results = {}
+    for name, lm in (("float32", backbone), ("int8", quantised)):
+        model = QPeftModel.build(lm, template, AdapterConfig(method="zero_shot"))
+        start = time.perf_counter()
+        scores = score_pairs(model, [r["query"] for r in rows], [r["text"] for r in rows])
+        seconds = time.perf_counter() - start
+        run: dict[str, dict[str, float]] = {}
+        for row, score in zip(rows, scores, strict=True):
+            run.setdefault(row["query_id"], {})[row["doc_id"]] = score
+        results[name] = (scores, len(rows) / seconds, mean_ndcg10(qrels, run))
+        print(
+            f"{name:>8}: {results[name][1]:6.2f} pairs/s  dev NDCG@10 {results[name][2]:.4f}",
+            flush=True,
+        )
+    (fp, fp_rate, fp_ndcg), (q8, q8_rate, q8_ndcg) = results["float32"], results["int8"]
+    diff = max(abs(a - b) for a, b in zip(fp, q8, strict=True))
+    print(
+        f"int8 / float32: {q8_rate / fp_rate:.2f}x pairs/s, NDCG@10 {q8_ndcg - fp_ndcg:+.4f}, "
+        f"max |score diff| {diff:.3f} ({len(rows)} pairs, {len(queries)} dev queries)"
+    )
+
+
+if __name__ == "__main__":
+    main()
