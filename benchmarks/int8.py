@@ -17,11 +17,11 @@ import torch
 
 from qpeft.artifacts import PreparedData
 from qpeft.backbone import load_backbone
-from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig
+from qpeft.config import AdapterConfig, ModelConfig, ScoringConfig, TemplateConfig
 from qpeft.hardware import detect
 from qpeft.metrics import mean_ndcg10
 from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
+from qpeft.training import TrainSettings, dev_run, load_dev
 
 
 def main() -> None:
@@ -34,14 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
-    prepared = PreparedData(args.prepared)
-    queries = prepared.query_ids("dev")[: args.queries]
-    rows = [
-        r
-        for r in prepared.table(prepared.CANDIDATES).to_pylist()
-        if r["query_id"] in set(queries) and r["rank"] <= args.depth
-    ]
-    qrels = prepared.qrels(queries)
+    # The dev set as training's dev check reads it: the first N dev queries, their top `depth`.
+    settings = TrainSettings(dev_depth=args.depth, dev_max_queries=args.queries)
+    dev = load_dev(PreparedData(args.prepared), settings)
     backbone = load_backbone(ModelConfig(name=args.model, dtype="float32"))
     quantised = copy.copy(backbone)
     with warnings.catch_warnings():  # torch marks its quantised tensor types deprecated
@@ -54,21 +49,19 @@ def main() -> None:
     for name, lm in (("float32", backbone), ("int8", quantised)):
         model = QPeftModel.build(lm, template, AdapterConfig(method="zero_shot"))
         start = time.perf_counter()
-        scores = score_pairs(model, [r["query"] for r in rows], [r["text"] for r in rows])
+        run = dev_run(model, dev.candidates, args.depth, ScoringConfig())
         seconds = time.perf_counter() - start
-        run: dict[str, dict[str, float]] = {}
-        for row, score in zip(rows, scores, strict=True):
-            run.setdefault(row["query_id"], {})[row["doc_id"]] = score
-        results[name] = (scores, len(rows) / seconds, mean_ndcg10(qrels, run))
+        pairs = sum(len(docs) for docs in run.values())
+        results[name] = (run, pairs / seconds, mean_ndcg10(dev.qrels, run))
         print(
             f"{name:>8}: {results[name][1]:6.2f} pairs/s  dev NDCG@10 {results[name][2]:.4f}",
             flush=True,
         )
     (fp, fp_rate, fp_ndcg), (q8, q8_rate, q8_ndcg) = results["float32"], results["int8"]
-    diff = max(abs(a - b) for a, b in zip(fp, q8, strict=True))
+    diff = max(abs(fp[q][d] - q8[q][d]) for q in fp for d in fp[q])
     print(
         f"int8 / float32: {q8_rate / fp_rate:.2f}x pairs/s, NDCG@10 {q8_ndcg - fp_ndcg:+.4f}, "
-        f"max |score diff| {diff:.3f} ({len(rows)} pairs, {len(queries)} dev queries)"
+        f"max |score diff| {diff:.3f} ({pairs} pairs, {len(fp)} dev queries)"
     )
 
 

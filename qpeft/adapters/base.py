@@ -151,7 +151,10 @@ class QueryDependentAdapter(Adapter):
         return super().hint_slots(query_len) if self.reads_hints() else 0
 
     def hint_gate(self) -> torch.Tensor | None:
-        return self.gate() if self.gate is not None and self.reads_hints() else None
+        if self.gate is None:
+            return None
+        values = self.gate()  # once: `reads_hints` would compute it again
+        return values if self.training or bool(values.any()) else None
 
     @classmethod
     def qd_slots(cls, config: AdapterConfig, query_len: int) -> int:
