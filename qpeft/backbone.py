@@ -134,7 +134,9 @@ def default_cache_dir() -> Path:
 
 def is_complete_conversion(folder: Path) -> bool:
     """True when `folder` holds a finished conversion: the marker lists every file with its
-    size, and the config names its model type (what transformers needs to load it)."""
+    size, and the config names its model type (what transformers needs to load it) and no
+    GGUF quantization (older versions kept it, and transformers then warns of packed
+    weights on every bf16 load)."""
     try:
         marker = json.loads((folder / COMPLETION_MARKER).read_text())
         config = json.loads((folder / "config.json").read_text())
@@ -144,6 +146,8 @@ def is_complete_conversion(folder: Path) -> bool:
     has_weights = any(name.endswith(".safetensors") for name in files)
     has_tokenizer = "tokenizer.json" in files or "tokenizer_config.json" in files
     if not (config.get("model_type") and has_weights and has_tokenizer):
+        return False
+    if "quantization_config" in config:  # written before conversions dropped it: redo
         return False
     for name, size in files.items():
         path = folder / name

@@ -84,6 +84,21 @@ def test_truncated_weights_are_detected(tmp_path, fake_conversion):
     assert fake_conversion == [ALIAS, ALIAS] and is_complete_conversion(target)
 
 
+def test_conversion_keeping_the_gguf_quantization_config_is_redone(tmp_path, fake_conversion):
+    """Conversions made before the key was dropped are replaced once, not kept forever."""
+    cache = tmp_path / "models"
+    target = convert_packaged(ALIAS, cache)
+    config_path = target / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"] = {"quant_method": "gguf", "dequantize": False}
+    config_path.write_text(json.dumps(config))
+    backbone_module._mark_complete(ALIAS, target)  # sizes match: only the key is stale
+    assert not is_complete_conversion(target)
+    convert_packaged(ALIAS, cache)
+    assert fake_conversion == [ALIAS, ALIAS] and is_complete_conversion(target)
+    assert "quantization_config" not in json.loads(config_path.read_text())
+
+
 def test_unwritable_cache_names_the_folder_and_the_variable(tmp_path, fake_conversion):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
