@@ -29,7 +29,8 @@ SYSTEMS = {
 }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; tests parse the lines the docs show with it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -38,7 +39,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-doc-tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many passes")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
     backbone = load_backbone(ModelConfig(name=args.model, dtype=args.dtype))
     pairs = cranfield_pairs(args.queries, args.depth)

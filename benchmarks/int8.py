@@ -24,14 +24,19 @@ from qpeft.model import QPeftModel
 from qpeft.training import TrainSettings, dev_run, load_dev
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; tests parse the lines the docs show with it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prepared", default="runs/prepare/cranfield")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--queries", type=int, default=10, help="first N dev queries")
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--max-doc-tokens", type=int, default=96)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
     # The dev set as training's dev check reads it: the first N dev queries, their top `depth`.

@@ -79,12 +79,17 @@ def plain_loop(pattern: str, out: Path, block_rows: int) -> None:
                 writer.write_table(schemas.table(rows, schemas.CORPUS))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; tests parse the lines the docs show with it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-docs", type=int, default=20000)
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--block-rows", type=int, default=2000)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
     init_ray(RaySection(num_cpus=2))

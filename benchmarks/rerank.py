@@ -76,7 +76,8 @@ def pipeline(args, out: str, actors: int) -> tuple[float, dict]:
     return seconds, {(q, d): s for q, docs in run.items() for d, s in docs.items()}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; tests parse the lines the docs show with it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prepared", default="runs/prepare/cranfield")
     parser.add_argument("--model", default="smollm2-135m")
@@ -85,7 +86,11 @@ def main() -> None:
     parser.add_argument("--max-doc-tokens", type=int, default=160)
     parser.add_argument("--rows-per-batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
     rows = candidates(args)

@@ -161,7 +161,8 @@ def profile(paths: dict) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; tests parse the lines the docs show with it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu")
@@ -183,7 +184,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="print torch.profiler's top operators of each path"
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
     dtype = DTYPES[args.dtype]

@@ -77,7 +77,8 @@ def load(url: str, requests: list[dict], concurrency: int) -> dict:
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; tests parse the lines the docs show with it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prepared", default="runs/prepare/cranfield")
     parser.add_argument("--model", default="smollm2-135m")
@@ -85,7 +86,11 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=4)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--token-budget", type=int, default=4096)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
 
     requests = requests_from(args.prepared, args.requests, args.docs)

@@ -70,7 +70,8 @@ def compare_dtypes(args) -> None:
     print(f"bfloat16 / float32: {ratio:.2f}x training pairs/s ({args.method}, {args.model})")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; tests parse the lines the docs show with it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prepared", default="runs/prepare/cranfield")
     parser.add_argument("--model", default="smollm2-135m")
@@ -83,7 +84,11 @@ def main() -> None:
     parser.add_argument("--compare-dtypes", action="store_true")
     parser.add_argument("--dev-queries", type=int, default=1, help="dev check: queries")
     parser.add_argument("--dev-depth", type=int, default=2, help="dev check: candidates each")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
     if args.compare_dtypes:
         compare_dtypes(args)

@@ -81,7 +81,8 @@ def run(config: str, prepared: str, budget: int, steps: int, storage: str, name:
     return train(cfg)["history"][-1]
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; tests parse the lines the docs show with it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prepared", default="runs/prepare/cranfield")
     parser.add_argument("--config", default="configs/cpu-smollm2.yaml")
@@ -89,7 +90,11 @@ def main() -> None:
     parser.add_argument(
         "--skip-one-pass", action="store_true", help="measure the default budget only"
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
     default_budget = TrainSettings().micro_batch_tokens
     modes = [(f"{default_budget}-token", default_budget)]

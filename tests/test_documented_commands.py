@@ -1,10 +1,14 @@
 """Every `qpeft <step>` command line that README.md and docs/*.md show works as typed: the
 step exists for `qpeft` and for `python -m pipelines.<step>`, `--help` answers, and the
-config file and `--set` overrides it names load (`--print-config`). The short ones run."""
+config file and `--set` overrides it names load (`--print-config`). The short ones run.
+Every `python benchmarks/...` and `bash <script>` line they show, in code or inline, names
+a script that exists and takes those arguments."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -62,6 +66,51 @@ def documented_commands() -> list[tuple[str, list[str]]]:
 
 
 COMMANDS = documented_commands()
+
+INLINE_CODE = re.compile(r"`([^`]+)`")
+
+
+def inline_code(path: Path) -> list[tuple[int, str]]:
+    """Inline code spans outside fenced blocks (they may wrap across lines), numbered by
+    the line they start on."""
+    text, fenced = [], False
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        text.append("" if fenced or line.lstrip().startswith("```") else line)
+    joined = "\n".join(text)
+    return [
+        (joined.count("\n", 0, m.start()) + 1, m.group(1).replace("\n", " "))
+        for m in INLINE_CODE.finditer(joined)
+    ]
+
+
+def documented_scripts() -> list[tuple[str, str, list[str]]]:
+    """(where, script path, arguments) for every `python benchmarks/X.py ...` and
+    `bash PATH ...` in the docs' code blocks and inline code; `[--opt value]` (an optional
+    part) counts as typed."""
+    found = []
+    for path in DOCUMENTS:
+        for number, text in code_lines(path) + inline_code(path):
+            try:
+                tokens = shlex.split(text.replace("[", " ").replace("]", " "), comments=True)
+            except ValueError:
+                continue
+            segment: list[str] = []
+            for token in [*tokens, "&&"]:
+                if token not in SHELL_OPERATORS:
+                    segment.append(token)
+                    continue
+                if len(segment) >= 2 and segment[0] in ("python", "bash"):
+                    script = segment[1]
+                    if script.endswith((".py", ".sh")) and "/" in script:
+                        where = f"{path.relative_to(ROOT)}:{number}"
+                        found.append((where, script, segment[2:]))
+                segment = []
+    return found
+
+
+SCRIPTS = documented_scripts()
 
 
 def test_docs_show_every_step_and_only_real_steps():
@@ -135,3 +184,50 @@ def test_documented_evaluate_runs_for_real_on_tiny_runs(tmp_path, monkeypatch, c
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["baseline"] == "zero_shot" and set(report["runs"]) == set(runs)
     assert "| qpeft_a |" in capsys.readouterr().out
+
+
+def test_docs_show_benchmark_and_result_scripts():
+    assert len(SCRIPTS) >= 20, SCRIPTS  # the parser still finds the docs' script lines
+    shown = {script for _, script, _ in SCRIPTS}
+    assert {"benchmarks/scoring.py", "scripts/install.sh"} <= shown, shown
+
+
+@pytest.mark.parametrize(
+    ("where", "script", "args"),
+    [s for s in SCRIPTS if s[1].endswith(".py")],
+    ids=[where for where, script, _ in SCRIPTS if script.endswith(".py")],
+)
+def test_documented_python_script_takes_its_arguments(where, script, args, monkeypatch):
+    """The benchmark's own parser accepts the line as the docs type it."""
+    path = ROOT / script
+    assert path.is_file(), f"{where}: {script} does not exist"
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python PATH` would see it
+    module = importlib.import_module(path.stem)
+    try:
+        module.parse_args(args)
+    except SystemExit as refused:
+        pytest.fail(f"{where}: `python {script} {shlex.join(args)}` is refused ({refused})")
+
+
+@pytest.mark.parametrize(
+    ("where", "script", "args"),
+    [s for s in SCRIPTS if s[1].endswith(".sh")],
+    ids=[where for where, script, _ in SCRIPTS if script.endswith(".sh")],
+)
+def test_documented_shell_script_takes_its_arguments(where, script, args):
+    """The script parses (`bash -n`); each argument is a placeholder (CONFIG_DIR) for a
+    positional parameter it uses, or something it names: an option it reads, one of its
+    parts (`run.sh test_r_plain`), a value it knows (`run.sh smollm2-135m`)."""
+    path = ROOT / script
+    assert path.is_file(), f"{where}: {script} does not exist"
+    check = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, f"{where}: {check.stderr}"
+    text = path.read_text()
+    placeholders = [arg for arg in args if arg.isupper()]
+    for arg in args:
+        if not arg.isupper():
+            assert re.search(rf"(?<![\w-]){re.escape(arg)}(?![\w-])", text), (
+                f"{where}: {script} does not know {arg}"
+            )
+    for position in range(1, len(placeholders) + 1):
+        assert f"${position}" in text, f"{where}: {script} does not read argument {position}"

@@ -25,6 +25,13 @@ qpeft_r() {
   run qpeft-r-plain qpeft_r --set adapter.hint_gate=false
 }
 
+# The gated default on the stronger packaged backbone, Gemma 3 270M (zero-shot on this dev
+# check: 0.3093, results/cranfield/init): the same settings, the gate's default lr.
+gemma() {
+  run gemma3-270m-qpeft-a-gated qpeft_a --set model.name=gemma3-270m --set adapter.hint_gate=true
+  run gemma3-270m-qpeft-r-gated qpeft_r --set model.name=gemma3-270m --set adapter.hint_gate=true
+}
+
 # The one run whose dev gain passed 0.005 over zero-shot (plain Q-PEFT-R, epoch 2), read
 # once on test against bf16 zero-shot (results/cranfield/dtype/run.sh makes that run), with
 # the fusion weight its training chose on dev.
@@ -36,4 +43,4 @@ test_r_plain() {
   qpeft evaluate --config results/cranfield/gate/evaluate-test.yaml
 }
 
-if [ $# -eq 0 ]; then qpeft_a; qpeft_r; test_r_plain; else "$@"; fi
+if [ $# -eq 0 ]; then qpeft_a; qpeft_r; test_r_plain; gemma; else "$@"; fi
