@@ -38,7 +38,7 @@ class QPeftModel(nn.Module):
             template_config, backbone.tokenizer, adapter_config.method, adapter_config.hint_gate
         )
         adapter = build_adapter(adapter_config, backbone, template, trainable_ids)
-        template.check_room(adapter.hint_slots(template_config.max_query_tokens))
+        template.check_room(adapter.hint_slots([template_config.max_query_tokens])[0])
         return cls(backbone, template, adapter)
 
     @property
@@ -56,11 +56,12 @@ class QPeftModel(nn.Module):
             return []
         query_ids = self.template.tokenize_queries(queries)
         doc_ids = self.template.tokenize_docs(docs)
-        layouts = []
-        for query, doc in zip(query_ids, doc_ids, strict=True):
-            kept, cut = self.template.clip_query(query)
-            layouts.append(self.template.encode(kept, doc, self.adapter.hint_slots(len(kept)), cut))
-        return layouts
+        clipped = [self.template.clip_query(query) for query in query_ids]
+        slots = self.adapter.hint_slots([len(kept) for kept, _ in clipped])
+        return [
+            self.template.encode(kept, doc, n_slots, cut)
+            for (kept, cut), doc, n_slots in zip(clipped, doc_ids, slots, strict=True)
+        ]
 
 
 def assemble_inputs(model: QPeftModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -151,10 +151,10 @@ def test_a_shut_gate_scores_exactly_as_zero_shot_in_any_dtype(tiny, dtype):
     assert score_pairs(gated, QUERIES, DOCS) == expected
     gated.adapter.train()
     reserved = gated.encode(QUERIES, DOCS)
-    assert gated.adapter.hint_slots(3) > 0
+    assert gated.adapter.hint_slots([3])[0] > 0
     gated.adapter.eval()
-    assert gated.adapter.hint_slots(3) == 0
+    assert gated.adapter.hint_slots([3])[0] == 0
     assert score_layouts(gated, reserved, 8) == pytest.approx(expected, abs=1e-2)
     with torch.no_grad():
         gated.adapter.gate.weight[0, 0] = 1e-3  # open: the block is read again
-    assert gated.adapter.hint_slots(3) > 0
+    assert gated.adapter.hint_slots([3])[0] > 0

@@ -63,8 +63,10 @@ class Adapter(nn.Module):
         so drivers can check inputs against the template without loading the model."""
         return 0
 
-    def hint_slots(self, query_len: int) -> int:
-        return self.slots_for(self.config, self.template, query_len)
+    def hint_slots(self, query_lens: list[int]) -> list[int]:
+        """Hint positions for each of a batch's queries, asked once per batch: a gated
+        adapter looks at its gate to answer, a device sync on GPUs."""
+        return [self.slots_for(self.config, self.template, n) for n in query_lens]
 
     def prompt_embeddings(self) -> torch.Tensor | None:
         """Trainable vectors for the prompt P positions, or None to keep the hard prompt."""
@@ -147,8 +149,8 @@ class QueryDependentAdapter(Adapter):
         block: the gate's first gradient comes through it."""
         return self.gate is None or self.training or bool(self.gate().any())
 
-    def hint_slots(self, query_len: int) -> int:
-        return super().hint_slots(query_len) if self.reads_hints() else 0
+    def hint_slots(self, query_lens: list[int]) -> list[int]:
+        return super().hint_slots(query_lens) if self.reads_hints() else [0] * len(query_lens)
 
     def hint_gate(self) -> torch.Tensor | None:
         if self.gate is None:
