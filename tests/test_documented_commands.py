@@ -231,3 +231,39 @@ def test_documented_shell_script_takes_its_arguments(where, script, args):
             )
     for position in range(1, len(placeholders) + 1):
         assert f"${position}" in text, f"{where}: {script} does not read argument {position}"
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """(where, code) for every ```python block of the docs."""
+    found = []
+    for path in DOCUMENTS:
+        block: list[str] | None = None
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if block is None and line.strip() == "```python":
+                block, start = [], number + 1
+            elif block is not None and line.strip() == "```":
+                found.append((f"{path.relative_to(ROOT)}:{start}", "\n".join(block)))
+                block = None
+            elif block is not None:
+                block.append(line)
+    return found
+
+
+PYTHON_BLOCKS = python_blocks()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("where", "code"), PYTHON_BLOCKS, ids=[w for w, _ in PYTHON_BLOCKS])
+def test_documented_python_block_runs(where, code, monkeypatch):
+    """Each block runs as pasted, from the checkout (the README's five lines load the
+    packaged SmolLM2 and score a pair)."""
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {}
+    exec(compile(code, where, "exec"), namespace)
+    scores = namespace.get("scores")
+    if scores is not None:
+        assert len(scores) >= 1 and all(-50.0 < s < 0.0 for s in scores), (where, scores)
+
+
+def test_docs_python_blocks_are_found():
+    assert any(where.startswith("README.md") for where, _ in PYTHON_BLOCKS), PYTHON_BLOCKS
