@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+from scoring import SHAPES, random_backbone  # benchmarks/ is sys.path[0] when run as a script
 
-from benchmarks.scoring import SHAPES, random_backbone
 from qpeft.checkpoint import load_adapter, save_adapter
 from qpeft.config import AdapterConfig, LossConfig, TemplateConfig
 from qpeft.engines import DeepSpeedEngine

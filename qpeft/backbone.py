@@ -134,9 +134,7 @@ def default_cache_dir() -> Path:
 
 def is_complete_conversion(folder: Path) -> bool:
     """True when `folder` holds a finished conversion: the marker lists every file with its
-    size, and the config names its model type (what transformers needs to load it) and no
-    GGUF quantization (older versions kept it, and transformers then warns of packed
-    weights on every bf16 load)."""
+    size, and the config names its model type (what transformers needs to load it)."""
     try:
         marker = json.loads((folder / COMPLETION_MARKER).read_text())
         config = json.loads((folder / "config.json").read_text())
@@ -146,8 +144,6 @@ def is_complete_conversion(folder: Path) -> bool:
     has_weights = any(name.endswith(".safetensors") for name in files)
     has_tokenizer = "tokenizer.json" in files or "tokenizer_config.json" in files
     if not (config.get("model_type") and has_weights and has_tokenizer):
-        return False
-    if "quantization_config" in config:  # written before conversions dropped it: redo
         return False
     for name, size in files.items():
         path = folder / name
@@ -187,6 +183,26 @@ def dequantize_packaged(alias: str, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def _drop_stale_quantization_config(alias: str, folder: Path, lock: FileLock) -> None:
+    """Conversions made before `dequantize_packaged` dropped GGUF's `quantization_config`
+    kept it, and transformers then warns of packed weights on every bf16 load: take it out
+    of such a folder in place, once. A read-only cache is used as it is (the weights are
+    the same; only the warning stays)."""
+    config_path = folder / "config.json"
+    if "quantization_config" not in json.loads(config_path.read_text()):
+        return
+    if not (os.access(folder, os.W_OK) and os.access(config_path, os.W_OK)):
+        return
+    with lock:
+        config = json.loads(config_path.read_text())
+        if config.pop("quantization_config", None) is None:  # another process did it
+            return
+        tmp = folder / ".config.json.tmp"
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, config_path)
+        _mark_complete(alias, folder)
+
+
 def _mark_complete(alias: str, folder: Path) -> None:
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
     marker = {"alias": alias, "gguf_file": PACKAGED_MODELS[alias].gguf_file, "files": files}
@@ -197,15 +213,17 @@ def convert_packaged(alias: str, cache_dir: Path) -> Path:
     """De-quantize a packaged GGUF model once into `cache_dir/alias` (safetensors).
 
     Any number of processes (Ray workers, actors, several nodes on a shared folder) may
-    call this at once: a finished folder is only ever read; otherwise one process at a
-    time, under a file lock, converts into a temporary sibling and renames it into place,
+    call this at once: a finished folder is only read (one an older version wrote loses
+    its stale quantization key once, under the lock); otherwise one process at a time,
+    under a file lock, converts into a temporary sibling and renames it into place,
     replacing whatever partial folder an earlier crash left."""
     target = cache_dir / alias
+    lock = FileLock(str(cache_dir / f".{alias}.lock"), timeout=LOCK_TIMEOUT_S)
     if is_complete_conversion(target):
+        _drop_stale_quantization_config(alias, target, lock)
         return target
     PACKAGED_MODELS[alias].package_dir()  # a missing package is reported before any work
     _writable_cache(cache_dir)
-    lock = FileLock(str(cache_dir / f".{alias}.lock"), timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
             if is_complete_conversion(target):  # another process finished while we waited

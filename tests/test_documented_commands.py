@@ -71,18 +71,32 @@ INLINE_CODE = re.compile(r"`([^`]+)`")
 
 
 def inline_code(path: Path) -> list[tuple[int, str]]:
-    """Inline code spans outside fenced blocks (they may wrap across lines), numbered by
-    the line they start on."""
-    text, fenced = [], False
-    for line in path.read_text().splitlines():
+    """Inline code spans of the prose (not fenced or indented code), numbered by the line
+    they start on. A span may wrap across lines, never across a paragraph: a stray
+    backtick then mis-pairs one paragraph, not the rest of the file."""
+    found, fenced = [], False
+    paragraph: list[tuple[int, str]] = []
+
+    def close() -> None:
+        text = "\n".join(line for _, line in paragraph)
+        for m in INLINE_CODE.finditer(text):
+            found.append((paragraph[0][0] + text.count("\n", 0, m.start()), m.group(1)))
+        paragraph.clear()
+
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.lstrip().startswith("```"):
             fenced = not fenced
-        text.append("" if fenced or line.lstrip().startswith("```") else line)
-    joined = "\n".join(text)
-    return [
-        (joined.count("\n", 0, m.start()) + 1, m.group(1).replace("\n", " "))
-        for m in INLINE_CODE.finditer(joined)
-    ]
+            close()
+        elif fenced or not line.strip() or line.startswith("    "):
+            close()
+        else:
+            paragraph.append((number, line))
+    close()
+    return [(number, text.replace("\n", " ")) for number, text in found]
+
+
+SCRIPT_LINE = re.compile(r"\b(python|bash) \S+\.(py|sh)\b")
+UNPARSED: list[str] = []  # script lines shlex could not split: reported by a test
 
 
 def documented_scripts() -> list[tuple[str, str, list[str]]]:
@@ -95,6 +109,8 @@ def documented_scripts() -> list[tuple[str, str, list[str]]]:
             try:
                 tokens = shlex.split(text.replace("[", " ").replace("]", " "), comments=True)
             except ValueError:
+                if SCRIPT_LINE.search(text):
+                    UNPARSED.append(f"{path.relative_to(ROOT)}:{number}: {text}")
                 continue
             segment: list[str] = []
             for token in [*tokens, "&&"]:
@@ -188,6 +204,7 @@ def test_documented_evaluate_runs_for_real_on_tiny_runs(tmp_path, monkeypatch, c
 
 def test_docs_show_benchmark_and_result_scripts():
     assert len(SCRIPTS) >= 20, SCRIPTS  # the parser still finds the docs' script lines
+    assert not UNPARSED, UNPARSED
     shown = {script for _, script, _ in SCRIPTS}
     assert {"benchmarks/scoring.py", "scripts/install.sh"} <= shown, shown
 
@@ -222,7 +239,9 @@ def test_documented_shell_script_takes_its_arguments(where, script, args):
     assert path.is_file(), f"{where}: {script} does not exist"
     check = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, f"{where}: {check.stderr}"
-    text = path.read_text()
+    text = "\n".join(
+        line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
     placeholders = [arg for arg in args if arg.isupper()]
     for arg in args:
         if not arg.isupper():
@@ -230,7 +249,9 @@ def test_documented_shell_script_takes_its_arguments(where, script, args):
                 f"{where}: {script} does not know {arg}"
             )
     for position in range(1, len(placeholders) + 1):
-        assert f"${position}" in text, f"{where}: {script} does not read argument {position}"
+        assert re.search(rf"\$\{{?{position}(?![0-9])", text), (
+            f"{where}: {script} does not read argument {position}"
+        )
 
 
 def python_blocks() -> list[tuple[str, str]]:

@@ -84,19 +84,23 @@ def test_truncated_weights_are_detected(tmp_path, fake_conversion):
     assert fake_conversion == [ALIAS, ALIAS] and is_complete_conversion(target)
 
 
-def test_conversion_keeping_the_gguf_quantization_config_is_redone(tmp_path, fake_conversion):
-    """Conversions made before the key was dropped are replaced once, not kept forever."""
+def test_conversion_keeping_the_gguf_quantization_config_loses_it_in_place(
+    tmp_path, fake_conversion
+):
+    """Conversions made before the key was dropped lose it once, without a reconversion."""
     cache = tmp_path / "models"
     target = convert_packaged(ALIAS, cache)
     config_path = target / "config.json"
     config = json.loads(config_path.read_text())
     config["quantization_config"] = {"quant_method": "gguf", "dequantize": False}
     config_path.write_text(json.dumps(config))
-    backbone_module._mark_complete(ALIAS, target)  # sizes match: only the key is stale
-    assert not is_complete_conversion(target)
-    convert_packaged(ALIAS, cache)
-    assert fake_conversion == [ALIAS, ALIAS] and is_complete_conversion(target)
+    backbone_module._mark_complete(ALIAS, target)  # an older version's finished folder
+    weights = (target / "model.safetensors").stat().st_mtime_ns
+    assert convert_packaged(ALIAS, cache) == target
+    assert fake_conversion == [ALIAS] and is_complete_conversion(target)
     assert "quantization_config" not in json.loads(config_path.read_text())
+    assert json.loads(config_path.read_text())["model_type"] == config["model_type"]
+    assert (target / "model.safetensors").stat().st_mtime_ns == weights
 
 
 def test_unwritable_cache_names_the_folder_and_the_variable(tmp_path, fake_conversion):
