@@ -204,7 +204,11 @@ def _drop_stale_quantization_config(alias: str, folder: Path, lock: FileLock) ->
 
 
 def _mark_complete(alias: str, folder: Path) -> None:
-    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    files = {
+        p.name: p.stat().st_size
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != COMPLETION_MARKER  # re-marking must not list itself
+    }
     marker = {"alias": alias, "gguf_file": PACKAGED_MODELS[alias].gguf_file, "files": files}
     (folder / COMPLETION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
