@@ -226,13 +226,13 @@ def main() -> None:
     tokens = sum(len(x.input_ids) for x in layouts)
     labels = sum(len(x.query_ids) + 2 for x in layouts)
     per_token = 2 * non_embedding_params(backbone)
-    flops = per_token * tokens + 2 * backbone.hidden_size * backbone.vocab_size * labels
+    head = 2 * backbone.hidden_size * backbone.vocab_size
+    flops = per_token * tokens + head * labels
     # Ours runs the shared prefix once per batch instead of once per pair (a soft prompt's
     # too: scoring runs without gradients): count real work.
     shared = 0 if args.no_share_prefix else len(model.template.shared_prefix_ids)
     n_batches = -(-len(layouts) // args.batch_size)
     ours_flops = flops - per_token * shared * (len(layouts) - n_batches)
-    head = 2 * backbone.hidden_size * backbone.vocab_size
     plain_computed, ours_computed = computed_flops(
         layouts, args.batch_size, shared, per_token, head
     )

@@ -44,6 +44,17 @@ def code_lines(path: Path) -> list[tuple[int, str]]:
     return lines
 
 
+def shell_segments(tokens: list[str]) -> list[list[str]]:
+    """The simple commands of a split command line: the runs between `&&`, `||`, `;`, `|`."""
+    segments: list[list[str]] = [[]]
+    for token in tokens:
+        if token in SHELL_OPERATORS:
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    return [segment for segment in segments if segment]
+
+
 def documented_commands() -> list[tuple[str, list[str]]]:
     """(where, argv after `qpeft`) for every `qpeft ...` command in the docs' code."""
     found = []
@@ -53,15 +64,10 @@ def documented_commands() -> list[tuple[str, list[str]]]:
                 tokens = shlex.split(line, comments=True)
             except ValueError:  # prose that happens to be indented, with a stray quote
                 continue
-            for i, token in enumerate(tokens):
-                if token != "qpeft" or i + 1 == len(tokens):
-                    continue
-                argv = []
-                for arg in tokens[i + 1 :]:
-                    if arg in SHELL_OPERATORS:
-                        break
-                    argv.append(arg)
-                found.append((f"{path.relative_to(ROOT)}:{number}", argv))
+            for segment in shell_segments(tokens):
+                for i, token in enumerate(segment[:-1]):
+                    if token == "qpeft":
+                        found.append((f"{path.relative_to(ROOT)}:{number}", segment[i + 1 :]))
     return found
 
 
@@ -112,17 +118,12 @@ def documented_scripts() -> list[tuple[str, str, list[str]]]:
                 if SCRIPT_LINE.search(text):
                     UNPARSED.append(f"{path.relative_to(ROOT)}:{number}: {text}")
                 continue
-            segment: list[str] = []
-            for token in [*tokens, "&&"]:
-                if token not in SHELL_OPERATORS:
-                    segment.append(token)
+            for segment in shell_segments(tokens):
+                if len(segment) < 2 or segment[0] not in ("python", "bash"):
                     continue
-                if len(segment) >= 2 and segment[0] in ("python", "bash"):
-                    script = segment[1]
-                    if script.endswith((".py", ".sh")) and "/" in script:
-                        where = f"{path.relative_to(ROOT)}:{number}"
-                        found.append((where, script, segment[2:]))
-                segment = []
+                script = segment[1]
+                if script.endswith((".py", ".sh")) and "/" in script:
+                    found.append((f"{path.relative_to(ROOT)}:{number}", script, segment[2:]))
     return found
 
 
