@@ -33,6 +33,7 @@ from qpeft.artifacts import PreparedData, without
 from qpeft.config import AdapterConfig, ConfigError, ModelConfig, TemplateConfig, to_dict
 from qpeft.data import schemas
 from qpeft.data.first_stage import FirstStage, FirstStageConfig
+from qpeft.data.official_splits import split_assignment
 from qpeft.data.readers import DataError
 from qpeft.data.sources import Part, SourceConfig, parts
 from qpeft.data.splits import SPLITS, split_of
@@ -143,16 +144,24 @@ def read_source(source: SourceConfig, kind: str, schema: pa.Schema, block_rows: 
     return ray.data.read_datasource(PartsDatasource(parts(source, kind), schema, block_rows))
 
 
-def assign_splits(batch: pa.Table, seed: int, fractions: dict[str, float]) -> pa.Table:
-    """Add `split` and `skipped` ('empty_query' for blank text) to a raw query batch."""
+def assign_splits(
+    batch: pa.Table, seed: int, fractions: dict[str, float], own: dict[str, str] | None
+) -> pa.Table:
+    """Add `split` and `skipped` to a raw query batch: the source's own split (`own`) or a
+    random one by fractions; 'empty_query' for blank text, 'no_split' for a query that the
+    source's splits do not name."""
     ids = batch.column("query_id").to_pylist()
     texts = [" ".join(t.split()) for t in batch.column("text").to_pylist()]
+    splits = [own.get(q, "") if own is not None else split_of(q, seed, fractions) for q in ids]
     columns = {
         "query_id": ids,
         "text": texts,
-        "split": [split_of(q, seed, fractions) for q in ids],
+        "split": splits,
         "answers": batch.column("answers").to_pylist(),
-        "skipped": ["" if t else "empty_query" for t in texts],
+        "skipped": [
+            "empty_query" if not t else "no_split" if not s else ""
+            for t, s in zip(texts, splits, strict=True)
+        ],
     }
     return pa.Table.from_pydict(columns, schema=schemas.with_skipped(schemas.QUERIES))
 
@@ -209,6 +218,15 @@ def summarize(root: str) -> dict:
     lengths = pa.compute.utf8_length(pa.compute.utf8_trim_whitespace(corpus.column("text")))
     queries = prepared.table(prepared.QUERIES, ["query_id", "split"])
     qrels = prepared.table(prepared.QRELS, ["query_id"])
+    split_by_query = dict(
+        zip(
+            queries.column("query_id").to_pylist(), queries.column("split").to_pylist(), strict=True
+        )
+    )
+    judged_by_split = {s: 0 for s in split_by_query.values()}
+    for query_id in set(qrels.column("query_id").to_pylist()):
+        if query_id in split_by_query:
+            judged_by_split[split_by_query[query_id]] += 1
     cands = prepared.table(prepared.CANDIDATES, ["query_id"])
     per_query = cands.group_by("query_id").aggregate([("query_id", "count")])
     sizes = per_query.column("query_id_count").to_pylist()
@@ -222,6 +240,7 @@ def summarize(root: str) -> dict:
         "queries_by_split": {r["split"]: r["split_count"] for r in split_counts},
         "qrels": qrels.num_rows,
         "judged_queries": pa.compute.count_distinct(qrels.column("query_id")).as_py(),
+        "judged_queries_by_split": judged_by_split,
         "candidates": cands.num_rows,
         "queries_with_candidates": len(sizes),
         "queries_without_candidates": queries.num_rows - len(sizes),
@@ -256,6 +275,12 @@ def write_table(out: PreparedData, name: str, dataset, schema: pa.Schema) -> Non
     storage.write_text(storage.join(folder, out.marker), "")
 
 
+def skip_reasons(rows) -> dict[str, int]:
+    """How many rows of a materialised dataset carry each `skipped` reason."""
+    reasons = rows.filter(expr=col("skipped") != "").select_columns(["skipped"]).to_pandas()
+    return reasons["skipped"].value_counts().to_dict() if len(reasons) else {}
+
+
 def log(message: str, start: float) -> None:
     print(f"[prepare {time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
@@ -285,26 +310,38 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
         write_table(out, out.CORPUS, read("corpus", schemas.CORPUS), schemas.CORPUS)
         log("corpus written", start)
     if not out.table_done(out.QUERIES):
+        own = split_assignment(source)
+        if own is not None:
+            log(f"splits from the source ({own.kind}): {own.counts()}", start)
         raw = (
             read("queries", schemas.RAW_QUERIES)
             .map_batches(
                 assign_splits,
                 batch_format="pyarrow",
-                fn_kwargs={"seed": section.split_seed, "fractions": section.splits},
+                fn_kwargs={
+                    "seed": section.split_seed,
+                    "fractions": section.splits,
+                    "own": own.split_of if own is not None else None,
+                },
             )
             .materialize()
         )
+        # The reasons first: a table marked done always has its skip counts beside it.
+        reasons = {"empty_query": 0, **skip_reasons(raw)}
+        storage.write_text(out.path(out.skipped_name(out.QUERIES)), json.dumps(reasons))
         write_table(
             out,
             out.QUERIES,
             raw.filter(expr=col("skipped") == "").drop_columns(["skipped"]),
             schemas.QUERIES,
         )
-        empty = raw.filter(expr=col("skipped") != "").count()
-        storage.write_text(
-            out.path(out.skipped_name(out.QUERIES)), json.dumps({"empty_query": empty})
-        )
-        log(f"queries written ({raw.count()} read, {empty} empty skipped)", start)
+        log(f"queries written ({raw.count()} read; skipped: {reasons})", start)
+        if reasons.get("no_split"):
+            log(
+                f"warning: {reasons['no_split']} queries are in none of the source's splits "
+                "and are left out",
+                start,
+            )
     skipped["queries"] = json.loads(storage.read_text(out.path(out.skipped_name(out.QUERIES))))
     if not out.table_done(out.QRELS):
         write_table(out, out.QRELS, read("qrels", schemas.QRELS), schemas.QRELS)
@@ -347,16 +384,27 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
             .materialize()
         )
         ok = rows.filter(expr=col("skipped") == "").drop_columns(["skipped"])
+        storage.write_text(out.path(out.skipped_name(out.GROUPS)), json.dumps(skip_reasons(rows)))
         write_table(out, out.GROUPS, ok, schemas.GROUPS)
-        reasons = rows.filter(expr=col("skipped") != "").select_columns(["skipped"]).to_pandas()
-        storage.write_text(
-            out.path(out.skipped_name(out.GROUPS)),
-            json.dumps(reasons["skipped"].value_counts().to_dict() if len(reasons) else {}),
-        )
         log("training groups written", start)
     skipped["groups"] = json.loads(storage.read_text(out.path(out.skipped_name(out.GROUPS))))
 
     counts = ray.get(summarize.remote(root))
+    unjudged = [s for s, n in counts["judged_queries_by_split"].items() if n == 0]
+    if source.has_own_splits and unjudged:
+        raise PrepareError(
+            f"split {unjudged[0]!r} of the source's splits has no judged query "
+            f"(queries by split: {counts['queries_by_split']}); {root} is left incomplete"
+        )
+    counts["splits_from"] = (
+        "irds_splits"
+        if source.irds_splits
+        else "qrels_splits"
+        if source.qrels_splits
+        else "split_file"
+        if source.split_file
+        else "fractions"
+    )
     counts["skipped"] = skipped
     counts["references"] = references
     if cfg.model is not None:

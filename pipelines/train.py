@@ -42,6 +42,7 @@ from qpeft.adapters import adapter_class
 from qpeft.artifacts import PreparedData, TrainingRun, without
 from qpeft.backbone import load_backbone, load_tokenizer, pin_model
 from qpeft.config import ConfigError, ModelConfig, QPeftConfig, from_dict, to_dict
+from qpeft.data.splits import nested_subset
 from qpeft.engines import DeepSpeedEngine, TorchEngine
 from qpeft.input_check import QueryCheck, check_queries
 from qpeft.methods import METHODS
@@ -122,19 +123,31 @@ RUN_POLICY_KEYS = (
 )
 
 
+def training_query_ids(cfg: TrainRunConfig, skip: list[str]) -> list[str]:
+    """The training queries this run uses: the train split's groups less those the
+    long-query policy skips, cut to `train.max_train_queries` (a nested subset)."""
+    prepared = PreparedData(cfg.data.prepared_dir)
+    ids = prepared.table(prepared.GROUPS, ["query_id"], pc.field("split") == "train")
+    ids = sorted(set(ids.column("query_id").to_pylist()) - set(skip))
+    if cfg.train.max_train_queries is not None:
+        ids = nested_subset(ids, cfg.train.max_train_queries, cfg.train.seed)
+    return ids
+
+
 def training_token_ids(
-    cfg: TrainRunConfig, template: Template, skip: list[str]
+    cfg: TrainRunConfig, template: Template, query_ids: list[str]
 ) -> list[int] | None:
     """The vocabulary rows of E' that training can reach (the method decides which: query
     tokens, hint words, and for Q-PEFT-R the documents' tokens), found once in the driver
-    so that every worker builds the same sparse E'. `skip`: groups the policy leaves out."""
+    so that every worker builds the same sparse E'. `query_ids`: the groups it trains on."""
     prepared = PreparedData(cfg.data.prepared_dir)
     rows = prepared.table(
         prepared.GROUPS,
         ["query_id", "query", "positive_text", "negative_texts"],
         pc.field("split") == "train",
     ).to_pylist()
-    rows = [r for r in rows if r["query_id"] not in set(skip)]
+    used = set(query_ids)
+    rows = [r for r in rows if r["query_id"] in used]
     docs = {r["positive_text"] for r in rows} | {t for r in rows for t in r["negative_texts"]}
     return adapter_class(cfg.adapter.method).trainable_token_ids(
         template,
@@ -354,14 +367,10 @@ def train_loop(loop_config: dict) -> None:
         save_checkpoint(engine, qpeft, state, rank, metrics)
 
 
-def build_datasets(cfg: TrainRunConfig, skip: list[str]) -> tuple[dict, int]:
-    """The training groups (less the queries the long-query policy skips) and the number
-    of optimizer steps per epoch."""
+def build_datasets(cfg: TrainRunConfig, query_ids: list[str]) -> tuple[dict, int]:
+    """The training groups of `query_ids` and the number of optimizer steps per epoch."""
     groups = ray.data.read_parquet(PreparedData(cfg.data.prepared_dir).path(PreparedData.GROUPS))
-    condition = col("split") == "train"
-    if skip:
-        condition = condition & col("query_id").not_in(list(skip))
-    train = groups.filter(expr=condition)
+    train = groups.filter(expr=(col("split") == "train") & col("query_id").is_in(query_ids))
     n_train = train.count()
     per_step = cfg.train.queries_per_batch * cfg.scaling.num_workers
     if n_train < per_step:
@@ -408,14 +417,16 @@ def fit(
     template = Template(
         cfg.template, load_tokenizer(cfg.model), cfg.adapter.method, cfg.adapter.hint_gate
     )
-    trainable_ids = training_token_ids(cfg, template, query_check.skipped)
+    query_ids = training_query_ids(cfg, query_check.skipped)
+    print(f"[train] {len(query_ids)} training queries", flush=True)
+    trainable_ids = training_token_ids(cfg, template, query_ids)
     init_ray(cfg.ray)
     check_cpu_headroom(
         cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
         f"scaling: {cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker} CPUs",
         "lower scaling.cpus_per_worker (e.g. 0.5 on a 2-core machine)",
     )
-    datasets, steps_per_epoch = build_datasets(cfg, query_check.skipped)
+    datasets, steps_per_epoch = build_datasets(cfg, query_ids)
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.scaling.num_workers,
         use_gpu=cfg.scaling.use_gpu,
@@ -444,6 +455,7 @@ def fit(
         ),
         datasets=datasets,
     )
+    began = time.perf_counter()
     result = trainer.fit()
     adapter = out.adapter_dir  # published by rank 0 at each new best
     with result.checkpoint.as_directory() as ckpt:
@@ -456,6 +468,9 @@ def fit(
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
         "resumed_at": state.resumed_at or [],
+        "train_queries": len(query_ids),
+        # This invocation's wall time (a resumed run's earlier sessions are not in it).
+        "wall_seconds": round(time.perf_counter() - began, 1),
         "history": state.history,
         "query_check": query_check.counts(),
         "config": to_dict(cfg),

@@ -68,6 +68,9 @@ class TrainSettings:
     dev_max_queries: int | None = None
     max_steps: int | None = None  # stop after this many optimizer steps in all
     max_negatives: int | None = None  # use at most this many of each group's hard negatives
+    # Train on this many training queries at most, a fixed nested subset (smaller sizes
+    # inside larger ones: `nested_subset`), for learning curves. null: all of them.
+    max_train_queries: int | None = None
     # Memory is set by tokens, not queries: a step's pairs run in micro-batches of at most
     # this many (padded) tokens, with the same update as one batch (`backward_step`).
     micro_batch_tokens: int = 768
@@ -87,6 +90,8 @@ class TrainSettings:
                 raise ConfigError(f"train.{key}: must be positive")
         if self.lr <= 0:
             raise ConfigError("train.lr: must be positive")
+        if self.max_train_queries is not None and self.max_train_queries <= 0:
+            raise ConfigError("train.max_train_queries: must be positive (or null: all)")
         for key in ("embedding_lr", "gate_lr"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key}: must be positive (or null: train.lr)")

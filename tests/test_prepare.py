@@ -173,3 +173,57 @@ def test_dpr_json_end_to_end(ray_session, tmp_path):
     group = table(out, "groups").to_pylist()[0]
     assert group["positive_id"] == "c1" and sorted(group["negative_ids"]) == ["c2", "c3"]
     assert table(out, "queries").column("answers").to_pylist()[0] == ["Paris"]
+
+
+def test_official_splits_from_local_qrels_files_through_the_cli(ray_session, tmp_path, capsys):
+    """A collection's own splits (one qrels file per split), graded judgments kept, titles
+    joined by the configured separator, counts per split; then a split file that leaves a
+    split without judged queries fails and leaves nothing that looks complete."""
+    from pipelines.cli import main
+
+    docs = [
+        {"_id": "d1", "title": "Statins", "text": "statins and breast cancer survival"},
+        {"_id": "d2", "title": "Fiber", "text": "dietary fiber and colon health"},
+        {"_id": "d3", "title": "Coffee", "text": "coffee and liver enzymes"},
+        {"_id": "d4", "title": "Soy", "text": "soy and breast cancer risk"},
+    ]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "queries.tsv").write_text(
+        "t1\tstatins cancer\nt2\tfiber colon\nv1\tcoffee liver\ne1\tsoy cancer\nx1\tunsplit\n"
+    )
+    (tmp_path / "train.qrels").write_text("t1 0 d1 2\nt1 0 d4 1\nt2 0 d2 1\n")
+    (tmp_path / "dev.qrels").write_text("v1 0 d3 2\n")
+    (tmp_path / "test.qrels").write_text("e1 0 d4 1\n")
+    out = tmp_path / "out"
+    args = ["--set", f"prepare.output_dir={out}"]
+    for key in ("corpus", "queries"):
+        args += [
+            "--set",
+            f"prepare.source.{key}={tmp_path / key}.{'jsonl' if key == 'corpus' else 'tsv'}",
+        ]
+    for split in ("train", "dev", "test"):
+        args += ["--set", f"prepare.source.qrels_splits.{split}={tmp_path / split}.qrels"]
+    args += ["--set", "prepare.first_stage.title_separator=' | '"]
+    assert main(["prepare", *args]) == 0
+    counts = json.loads((out / "counts.json").read_text())
+    assert counts["splits_from"] == "qrels_splits"
+    assert counts["queries_by_split"] == {"train": 2, "dev": 1, "test": 1}
+    assert counts["judged_queries_by_split"] == {"train": 2, "dev": 1, "test": 1}
+    assert counts["skipped"]["queries"] == {"empty_query": 0, "no_split": 1}  # x1
+    grades = {(r["query_id"], r["doc_id"]): r["relevance"] for r in table(out, "qrels").to_pylist()}
+    assert grades[("t1", "d1")] == 2 and grades[("t1", "d4")] == 1
+    texts = {c["doc_id"]: c["text"] for c in table(out, "candidates").to_pylist()}
+    assert texts["d1"] == "Statins | statins and breast cancer survival"
+
+    (tmp_path / "splits.tsv").write_text("t1\ttrain\nt2\ttrain\nv1\ttrain\nx1\tdev\n")
+    bad = tmp_path / "bad"
+    args = [
+        "--set", f"prepare.output_dir={bad}",
+        "--set", f"prepare.source.corpus={tmp_path / 'corpus.jsonl'}",
+        "--set", f"prepare.source.queries={tmp_path / 'queries.tsv'}",
+        "--set", f"prepare.source.qrels={tmp_path / 'train.qrels'}",
+        "--set", f"prepare.source.split_file={tmp_path / 'splits.tsv'}",
+    ]  # fmt: skip
+    assert main(["prepare", *args]) == 2
+    assert "split 'dev' of the source's splits has no judged query" in capsys.readouterr().err
+    assert not (bad / "_SUCCESS").exists() and not (bad / "counts.json").exists()

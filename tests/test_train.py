@@ -156,7 +156,7 @@ def test_workers_taking_every_cpu_are_refused(ray_session, setup, tmp_path):
 def test_skipped_long_queries_are_left_out_of_the_sparse_e_prime(setup, tmp_path):
     """With long_queries: skip the driver's check leaves q3 out, and so does the set of
     E' rows training can reach (clipping q3 there would raise)."""
-    from pipelines.train import check_training_queries, training_token_ids
+    from pipelines.train import check_training_queries, training_query_ids, training_token_ids
     from qpeft.backbone import load_tokenizer
     from qpeft.template import Template
 
@@ -170,7 +170,9 @@ def test_skipped_long_queries_are_left_out_of_the_sparse_e_prime(setup, tmp_path
     template = Template(
         cfg.template, load_tokenizer(cfg.model), cfg.adapter.method, cfg.adapter.hint_gate
     )
-    ids = training_token_ids(cfg, template, check.skipped)  # raised QueryTooLongError before
+    query_ids = training_query_ids(cfg, check.skipped)
+    assert "q3" not in query_ids
+    ids = training_token_ids(cfg, template, query_ids)  # raised QueryTooLongError before
     assert ids and set(template.hint_prefix_ids) <= set(ids)
 
 

@@ -31,6 +31,10 @@ class FirstStageConfig:
     negatives: int = 7
     negative_depth: int = 30
     seed: int = 13
+    # How a title joins its body in the text BM25 indexes and the reranker reads: "\n"
+    # (default) keeps the title as its own first line; " " is BEIR's dense-retrieval
+    # convention (title + " " + text); null leaves titles out.
+    title_separator: str | None = "\n"
 
 
 class FirstStage:
@@ -64,7 +68,7 @@ class FirstStage:
             corpus = prepared.table(prepared.CORPUS)
         ids = corpus.column("doc_id").to_pylist()
         texts = [
-            full_text(t, x)
+            full_text(t, x, config.title_separator)
             for t, x in zip(
                 corpus.column("title").to_pylist(), corpus.column("text").to_pylist(), strict=True
             )

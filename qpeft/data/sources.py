@@ -22,33 +22,58 @@ Part = Callable[[], Iterator[dict]]
 
 @dataclass
 class SourceConfig:
-    """One data source: an ir_datasets id, local files (globs allowed), or a DPR JSON file."""
+    """One data source: an ir_datasets id (or one per split), local files (globs allowed),
+    or a DPR JSON file.
+
+    A collection's own splits: `irds_splits` maps split -> ir_datasets id (the ids share one
+    corpus, as `beir/nfcorpus/train`, `/dev`, `/test` do); with local files, `qrels_splits`
+    maps split -> qrels file, or `split_file` names each query's split (`query_id<TAB>split`).
+    Without any of them `prepare.splits` draws random fractions."""
 
     irds: str | None = None
+    irds_splits: dict[str, str] | None = None
     irds_seed: str | None = None
     corpus: str | None = None
     queries: str | None = None
     qrels: str | None = None
+    qrels_splits: dict[str, str] | None = None
+    split_file: str | None = None
     run: str | None = None
     dpr: str | None = None
 
     def validate(self) -> None:
         from qpeft.config import ConfigError
 
-        kinds = [k for k in ("irds", "corpus", "dpr") if getattr(self, k)]
+        kinds = [k for k in ("irds", "irds_splits", "corpus", "dpr") if getattr(self, k)]
         if len(kinds) != 1:
             raise ConfigError(
-                "source: give exactly one of source.irds, source.corpus (with source.queries) "
-                f"or source.dpr, got {kinds or 'none'}"
+                "source: give exactly one of source.irds, source.irds_splits, source.corpus "
+                f"(with source.queries) or source.dpr, got {kinds or 'none'}"
             )
         if self.corpus and not self.queries:
             raise ConfigError("source.queries: required with source.corpus")
+        if (self.qrels_splits or self.split_file) and not self.corpus:
+            raise ConfigError(
+                "source.qrels_splits / source.split_file: only with local files (source.corpus)"
+            )
+        if self.qrels_splits and (self.qrels or self.split_file):
+            raise ConfigError(
+                "source.qrels_splits: give the judgments either per split or in source.qrels "
+                "(with source.split_file), not both"
+            )
+
+    @property
+    def has_own_splits(self) -> bool:
+        return bool(self.irds_splits or self.qrels_splits or self.split_file)
 
 
-def full_text(title: str, text: str) -> str:
-    """The text a reranker reads: title and body."""
+def full_text(title: str, text: str, separator: str | None = "\n") -> str:
+    """The text a reranker reads: title and body joined by `separator` (None: body only;
+    a document with no body keeps its title)."""
     title, text = title.strip(), text.strip()
-    return f"{title}\n{text}" if title and text else title or text
+    if separator is None:
+        return text or title
+    return f"{title}{separator}{text}" if title and text else title or text
 
 
 def _files(pattern: str) -> list[str]:
@@ -123,6 +148,15 @@ def _run(path: str) -> Iterator[dict]:
 
 def parts(source: SourceConfig, kind: str) -> list[Part]:
     """Readers for `kind` (corpus, queries, qrels or run) of `source`; [] where it has none."""
+    if source.irds_splits:
+        ids = list(source.irds_splits.values())
+        if kind == "run" and source.run:
+            return [partial(_run, f) for f in _files(source.run)]
+        if kind == "corpus":  # the splits share one corpus
+            ids = ids[:1]
+        if kind == "run":
+            ids = [i for i in ids if irds.load(i, source.irds_seed).has_scoreddocs()]
+        return [partial(_irds, i, source.irds_seed, kind) for i in ids]
     if source.irds:
         if kind == "run" and source.run:
             return [partial(_run, f) for f in _files(source.run)]
@@ -131,6 +165,8 @@ def parts(source: SourceConfig, kind: str) -> list[Part]:
         return [partial(_irds, source.irds, source.irds_seed, kind)]
     if source.dpr:
         return [partial(_dpr, f, kind) for f in _files(source.dpr)]
+    if kind == "qrels" and source.qrels_splits:
+        return [partial(_qrels, f) for f in source.qrels_splits.values()]
     pattern = {
         "corpus": source.corpus,
         "queries": source.queries,

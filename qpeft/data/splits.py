@@ -21,3 +21,11 @@ def split_of(query_id: str, seed: int, fractions: dict[str, float]) -> str:
         if point < edge:
             return name
     return SPLITS[-1]
+
+
+def nested_subset(query_ids: list[str], size: int, seed: int) -> list[str]:
+    """The first `size` of `query_ids` in a fixed order (hash of seed and id): a smaller
+    subset is always inside a larger one, so the points of a learning curve add queries
+    to those before them instead of drawing new ones."""
+    order = sorted(query_ids, key=lambda q: hashlib.sha256(f"{seed}:{q}".encode()).digest())
+    return sorted(order[:size])

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# NFCorpus (BEIR, official splits: train 2,590 / dev 324 / test 323 queries), BM25 top 20
+# on a 2-core CPU: BM25; zero-shot on Gemma 3 270M and SmolLM2-135M (document length chosen
+# on dev); a learning curve of Q-PEFT-A on Gemma over nested training subsets; every LM run
+# raw and fused with BM25, fusion weights chosen on dev and read from there for test, never
+# chosen on test; through the project's own commands. NFCorpus is free for academic use
+# (NutritionFacts.org's terms otherwise): only run files and metrics are committed here.
+# `bash run.sh` runs everything; `bash run.sh zero_shot gemma3-270m 96` runs one part.
+# Trainings resume from their last checkpoint when re-run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+D=results/nfcorpus
+
+prepare() {
+  qpeft prepare --config configs/prepare-nfcorpus.yaml
+}
+
+bm25() {
+  for split in dev test; do
+    qpeft rerank --config $D/rerank.yaml --set rerank.split=$split --set rerank.method=first_stage \
+      --set rerank.depth=100 --set rerank.name=$split-bm25
+  done
+}
+
+# Zero-shot on all dev queries with documents cut at $2 tokens; its fusion weight is chosen
+# on dev. evaluate-dev.yaml compares the lengths; `zero_shot_test` tests the one dev chose.
+zero_shot() {
+  local M=$1 len=$2
+  qpeft rerank --config $D/rerank.yaml --set model.name=$M --set template.max_doc_tokens=$len \
+    --set rerank.split=dev --set rerank.name=dev-$M-zero_shot-d$len --set rerank.fusion=choose
+}
+
+zero_shot_test() {
+  local M=$1 len=$2
+  qpeft rerank --config $D/rerank.yaml --set model.name=$M --set template.max_doc_tokens=$len \
+    --set rerank.split=test --set rerank.name=test-$M-zero_shot-d$len \
+    --set rerank.fusion=$D/runs/dev-$M-zero_shot-d$len/fusion.json
+}
+
+# One training of $1 (a method) on the first $2 training queries of the nested order
+# (`all`: every training group), Gemma 3 270M.
+train() {
+  local method=$1 size=$2 cap=$2
+  [ "$size" = all ] && cap=null
+  qpeft train --config $D/train.yaml --set adapter.method=$method \
+    --set train.max_train_queries=$cap --set run.name=$method-$size
+}
+
+# The adapter of `train $1 $2` on all dev queries (fusion weight chosen there) and on test.
+trained() {
+  local method=$1 size=$2
+  for split in dev test; do
+    local fusion=choose
+    [ $split = test ] && fusion=$D/runs/dev-$method-$size/fusion.json
+    qpeft rerank --config $D/rerank.yaml --set rerank.method=$method \
+      --set rerank.adapter_dir=$D/train/$method-$size/adapter --set rerank.split=$split \
+      --set rerank.name=$split-$method-$size --set rerank.fusion=$fusion
+  done
+}
+
+# Dev NDCG@10 of Q-PEFT-A against the number of training queries (results/nfcorpus/curve).
+curve() {
+  for size in 150 500 1500 all; do train qpeft_a $size; done
+  python scripts/learning_curve.py --runs $D/train --method qpeft_a --out $D/curve
+}
+
+main() {
+  prepare
+  bm25
+  for len in 96 160; do zero_shot gemma3-270m $len; done
+  zero_shot smollm2-135m 96
+  curve
+  trained qpeft_a all
+  qpeft evaluate --config $D/evaluate-dev.yaml
+  zero_shot_test gemma3-270m 96
+  zero_shot_test smollm2-135m 96
+  qpeft evaluate --config $D/evaluate-test.yaml
+}
+
+# Sourced (`. run.sh`), it only defines the steps above; with arguments it runs one step.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  if [ $# -gt 0 ]; then "$@"; else main; fi
+fi

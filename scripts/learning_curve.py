@@ -1,0 +1,116 @@
+"""Dev NDCG@10 against the number of training queries, from finished `qpeft train` runs.
+
+Each run folder under `--runs` whose `metrics.json` names `--method` is one point: its
+training-set size (`train_queries`) and its best dev NDCG@10. Step 0 of the runs (the
+untrained adapter, which ranks exactly as zero-shot with gated hints) is the point at 0.
+Writes curve.json, curve.md and curve.png into `--out`; the runs' own training cost
+(pairs/s, peak RSS per worker, wall time) goes into the table beside each point.
+
+    python scripts/learning_curve.py --runs results/nfcorpus/train --out results/nfcorpus/curve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def curve_points(runs: Path, method: str) -> list[dict]:
+    """One point per finished run of `method`, by training-set size, plus step 0."""
+    points, start = [], None
+    for path in sorted(runs.glob("*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        config = metrics["config"]
+        # Runs made before metrics.json counted them: the cap, when it was below the pool.
+        size = metrics.get("train_queries") or config["train"]["max_train_queries"]
+        if config["adapter"]["method"] != method or size is None:
+            continue
+        history = metrics["history"]
+        trained = [h for h in history if h["step"] > 0]
+        start = start or history[0]
+        points.append(
+            {
+                "run": path.parent.name,
+                "train_queries": size,
+                "best_dev_ndcg10": metrics["best_dev_ndcg10"],
+                "best_epoch": metrics["best_epoch"],
+                "dev_ndcg10_by_epoch": [round(h["dev_ndcg10"], 4) for h in history],
+                "steps": metrics["steps"],
+                "train_pairs_per_s": trained[-1].get("train_pairs_per_s") if trained else None,
+                "peak_rss_mib": trained[-1].get("peak_rss_mib") if trained else None,
+                "wall_seconds": metrics.get("wall_seconds"),
+                "dev_queries": history[0].get("dev_queries"),
+            }
+        )
+    if start is None:
+        raise SystemExit(f"{runs}: no finished {method} run")
+    zero = {"run": "step 0 (untrained)", "train_queries": 0, "best_dev_ndcg10": start["dev_ndcg10"]}
+    return [zero, *sorted(points, key=lambda p: p["train_queries"])]
+
+
+def markdown(points: list[dict], method: str) -> str:
+    lines = [
+        f"Dev NDCG@10 of {method} by training queries ({points[-1].get('dev_queries')} dev "
+        "queries, their BM25 top 20; best epoch, early stopping on the same dev subset).",
+        "",
+        "| training queries | dev NDCG@10 | best epoch | per epoch | steps | pairs/s | "
+        "peak RSS per worker (MiB) | wall (s) | run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        rss, rate = p.get("peak_rss_mib"), p.get("train_pairs_per_s")
+        cells = [
+            str(p["train_queries"]),
+            f"{p['best_dev_ndcg10']:.4f}",
+            str(p.get("best_epoch", "")),
+            " / ".join(f"{v:.4f}" for v in p.get("dev_ndcg10_by_epoch", [])),
+            str(p.get("steps", "")),
+            f"{rate:.2f}" if rate else "",
+            ", ".join(f"{m:.0f}" for m in rss) if rss else "",
+            str(p.get("wall_seconds") or ""),
+            p["run"],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(points: list[dict], method: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p["train_queries"] for p in points]
+    ax.plot(xs, [p["best_dev_ndcg10"] for p in points], marker="o", label=method)
+    ax.axhline(points[0]["best_dev_ndcg10"], color="grey", linestyle="--", label="step 0")
+    ax.set_xscale("symlog", linthresh=100)
+    ax.set_xlabel("training queries")
+    ax.set_ylabel("dev NDCG@10")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, required=True, help="folder of `qpeft train` runs")
+    parser.add_argument("--method", default="qpeft_a")
+    parser.add_argument("--out", type=Path, required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    points = curve_points(args.runs, args.method)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "curve.md").write_text(markdown(points, args.method))
+    plot(points, args.method, args.out / "curve.png")
+    (args.out / "curve.json").write_text(json.dumps(points, indent=2) + "\n")
+    print(markdown(points, args.method))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""scripts/learning_curve.py: one point per finished run of a method, step 0 as the point
+at zero training queries, the runs' cost beside each point."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location(
+        "learning_curve", ROOT / "scripts/learning_curve.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(root: Path, name: str, method: str, size: int | None, cap: int | None, dev: list):
+    history = [
+        {"step": i * 10, "epoch": i, "dev_ndcg10": v, "dev_queries": 72,
+         **({"train_pairs_per_s": 4.5, "peak_rss_mib": [1500.0, 1490.0]} if i else {})}
+        for i, v in enumerate(dev)
+    ]  # fmt: skip
+    metrics = {
+        "config": {"adapter": {"method": method}, "train": {"max_train_queries": cap}},
+        "history": history,
+        "best_dev_ndcg10": max(dev),
+        "best_epoch": dev.index(max(dev)),
+        "steps": 10 * (len(dev) - 1),
+        "wall_seconds": 100.0,
+        **({"train_queries": size} if size is not None else {}),
+    }
+    (root / name).mkdir(parents=True)
+    (root / name / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_curve_from_runs(tmp_path, capsys):
+    script = load_script()
+    runs = tmp_path / "train"
+    write_run(runs, "qpeft_a-all", "qpeft_a", 2380, None, [0.28, 0.31, 0.30])
+    write_run(runs, "qpeft_a-150", "qpeft_a", None, 150, [0.28, 0.29])  # no train_queries
+    write_run(runs, "qpeft_r-all", "qpeft_r", 2380, None, [0.28, 0.27])
+    (runs / "unfinished").mkdir()
+    script.main(["--runs", str(runs), "--out", str(tmp_path / "curve")])
+    points = json.loads((tmp_path / "curve" / "curve.json").read_text())
+    assert [(p["train_queries"], p["best_dev_ndcg10"]) for p in points] == [
+        (0, 0.28),
+        (150, 0.29),
+        (2380, 0.31),
+    ]
+    assert (tmp_path / "curve" / "curve.png").stat().st_size > 0
+    table = (tmp_path / "curve" / "curve.md").read_text()
+    assert (
+        "| 2380 | 0.3100 | 1 | 0.2800 / 0.3100 / 0.3000 | 20 | 4.50 | 1500, 1490 | 100.0 |" in table
+    )
+    assert "| 2380 |" in capsys.readouterr().out
