@@ -83,8 +83,10 @@ def main() -> None:
     template = TemplateConfig(max_length=300)
     qpeft = QPeftModel.build(backbone, template, AdapterConfig(method=args.method, k=10))
     qpeft.adapter.train()
-    settings = TrainSettings(queries_per_batch=args.queries_per_batch, lr=3e-2)
-    engine = DeepSpeedEngine(qpeft, settings, args.steps, args.stage, bf16=True, world_size=1)
+    settings = TrainSettings(
+        queries_per_batch=args.queries_per_batch, lr=3e-2, engine="deepspeed", zero_stage=args.stage
+    )
+    engine = DeepSpeedEngine(qpeft, settings, args.steps, world_size=1)
     groups = groups_from_pairs(args.pairs, args.negatives, args.queries_per_batch)
     loss_config = LossConfig(in_batch_negatives=1)
     losses, times = [], []
@@ -101,7 +103,8 @@ def main() -> None:
     steady = times[1:] or times
     per_step = sum(steady) / len(steady)
     print(
-        f"{backbone.name} {args.method} ZeRO-{args.stage} bf16: {per_step:.3f} s/step "
+        f"{backbone.name} {args.method} ZeRO-{args.stage}, bf16 LM, fp32 adapter: "
+        f"{per_step:.3f} s/step "
         f"({pairs} pairs/step, {pairs / per_step:.1f} training pairs/s), "
         f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, "
         f"trainable {qpeft.adapter.num_trainable_parameters() / 1e6:.1f}M"

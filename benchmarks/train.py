@@ -8,9 +8,12 @@ With `--dense-embedding` it also runs 2 workers with E' as a dense trainable tab
 row, as before issue 16's sparse delta), side by side with the sparse delta. With
 `--compare-dtypes` it runs 2 workers with the LM in float32 and in bfloat16 (the adapter
 stays fp32), side by side: pairs/s, peak RSS and the dev figures after the same steps.
+With `--engine deepspeed --zero-stage N` it runs 2 workers with DDP and then with DeepSpeed
+ZeRO-N (gloo on CPUs), side by side on the same data and steps.
 
     python benchmarks/train.py --prepared runs/prepare/cranfield [--steps 4] [--dense-embedding]
     python benchmarks/train.py --prepared runs/prepare/cranfield --compare-dtypes
+    python benchmarks/train.py --prepared runs/prepare/cranfield --engine deepspeed --zero-stage 3
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ from qpeft.config import from_dict
 from qpeft.hardware import detect
 
 
-def run(workers: int, args, storage: str, name: str = "", dtype: str | None = None) -> list:
+def run(
+    workers: int,
+    args,
+    storage: str,
+    name: str = "",
+    dtype: str | None = None,
+    engine: str = "ddp",
+) -> list:
     """A short `qpeft train`; its dev history (step 0, then the end of the step budget)."""
     cfg = from_dict(
         TrainRunConfig,
@@ -44,6 +54,8 @@ def run(workers: int, args, storage: str, name: str = "", dtype: str | None = No
                 "checkpoint_every": 10**6,
                 "dev_depth": args.dev_depth,
                 "dev_max_queries": args.dev_queries,
+                "engine": engine,
+                "zero_stage": args.zero_stage,
             },
             "data": {"prepared_dir": args.prepared},
             "scaling": {"num_workers": workers, "cpus_per_worker": 0.5},
@@ -70,6 +82,22 @@ def compare_dtypes(args) -> None:
     print(f"bfloat16 / float32: {ratio:.2f}x training pairs/s ({args.method}, {args.model})")
 
 
+def compare_engines(args) -> None:
+    """2 workers with DDP, then with DeepSpeed ZeRO-`args.zero_stage`, same data and steps."""
+    with tempfile.TemporaryDirectory() as storage:
+        runs = {e: run(2, args, storage, f"-{e}", engine=e)[-1] for e in ("ddp", "deepspeed")}
+    for engine, last in runs.items():
+        label = f"ZeRO-{args.zero_stage}" if engine == "deepspeed" else "DDP"
+        print(
+            f"{label:>7}: {last['train_pairs_per_s']:6.2f} training pairs/s, peak RSS per worker "
+            f"{', '.join(f'{m:.0f}' for m in last['peak_rss_mib'])} MiB"
+        )
+    ratio = runs["deepspeed"]["train_pairs_per_s"] / runs["ddp"]["train_pairs_per_s"]
+    print(
+        f"ZeRO-{args.zero_stage} / DDP: {ratio:.2f}x training pairs/s ({args.method}, {args.model})"
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; tests parse the lines the docs show with it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -82,6 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dense-embedding", action="store_true")
     parser.add_argument("--dtype", default="auto", help="the LM's dtype (model.dtype)")
     parser.add_argument("--compare-dtypes", action="store_true")
+    parser.add_argument(
+        "--engine", choices=["ddp", "deepspeed"], default="ddp", help="deepspeed: beside DDP"
+    )
+    parser.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
     parser.add_argument("--dev-queries", type=int, default=1, help="dev check: queries")
     parser.add_argument("--dev-depth", type=int, default=2, help="dev check: candidates each")
     return parser.parse_args(argv)
@@ -92,6 +124,9 @@ def main() -> None:
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
     if args.compare_dtypes:
         compare_dtypes(args)
+        return
+    if args.engine == "deepspeed":
+        compare_engines(args)
         return
     with tempfile.TemporaryDirectory() as storage:
         one, two = run(1, args, storage)[-1], run(2, args, storage)[-1]

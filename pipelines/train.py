@@ -11,6 +11,7 @@ and `data.prepared_dir` may be cloud URIs (s3://, gs://) that every node reads a
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import sys
@@ -73,16 +74,12 @@ class ScalingSection:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
-    deepspeed_stage: int = 2
-    bf16: bool = True
     # PACK fills a node first; SPREAD / STRICT_SPREAD put workers on different nodes.
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     def validate(self) -> None:
         if self.num_workers < 1:
             raise ConfigError("scaling.num_workers: must be >= 1")
-        if self.deepspeed_stage not in (0, 1, 2, 3):
-            raise ConfigError("scaling.deepspeed_stage: must be 0, 1, 2 or 3")
 
 
 @dataclass
@@ -156,6 +153,35 @@ def training_token_ids(
     )
 
 
+def resolve_engine(cfg: TrainRunConfig) -> TrainRunConfig:
+    """`train.engine` made concrete (auto: DeepSpeed on GPUs, DDP on CPUs) and checked in
+    the driver, before any worker starts; the resolved engine is part of the run's stamp,
+    so a checkpoint is never resumed by the other engine."""
+    settings = cfg.train
+    engine = settings.engine
+    if engine == "auto":
+        engine = "deepspeed" if cfg.scaling.use_gpu else "ddp"
+    if engine == "deepspeed":
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(
+                "train.engine: deepspeed needs DeepSpeed, the `gpu` extra: "
+                "pip install 'qpeft-ray[gpu]'"
+            )
+        if cfg.model.dtype == "float16" and not cfg.scaling.use_gpu:
+            raise ConfigError(
+                "model.dtype: float16 on CPUs is refused by DeepSpeed; use bfloat16 or float32"
+            )
+        if settings.zero_stage == 3 and cfg.adapter.method == "lora":
+            raise ConfigError(
+                "train.zero_stage: 3 partitions modules inside the frozen LM for lora, which "
+                "this project does not support; use zero_stage 2 (or train.engine: ddp)"
+            )
+    how = f"ZeRO-{settings.zero_stage}" if engine == "deepspeed" else "DistributedDataParallel"
+    where = "GPUs, NCCL" if cfg.scaling.use_gpu else "CPUs, gloo"
+    print(f"[train] engine: {engine} ({how}; {where}; train.engine: {settings.engine})", flush=True)
+    return replace(cfg, train=replace(settings, engine=engine))
+
+
 def check_training_queries(cfg: TrainRunConfig) -> QueryCheck:
     """Every train and dev query against the template and its long-query policy, in the
     driver, with the tokenizer alone: a data or template error stops the run here, in
@@ -223,26 +249,23 @@ def train_loop(loop_config: dict) -> None:
     on_gpu = device.type == "cuda"
     if on_gpu:
         torch.cuda.set_device(device)
-    model_cfg = replace(
-        cfg.model,
-        device=str(device),
-        dtype="bfloat16" if on_gpu and cfg.scaling.bf16 else cfg.model.dtype,
-    )
-    backbone = load_backbone(model_cfg)
+    backbone = load_backbone(replace(cfg.model, device=str(device)))
     if settings.gradient_checkpointing:
         backbone.model.gradient_checkpointing_enable({"use_reentrant": False})
     ids = loop_config["trainable_ids"]
-    qpeft = QPeftModel.build(
-        backbone, cfg.template, cfg.adapter, torch.tensor(ids) if ids is not None else None
-    )
+
+    def build_model() -> QPeftModel:
+        return QPeftModel.build(
+            backbone, cfg.template, cfg.adapter, torch.tensor(ids) if ids is not None else None
+        )
+
+    qpeft = build_model()
     qpeft.adapter.train()
     total_steps = loop_config["steps_per_epoch"] * settings.epochs
     if settings.max_steps:
         total_steps = min(total_steps, settings.max_steps)
-    if on_gpu:
-        engine = DeepSpeedEngine(
-            qpeft, settings, total_steps, cfg.scaling.deepspeed_stage, cfg.scaling.bf16, world
-        )
+    if settings.engine == "deepspeed":
+        engine = DeepSpeedEngine(qpeft, settings, total_steps, world)
     else:
         engine = TorchEngine(qpeft, settings, total_steps, distributed=world > 1)
 
@@ -266,7 +289,8 @@ def train_loop(loop_config: dict) -> None:
     if state.step == 0 and not state.history:
         # Step 0 is a candidate like any epoch: training can then only keep or improve the
         # dev ranking it started from (an untrained adapter ranks about as zero-shot does).
-        metrics = evaluate_dev(qpeft, dev, settings, cfg.loss, cfg.scoring, rank, world)
+        with engine.eval_model(build_model) as model:
+            metrics = evaluate_dev(model, dev, settings, cfg.loss, cfg.scoring, rank, world)
         metrics.update(step=0, epoch=0)
         publish_if_best(engine, qpeft, state, metrics, best_out, rank, training)
         state.history.append(metrics)
@@ -336,7 +360,8 @@ def train_loop(loop_config: dict) -> None:
         state.epoch += 1
         if settings.max_steps and state.step >= settings.max_steps:
             state.epoch = settings.epochs  # the step budget ends training after this epoch
-        metrics = evaluate_dev(qpeft, dev, settings, cfg.loss, cfg.scoring, rank, world)
+        with engine.eval_model(build_model) as model:
+            metrics = evaluate_dev(model, dev, settings, cfg.loss, cfg.scoring, rank, world)
         metrics.update(
             step=state.step,
             epoch=state.epoch,
@@ -396,6 +421,7 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
         data=replace(cfg.data, prepared_dir=storage.absolute(cfg.data.prepared_dir)),
         run=replace(cfg.run, storage_path=storage.absolute(cfg.run.storage_path)),
     )
+    cfg = resolve_engine(cfg)
     query_check = check_training_queries(cfg)
     print(f"[train] {describe_query_check(query_check, cfg.template)}", flush=True)
     out = TrainingRun(storage.join(cfg.run.storage_path, cfg.run.name))

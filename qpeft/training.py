@@ -75,6 +75,10 @@ class TrainSettings:
     # this many (padded) tokens, with the same update as one batch (`backward_step`).
     micro_batch_tokens: int = 768
     fail_at_step: int | None = None  # testing: kill one worker once at this step
+    # ddp: DistributedDataParallel (gloo on CPUs, NCCL on GPUs); deepspeed: ZeRO at
+    # `zero_stage`, on CPUs (gloo) as on GPUs; auto: deepspeed on GPUs, ddp on CPUs.
+    engine: Literal["auto", "ddp", "deepspeed"] = "auto"
+    zero_stage: int = 2
 
     def validate(self) -> None:
         from qpeft.config import ConfigError
@@ -90,6 +94,8 @@ class TrainSettings:
                 raise ConfigError(f"train.{key}: must be positive")
         if self.lr <= 0:
             raise ConfigError("train.lr: must be positive")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"train.zero_stage: {self.zero_stage} is not a ZeRO stage (0-3)")
         if self.max_train_queries is not None and self.max_train_queries <= 0:
             raise ConfigError("train.max_train_queries: must be positive (or null: all)")
         for key in ("embedding_lr", "gate_lr"):
