@@ -218,11 +218,8 @@ def summarize(root: str) -> dict:
     lengths = pa.compute.utf8_length(pa.compute.utf8_trim_whitespace(corpus.column("text")))
     queries = prepared.table(prepared.QUERIES, ["query_id", "split"])
     qrels = prepared.table(prepared.QRELS, ["query_id"])
-    split_by_query = dict(
-        zip(
-            queries.column("query_id").to_pylist(), queries.column("split").to_pylist(), strict=True
-        )
-    )
+    ids, splits = (queries.column(c).to_pylist() for c in ("query_id", "split"))
+    split_by_query = dict(zip(ids, splits, strict=True))
     judged_by_split = {s: 0 for s in split_by_query.values()}
     for query_id in set(qrels.column("query_id").to_pylist()):
         if query_id in split_by_query:
@@ -396,15 +393,7 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
             f"split {unjudged[0]!r} of the source's splits has no judged query "
             f"(queries by split: {counts['queries_by_split']}); {root} is left incomplete"
         )
-    counts["splits_from"] = (
-        "irds_splits"
-        if source.irds_splits
-        else "qrels_splits"
-        if source.qrels_splits
-        else "split_file"
-        if source.split_file
-        else "fractions"
-    )
+    counts["splits_from"] = source.splits_from
     counts["skipped"] = skipped
     counts["references"] = references
     if cfg.model is not None:

@@ -104,3 +104,11 @@ def test_title_separator():
     assert full_text("Statins", "A cohort study.", " ") == "Statins A cohort study."
     assert full_text("Statins", "A cohort study.", None) == "A cohort study."
     assert full_text("Statins", "", None) == "Statins"
+
+
+def test_where_splits_come_from():
+    assert SourceConfig(irds="cranfield").splits_from == "fractions"
+    ids = {"train": "beir/nfcorpus/train"}
+    assert SourceConfig(irds_splits=ids).splits_from == "irds_splits"
+    local = SourceConfig(corpus="c.jsonl", queries="q.tsv", qrels="q.qrels", split_file="s.tsv")
+    assert local.splits_from == "split_file" and local.has_own_splits

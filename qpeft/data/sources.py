@@ -63,8 +63,16 @@ class SourceConfig:
             )
 
     @property
+    def splits_from(self) -> str:
+        """Where queries' splits come from: the source's own, or `fractions` by hash."""
+        for key in ("irds_splits", "qrels_splits", "split_file"):
+            if getattr(self, key):
+                return key
+        return "fractions"
+
+    @property
     def has_own_splits(self) -> bool:
-        return bool(self.irds_splits or self.qrels_splits or self.split_file)
+        return self.splits_from != "fractions"
 
 
 def full_text(title: str, text: str, separator: str | None = "\n") -> str:
