@@ -51,8 +51,10 @@ def curve_points(runs: Path, method: str) -> list[dict]:
 
 def markdown(points: list[dict], method: str) -> str:
     lines = [
-        f"Dev NDCG@10 of {method} by training queries ({points[-1].get('dev_queries')} dev "
-        "queries, their BM25 top 20; best epoch, early stopping on the same dev subset).",
+        f"Dev NDCG@10 of {method} by training queries: the runs' dev check "
+        f"({points[-1].get('dev_queries')} dev queries, those of train.dev_max_queries with "
+        "candidates, over their top train.dev_depth); each run's best epoch, which early "
+        "stopping also reads.",
         "",
         "| training queries | dev NDCG@10 | best epoch | per epoch | steps | pairs/s | "
         "peak RSS per worker (MiB) | wall (s) | run |",
