@@ -218,8 +218,8 @@ def summarize(root: str) -> dict:
     lengths = pa.compute.utf8_length(pa.compute.utf8_trim_whitespace(corpus.column("text")))
     queries = prepared.table(prepared.QUERIES, ["query_id", "split"])
     qrels = prepared.table(prepared.QRELS, ["query_id"])
-    ids, splits = (queries.column(c).to_pylist() for c in ("query_id", "split"))
-    split_by_query = dict(zip(ids, splits, strict=True))
+    query_ids, splits = (queries.column(c).to_pylist() for c in ("query_id", "split"))
+    split_by_query = dict(zip(query_ids, splits, strict=True))
     judged_by_split = {s: 0 for s in split_by_query.values()}
     for query_id in set(qrels.column("query_id").to_pylist()):
         if query_id in split_by_query:
