@@ -67,7 +67,9 @@ def two_nodes(s3_server):
             f"--address=127.0.0.1:{GCS_PORT}",
             "--num-cpus=2",
             "--dashboard-agent-listen-port=52392",
-            f"--temp-dir={temp}",
+            # Its own folder, as on a second machine: sharing the head's, this node's
+            # runtime-env cleanup deleted the job driver's working directory under it.
+            f"--temp-dir={temp / 'worker'}",
             env=env,
         )
         assert worker.returncode == 0, worker.stderr
