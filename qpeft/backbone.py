@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -237,6 +238,7 @@ def convert_packaged(alias: str, cache_dir: Path) -> Path:
                 file=sys.stderr,
                 flush=True,
             )
+            remove_leftovers(alias, cache_dir)
             tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=cache_dir))
             try:
                 dequantize_packaged(alias, tmp)
@@ -257,6 +259,18 @@ def convert_packaged(alias: str, cache_dir: Path) -> Path:
     if not is_complete_conversion(target):
         raise ModelSetupError(f"conversion of {alias!r} into {target} did not complete")
     return target
+
+
+def remove_leftovers(alias: str, cache_dir: Path) -> None:
+    """Delete the temporary folders of conversions of `alias` that were killed (SIGKILL or a
+    lost node skips their own cleanup). Called under the alias's lock, so no live
+    conversion owns one; the pattern is mkdtemp's exact shape, so other aliases' folders
+    (`.gemma3-270m-it-...` for `gemma3-270m`) are never matched."""
+    shape = re.compile(rf"\.{re.escape(alias)}-(stale-)?[A-Za-z0-9_]{{8}}")
+    for path in cache_dir.iterdir():
+        if path.is_dir() and shape.fullmatch(path.name):
+            print(f"[model] removing {path}, left by an interrupted conversion", file=sys.stderr)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def resolve_model_path(name: str, cache_dir: str | Path | None = None) -> str:

@@ -7,6 +7,9 @@ Writes curve.json, curve.md and curve.png into `--out`; the runs' own training c
 (pairs/s, peak RSS per worker, wall time) goes into the table beside each point.
 
     python scripts/learning_curve.py --runs results/nfcorpus/train --out results/nfcorpus/curve
+
+With `--methods-at N` it also compares every method's run capped at N training queries
+(methods.json, methods.md), best first.
 """
 
 from __future__ import annotations
@@ -16,54 +19,84 @@ import json
 from pathlib import Path
 
 
+def run_row(path: Path) -> dict | None:
+    """A finished run's point: method, training-set size, best dev NDCG@10 and its cost;
+    None for a run without a training-set size."""
+    metrics = json.loads(path.read_text())
+    config = metrics["config"]
+    # Runs made before metrics.json counted them: the cap, when it was below the pool.
+    size = metrics.get("train_queries") or config["train"]["max_train_queries"]
+    if size is None:
+        return None
+    history = metrics["history"]
+    trained = [h for h in history if h["step"] > 0]
+    return {
+        "run": path.parent.name,
+        "method": config["adapter"]["method"],
+        "train_queries": size,
+        "max_train_queries": config["train"]["max_train_queries"],
+        "epochs": config["train"].get("epochs"),
+        "best_dev_ndcg10": metrics["best_dev_ndcg10"],
+        "best_epoch": metrics["best_epoch"],
+        "dev_ndcg10_by_epoch": [round(h["dev_ndcg10"], 4) for h in history],
+        "steps": metrics["steps"],
+        "train_pairs_per_s": trained[-1].get("train_pairs_per_s") if trained else None,
+        "peak_rss_mib": trained[-1].get("peak_rss_mib") if trained else None,
+        "wall_seconds": metrics.get("wall_seconds"),
+        "dev_queries": history[0].get("dev_queries"),
+        "step0_dev_ndcg10": history[0]["dev_ndcg10"],
+    }
+
+
+def finished_runs(runs: Path) -> list[dict]:
+    rows = (run_row(path) for path in sorted(runs.glob("*/metrics.json")))
+    return [row for row in rows if row is not None]
+
+
+def step_zero(rows: list[dict]) -> dict:
+    """Step 0 of the first run: the untrained adapter, which ranks as zero-shot with gated
+    hints (each run's own step 0 opens its "per epoch" cell)."""
+    return {
+        "run": "step 0 (untrained)",
+        "method": "zero_shot",
+        "train_queries": 0,
+        "best_dev_ndcg10": rows[0]["step0_dev_ndcg10"],
+    }
+
+
 def curve_points(runs: Path, method: str) -> list[dict]:
     """One point per finished run of `method`, by training-set size, plus step 0."""
-    points, start = [], None
-    for path in sorted(runs.glob("*/metrics.json")):
-        metrics = json.loads(path.read_text())
-        config = metrics["config"]
-        # Runs made before metrics.json counted them: the cap, when it was below the pool.
-        size = metrics.get("train_queries") or config["train"]["max_train_queries"]
-        if config["adapter"]["method"] != method or size is None:
-            continue
-        history = metrics["history"]
-        trained = [h for h in history if h["step"] > 0]
-        start = start or history[0]
-        points.append(
-            {
-                "run": path.parent.name,
-                "train_queries": size,
-                "best_dev_ndcg10": metrics["best_dev_ndcg10"],
-                "best_epoch": metrics["best_epoch"],
-                "dev_ndcg10_by_epoch": [round(h["dev_ndcg10"], 4) for h in history],
-                "steps": metrics["steps"],
-                "train_pairs_per_s": trained[-1].get("train_pairs_per_s") if trained else None,
-                "peak_rss_mib": trained[-1].get("peak_rss_mib") if trained else None,
-                "wall_seconds": metrics.get("wall_seconds"),
-                "dev_queries": history[0].get("dev_queries"),
-            }
-        )
-    if start is None:
+    points = [row for row in finished_runs(runs) if row["method"] == method]
+    if not points:
         raise SystemExit(f"{runs}: no finished {method} run")
-    zero = {"run": "step 0 (untrained)", "train_queries": 0, "best_dev_ndcg10": start["dev_ndcg10"]}
-    return [zero, *sorted(points, key=lambda p: p["train_queries"])]
+    return [step_zero(points), *sorted(points, key=lambda p: p["train_queries"])]
 
 
-def markdown(points: list[dict], method: str) -> str:
+def method_rows(runs: Path, size: int) -> list[dict]:
+    """Every method's run capped at `size` training queries, best first, plus step 0."""
+    rows = [row for row in finished_runs(runs) if row["max_train_queries"] == size]
+    if not rows:
+        raise SystemExit(f"{runs}: no finished run on {size} training queries")
+    return [step_zero(rows), *sorted(rows, key=lambda r: -r["best_dev_ndcg10"])]
+
+
+def markdown(points: list[dict], title: str) -> str:
     lines = [
-        f"Dev NDCG@10 of {method} by training queries: the runs' dev check "
+        f"{title}: the runs' dev check "
         f"({points[-1].get('dev_queries')} dev queries, those of train.dev_max_queries with "
         "candidates, over their top train.dev_depth); each run's best epoch, which early "
         "stopping also reads.",
         "",
-        "| training queries | dev NDCG@10 | best epoch | per epoch | steps | pairs/s | "
-        "peak RSS per worker (MiB) | wall (s) | run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | training queries | epochs | dev NDCG@10 | best epoch | per epoch (step 0 "
+        "first) | steps | pairs/s | peak RSS per worker (MiB) | wall (s) | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         rss, rate = p.get("peak_rss_mib"), p.get("train_pairs_per_s")
         cells = [
+            p["method"],
             str(p["train_queries"]),
+            str(p.get("epochs", "")),
             f"{p['best_dev_ndcg10']:.4f}",
             str(p.get("best_epoch", "")),
             " / ".join(f"{v:.4f}" for v in p.get("dev_ndcg10_by_epoch", [])),
@@ -101,6 +134,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=Path, required=True, help="folder of `qpeft train` runs")
     parser.add_argument("--method", default="qpeft_a")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--methods-at",
+        type=int,
+        help="also compare every method's run capped at this many training queries "
+        "(methods.json, methods.md)",
+    )
     return parser.parse_args(argv)
 
 
@@ -108,10 +147,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     points = curve_points(args.runs, args.method)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "curve.md").write_text(markdown(points, args.method))
+    title = f"Dev NDCG@10 of {args.method} by training queries"
+    (args.out / "curve.md").write_text(markdown(points, title))
     plot(points, args.method, args.out / "curve.png")
     (args.out / "curve.json").write_text(json.dumps(points, indent=2) + "\n")
-    print(markdown(points, args.method))
+    print(markdown(points, title))
+    if args.methods_at:
+        rows = method_rows(args.runs, args.methods_at)
+        title = f"Dev NDCG@10 by method on {args.methods_at} training queries"
+        (args.out / "methods.md").write_text(markdown(rows, title))
+        (args.out / "methods.json").write_text(json.dumps(rows, indent=2) + "\n")
+        print(markdown(rows, title))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ def write_run(root: Path, name: str, method: str, size: int | None, cap: int | N
         for i, v in enumerate(dev)
     ]  # fmt: skip
     metrics = {
-        "config": {"adapter": {"method": method}, "train": {"max_train_queries": cap}},
+        "config": {
+            "adapter": {"method": method},
+            "train": {"max_train_queries": cap, "epochs": len(dev) - 1},
+        },
         "history": history,
         "best_dev_ndcg10": max(dev),
         "best_epoch": dev.index(max(dev)),
@@ -53,6 +56,28 @@ def test_curve_from_runs(tmp_path, capsys):
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 0
     table = (tmp_path / "curve" / "curve.md").read_text()
     assert (
-        "| 2380 | 0.3100 | 1 | 0.2800 / 0.3100 / 0.3000 | 20 | 4.50 | 1500, 1490 | 100.0 |" in table
+        "| qpeft_a | 2380 | 2 | 0.3100 | 1 | 0.2800 / 0.3100 / 0.3000 | 20 | 4.50 | 1500, 1490 "
+        "| 100.0 |" in table
     )
     assert "| 2380 |" in capsys.readouterr().out
+
+
+def test_methods_compared_at_one_training_set_size(tmp_path, capsys):
+    """`--methods-at 150`: every method's run capped at 150 queries, best first, step 0
+    first; runs on other sizes stay out."""
+    script = load_script()
+    runs = tmp_path / "train"
+    write_run(runs, "qpeft_a-150", "qpeft_a", 150, 150, [0.28, 0.30])
+    write_run(runs, "qpeft_r-150", "qpeft_r", 150, 150, [0.28, 0.32])
+    write_run(runs, "lora-150", "lora", 150, 150, [0.28, 0.25])
+    write_run(runs, "qpeft_a-all", "qpeft_a", 2380, None, [0.28, 0.33])
+    out = tmp_path / "curve"
+    script.main(["--runs", str(runs), "--out", str(out), "--methods-at", "150"])
+    rows = json.loads((out / "methods.json").read_text())
+    assert [(r["method"], r["best_dev_ndcg10"]) for r in rows] == [
+        ("zero_shot", 0.28),
+        ("qpeft_r", 0.32),
+        ("qpeft_a", 0.30),
+        ("lora", 0.28),
+    ]
+    assert "by method on 150 training queries" in (out / "methods.md").read_text()

@@ -185,3 +185,47 @@ def test_processes_racing_into_an_empty_cache_convert_once_and_all_load(tmp_path
     assert sorted(p.name for p in models.iterdir()) == [f".{ALIAS}.lock", ALIAS]
     # plain weights: no GGUF quantization_config left to make transformers warn in bf16
     assert "quantization_config" not in json.loads((models / ALIAS / "config.json").read_text())
+
+
+KILLED_CONVERTER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from qpeft import backbone
+
+    def dequantize(alias, folder):
+        (folder / "model.safetensors").write_bytes(b"half")  # then killed mid-write
+        (Path(sys.argv[2]) / "started").write_text("")
+        time.sleep(600)
+
+    backbone.dequantize_packaged = dequantize
+    backbone.convert_packaged(sys.argv[1], Path(sys.argv[2]))
+    """
+)
+
+
+def test_a_killed_conversion_is_redone_and_its_leftovers_removed(tmp_path, fake_conversion):
+    """A conversion killed with SIGKILL (its `finally` never runs) leaves a `.<alias>-*`
+    folder behind; the next conversion removes it and builds the model afresh, while a
+    temporary folder of another alias whose name starts the same is left alone."""
+    cache = tmp_path / "models"
+    cache.mkdir()
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_CONVERTER, ALIAS, str(cache)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (cache / "started").exists():
+            assert killed.poll() is None and time.monotonic() < deadline, "converter never started"
+            time.sleep(0.1)
+    finally:
+        killed.kill()
+        killed.wait()
+    (cache / "started").unlink()
+    left = [p.name for p in cache.iterdir() if p.name.startswith(f".{ALIAS}-")]
+    assert len(left) == 1 and (cache / left[0] / "model.safetensors").exists()
+    other = cache / f".{ALIAS}-it-x1y2z3w4"  # another alias's conversion, in flight
+    other.mkdir()
+    assert not is_complete_conversion(cache / ALIAS)
+
+    target = convert_packaged(ALIAS, cache)
+    assert fake_conversion == [ALIAS] and is_complete_conversion(target)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([f".{ALIAS}.lock", ALIAS, other.name])
