@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipelines.cli import run_as_module, step_config
+from pipelines.demo_summary import summary_lines
 from pipelines.evaluate import EvaluateConfig, EvaluateSection, evaluate
 from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_counts
 from pipelines.ray_setup import RaySection, init_ray
@@ -159,7 +160,7 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
     )
     print_counts(counts, str(Path(prepared.root).resolve()))
 
-    adapters = {}
+    adapters, steps = {}, {}
     for method in cfg.demo.methods:
         progress.stage(f"train {method}")
         summary = train(
@@ -172,6 +173,7 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
             )
         )
         adapters[method] = out.training_run(method).best_adapter()
+        steps[method] = summary["steps"]
         print(
             f"[demo] {method}: {summary['steps']} steps, best dev NDCG@10 "
             f"{summary['best_dev_ndcg10']:.4f}; adapter in {adapters[method]}",
@@ -244,6 +246,7 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
         )
     )
     print(f"\n{table}\n")
+    print("\n".join(summary_lines(report, steps)) + "\n")
     print(
         f"[demo] done in {progress.seconds:.0f}s. Files under {Path(out.root).resolve()}:\n"
         f"  prepare/   parquet shards and counts.json\n"

@@ -72,6 +72,8 @@ def test_reduced_demo_runs_every_step_and_resumes(ray_session, tmp_path, capsys,
         assert start == pytest.approx(zero_shot_dev["ndcg10_by_weight"]["1.0"], abs=1e-6)
         assert adapter["dev_ndcg10"] >= metrics["history"][0]["dev_ndcg10"]
     assert "| qpeft_r |" in printed and (out / "evaluate" / "report.png").exists()
+    assert "On these 2 test queries the best LLM system is" in printed
+    assert "a look at the pipeline, not a trained reranker" in printed
 
     # Everything is on disk: a second run finds each step done and scores nothing again.
     assert main(["demo", *args]) == 0

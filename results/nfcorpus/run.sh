@@ -59,6 +59,16 @@ trained() {
   done
 }
 
+# The adapter of `train $1 $2` on test only, fused with the weight its training chose on the
+# dev check (the adapter carries it): for the methods' runs, whose dev figures are the
+# training's dev check (the CPU's budget did not reach their full-dev reranks).
+tested() {
+  local method=$1 size=$2
+  qpeft rerank --config $D/rerank.yaml --set rerank.method=$method \
+    --set rerank.adapter_dir=$D/train/$method-$size/adapter --set rerank.split=test \
+    --set rerank.name=test-$method-$size
+}
+
 # Dev NDCG@10 of Q-PEFT-A against the number of training queries (results/nfcorpus/curve).
 # The 500 point is the methods' comparison below (one epoch, for the CPU's budget); 1,500
 # was not reached on 2 cores.
@@ -87,6 +97,7 @@ main() {
   qpeft evaluate --config $D/evaluate-dev.yaml
   zero_shot_test gemma3-270m 96
   zero_shot_test smollm2-135m 96
+  for method in qpeft_r soft_prompt lora; do tested $method 500; done
   qpeft evaluate --config $D/evaluate-test.yaml
 }
 

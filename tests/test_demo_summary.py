@@ -1,0 +1,49 @@
+"""The demo's lines under its table name the best LLM system, its margins over BM25 and
+zero-shot with the report's own p-values, and how far the adapters were trained."""
+
+from pipelines.demo_summary import p_between, summary_lines
+
+
+def run(ndcg: float, p_zero_shot: float | None, p_bm25: float | None) -> dict:
+    return {
+        "mean": {"ndcg@10": ndcg},
+        "p_value": {} if p_zero_shot is None else {"ndcg@10": p_zero_shot},
+        "p_value_against": {} if p_bm25 is None else {"bm25": {"ndcg@10": p_bm25}},
+    }
+
+
+REPORT = {
+    "queries": 25,
+    "baseline": "zero_shot",
+    "also_against": ["bm25"],
+    "runs": {
+        "bm25": run(0.3000, 0.04, None),
+        "zero_shot": run(0.3300, None, 0.04),
+        "zero_shot_fused": run(0.3400, 0.2, 0.01),
+        "qpeft_a": run(0.3350, 0.6, 0.03),
+    },
+}
+
+
+def test_p_between_reads_either_direction_of_the_report():
+    assert p_between(REPORT, "qpeft_a", "zero_shot") == 0.6
+    assert p_between(REPORT, "qpeft_a", "bm25") == 0.03
+    assert p_between(REPORT, "zero_shot", "bm25") == 0.04  # zero_shot is the baseline
+    assert p_between(REPORT, "bm25", "zero_shot") == 0.04
+    assert p_between(REPORT, "qpeft_a", "zero_shot_fused") is None
+
+
+def test_summary_names_the_best_llm_system_and_its_margins():
+    lines = summary_lines(REPORT, {"qpeft_a": 5, "qpeft_r": 5})
+    assert len(lines) == 2
+    assert lines[0].startswith("On these 25 test queries the best LLM system is zero_shot_fused")
+    assert "+0.0400 over bm25 (0.3000, p=0.01)" in lines[0]
+    assert "+0.0100 over zero_shot (0.3300, p=0.2)" in lines[0]
+    assert "qpeft_a 5, qpeft_r 5" in lines[1] and "docs/results.md" in lines[1]
+
+
+def test_summary_when_zero_shot_itself_is_best_compares_it_with_bm25_only():
+    report = {**REPORT, "runs": {k: REPORT["runs"][k] for k in ("bm25", "zero_shot")}}
+    (line,) = summary_lines(report, {})
+    assert "best LLM system is zero_shot" in line and "over zero_shot" not in line
+    assert "+0.0300 over bm25 (0.3000, p=0.04)" in line
