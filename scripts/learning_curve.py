@@ -43,6 +43,7 @@ def run_row(path: Path) -> dict | None:
         "train_pairs_per_s": trained[-1].get("train_pairs_per_s") if trained else None,
         "peak_rss_mib": trained[-1].get("peak_rss_mib") if trained else None,
         "wall_seconds": metrics.get("wall_seconds"),
+        "resumed_at": metrics.get("resumed_at") or [],
         "dev_queries": history[0].get("dev_queries"),
         "step0_dev_ndcg10": history[0]["dev_ndcg10"],
     }
@@ -80,6 +81,15 @@ def method_rows(runs: Path, size: int) -> list[dict]:
     return [step_zero(rows), *sorted(rows, key=lambda r: -r["best_dev_ndcg10"])]
 
 
+def wall_cell(point: dict) -> str:
+    """A resumed run's wall time is its last invocation's: say so, with where it resumed."""
+    wall = point.get("wall_seconds")
+    if not wall:
+        return ""
+    resumed = point.get("resumed_at")
+    return f"{wall} (last part: resumed at step {resumed[-1]})" if resumed else str(wall)
+
+
 def markdown(points: list[dict], title: str) -> str:
     lines = [
         f"{title}: the runs' dev check "
@@ -103,7 +113,7 @@ def markdown(points: list[dict], title: str) -> str:
             str(p.get("steps", "")),
             f"{rate:.2f}" if rate else "",
             ", ".join(f"{m:.0f}" for m in rss) if rss else "",
-            str(p.get("wall_seconds") or ""),
+            wall_cell(p),
             p["run"],
         ]
         lines.append("| " + " | ".join(cells) + " |")

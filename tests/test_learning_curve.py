@@ -17,7 +17,15 @@ def load_script():
     return module
 
 
-def write_run(root: Path, name: str, method: str, size: int | None, cap: int | None, dev: list):
+def write_run(
+    root: Path,
+    name: str,
+    method: str,
+    size: int | None,
+    cap: int | None,
+    dev: list,
+    resumed_at: list | None = None,
+):
     history = [
         {"step": i * 10, "epoch": i, "dev_ndcg10": v, "dev_queries": 72,
          **({"train_pairs_per_s": 4.5, "peak_rss_mib": [1500.0, 1490.0]} if i else {})}
@@ -33,6 +41,7 @@ def write_run(root: Path, name: str, method: str, size: int | None, cap: int | N
         "best_epoch": dev.index(max(dev)),
         "steps": 10 * (len(dev) - 1),
         "wall_seconds": 100.0,
+        "resumed_at": resumed_at or [],
         **({"train_queries": size} if size is not None else {}),
     }
     (root / name).mkdir(parents=True)
@@ -43,6 +52,7 @@ def test_curve_from_runs(tmp_path, capsys):
     script = load_script()
     runs = tmp_path / "train"
     write_run(runs, "qpeft_a-all", "qpeft_a", 2380, None, [0.28, 0.31, 0.30])
+    write_run(runs, "qpeft_a-500", "qpeft_a", 500, 500, [0.28, 0.30], resumed_at=[5])
     write_run(runs, "qpeft_a-150", "qpeft_a", None, 150, [0.28, 0.29])  # no train_queries
     write_run(runs, "qpeft_r-all", "qpeft_r", 2380, None, [0.28, 0.27])
     (runs / "unfinished").mkdir()
@@ -51,6 +61,7 @@ def test_curve_from_runs(tmp_path, capsys):
     assert [(p["train_queries"], p["best_dev_ndcg10"]) for p in points] == [
         (0, 0.28),
         (150, 0.29),
+        (500, 0.30),
         (2380, 0.31),
     ]
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 0
@@ -59,6 +70,7 @@ def test_curve_from_runs(tmp_path, capsys):
         "| qpeft_a | 2380 | 2 | 0.3100 | 1 | 0.2800 / 0.3100 / 0.3000 | 20 | 4.50 | 1500, 1490 "
         "| 100.0 |" in table
     )
+    assert "| 100.0 (last part: resumed at step 5) | qpeft_a-500 |" in table
     assert "| 2380 |" in capsys.readouterr().out
 
 
