@@ -209,6 +209,20 @@ def check_references(root: str) -> dict:
     return report
 
 
+def judged_queries_by_split(root: str) -> dict[str, int]:
+    """Queries with at least one qrel, per split, from the written queries and qrels."""
+    prepared = PreparedData(root)
+    queries = prepared.table(prepared.QUERIES, ["query_id", "split"])
+    qrels = prepared.table(prepared.QRELS, ["query_id"])
+    query_ids, splits = (queries.column(c).to_pylist() for c in ("query_id", "split"))
+    split_by_query = dict(zip(query_ids, splits, strict=True))
+    judged = {s: 0 for s in split_by_query.values()}
+    for query_id in set(qrels.column("query_id").to_pylist()):
+        if query_id in split_by_query:
+            judged[split_by_query[query_id]] += 1
+    return judged
+
+
 @ray.remote(num_cpus=1)
 def summarize(root: str) -> dict:
     """Counts of everything written, read from the shards' columns (never the texts' bulk)."""
@@ -218,12 +232,6 @@ def summarize(root: str) -> dict:
     lengths = pa.compute.utf8_length(pa.compute.utf8_trim_whitespace(corpus.column("text")))
     queries = prepared.table(prepared.QUERIES, ["query_id", "split"])
     qrels = prepared.table(prepared.QRELS, ["query_id"])
-    query_ids, splits = (queries.column(c).to_pylist() for c in ("query_id", "split"))
-    split_by_query = dict(zip(query_ids, splits, strict=True))
-    judged_by_split = {s: 0 for s in split_by_query.values()}
-    for query_id in set(qrels.column("query_id").to_pylist()):
-        if query_id in split_by_query:
-            judged_by_split[split_by_query[query_id]] += 1
     cands = prepared.table(prepared.CANDIDATES, ["query_id"])
     per_query = cands.group_by("query_id").aggregate([("query_id", "count")])
     sizes = per_query.column("query_id_count").to_pylist()
@@ -237,7 +245,7 @@ def summarize(root: str) -> dict:
         "queries_by_split": {r["split"]: r["split_count"] for r in split_counts},
         "qrels": qrels.num_rows,
         "judged_queries": pa.compute.count_distinct(qrels.column("query_id")).as_py(),
-        "judged_queries_by_split": judged_by_split,
+        "judged_queries_by_split": judged_queries_by_split(root),
         "candidates": cands.num_rows,
         "queries_with_candidates": len(sizes),
         "queries_without_candidates": queries.num_rows - len(sizes),
@@ -348,6 +356,16 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
         write_table(out, out.RUN, read("run", schemas.RUN), schemas.RUN)
         log("first-stage run written", start)
 
+    if source.has_own_splits:
+        # Checked before the first stage runs: a split without judgments is a wrong split
+        # file or qrels file, and BM25 over the corpus would be time lost.
+        judged = judged_queries_by_split(root)
+        unjudged = [s for s, n in judged.items() if n == 0]
+        if unjudged:
+            raise PrepareError(
+                f"split {unjudged[0]!r} of the source's splits has no judged query "
+                f"(judged queries by split: {judged}); {root} is left incomplete"
+            )
     references = ray.get(check_references.remote(root))
     missing = {k: v["missing_documents"] for k, v in references.items() if v["missing_documents"]}
     if missing:
@@ -387,12 +405,6 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     skipped["groups"] = json.loads(storage.read_text(out.path(out.skipped_name(out.GROUPS))))
 
     counts = ray.get(summarize.remote(root))
-    unjudged = [s for s, n in counts["judged_queries_by_split"].items() if n == 0]
-    if source.has_own_splits and unjudged:
-        raise PrepareError(
-            f"split {unjudged[0]!r} of the source's splits has no judged query "
-            f"(queries by split: {counts['queries_by_split']}); {root} is left incomplete"
-        )
     counts["splits_from"] = source.splits_from
     counts["skipped"] = skipped
     counts["references"] = references
