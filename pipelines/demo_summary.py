@@ -32,7 +32,7 @@ def _versus(report: dict, best: str, other: str) -> str:
 
 
 def summary_lines(report: dict, train_steps: dict[str, int]) -> list[str]:
-    """Two or three lines: the best LLM system by NDCG@10 against BM25 and zero-shot, and
+    """One or two lines: the best LLM system by NDCG@10 against BM25 and zero-shot, and
     how far the adapters were trained, with where converged runs are."""
     runs = report["runs"]
     llm = [name for name in runs if name != "bm25"]

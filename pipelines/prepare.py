@@ -209,11 +209,8 @@ def check_references(root: str) -> dict:
     return report
 
 
-def judged_queries_by_split(root: str) -> dict[str, int]:
-    """Queries with at least one qrel, per split, from the written queries and qrels."""
-    prepared = PreparedData(root)
-    queries = prepared.table(prepared.QUERIES, ["query_id", "split"])
-    qrels = prepared.table(prepared.QRELS, ["query_id"])
+def judged_queries_by_split(queries: pa.Table, qrels: pa.Table) -> dict[str, int]:
+    """Queries with at least one qrel, per split (`queries`: query_id, split)."""
     query_ids, splits = (queries.column(c).to_pylist() for c in ("query_id", "split"))
     split_by_query = dict(zip(query_ids, splits, strict=True))
     judged = {s: 0 for s in split_by_query.values()}
@@ -245,7 +242,7 @@ def summarize(root: str) -> dict:
         "queries_by_split": {r["split"]: r["split_count"] for r in split_counts},
         "qrels": qrels.num_rows,
         "judged_queries": pa.compute.count_distinct(qrels.column("query_id")).as_py(),
-        "judged_queries_by_split": judged_queries_by_split(root),
+        "judged_queries_by_split": judged_queries_by_split(queries, qrels),
         "candidates": cands.num_rows,
         "queries_with_candidates": len(sizes),
         "queries_without_candidates": queries.num_rows - len(sizes),
@@ -359,7 +356,9 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     if source.has_own_splits:
         # Checked before the first stage runs: a split without judgments is a wrong split
         # file or qrels file, and BM25 over the corpus would be time lost.
-        judged = judged_queries_by_split(root)
+        judged = judged_queries_by_split(
+            out.table(out.QUERIES, ["query_id", "split"]), out.table(out.QRELS, ["query_id"])
+        )
         unjudged = [s for s, n in judged.items() if n == 0]
         if unjudged:
             raise PrepareError(
