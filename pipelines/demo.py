@@ -1,10 +1,11 @@
 """The whole pipeline on the embedded default: `qpeft demo --config configs/demo.yaml`.
 
-Cranfield through offline ir_datasets and the packaged SmolLM2-135M: prepare (BM25
-candidates, splits, training groups), a short training of each adapter method, reranking
-of the test queries' BM25 candidates with the first stage, zero-shot and every trained
-adapter, and an evaluation with paired t-tests. Every step is the real one (`qpeft prepare`,
-`train`, `rerank`, `evaluate`) called in one process; re-running resumes where it stopped.
+Cranfield through offline ir_datasets and a packaged LM (Gemma 3 270M in configs/demo.yaml):
+prepare (BM25 candidates, splits, training groups), a short training of each method in
+`demo.methods`, reranking of the test queries' BM25 candidates with the first stage,
+zero-shot and every trained adapter, and an evaluation with paired t-tests. Every step is
+the real one (`qpeft prepare`, `train`, `rerank`, `evaluate`) called in one process;
+re-running resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ from qpeft.training import TrainSettings
 @dataclass
 class DemoSection:
     output_dir: str = "runs/demo"
-    methods: list[str] = field(default_factory=lambda: ["qpeft_a", "qpeft_r"])
-    rerank_queries: int | None = 10  # test queries to rerank (null: all of them)
+    methods: list[str] = field(default_factory=lambda: ["qpeft_a"])
+    rerank_queries: int | None = 20  # test queries to rerank (null: all of them)
     depth: int = 20  # BM25 candidates reranked per query
     baseline: str = "zero_shot"  # the run every other is tested against
     measures: list[str] = field(
@@ -160,7 +161,7 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
     )
     print_counts(counts, str(Path(prepared.root).resolve()))
 
-    adapters, steps = {}, {}
+    adapters, trainings = {}, {}
     for method in cfg.demo.methods:
         progress.stage(f"train {method}")
         summary = train(
@@ -173,7 +174,7 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
             )
         )
         adapters[method] = out.training_run(method).best_adapter()
-        steps[method] = summary["steps"]
+        trainings[method] = summary
         print(
             f"[demo] {method}: {summary['steps']} steps, best dev NDCG@10 "
             f"{summary['best_dev_ndcg10']:.4f}; adapter in {adapters[method]}",
@@ -246,7 +247,7 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
         )
     )
     print(f"\n{table}\n")
-    print("\n".join(summary_lines(report, steps)) + "\n")
+    print("\n".join(summary_lines(report, trainings)) + "\n")
     print(
         f"[demo] done in {progress.seconds:.0f}s. Files under {Path(out.root).resolve()}:\n"
         f"  prepare/   parquet shards and counts.json\n"

@@ -31,9 +31,22 @@ def _versus(report: dict, best: str, other: str) -> str:
     return f"{value - base:+.4f} over {other} ({base:.4f}{significance})"
 
 
-def summary_lines(report: dict, train_steps: dict[str, int]) -> list[str]:
+def training_phrase(method: str, training: dict) -> str:
+    """How far one adapter got: the steps, and whether early stopping kept its start (an
+    untrained adapter ranks as zero-shot does, so its rows in the table repeat zero-shot's)."""
+    if training["best_epoch"] == 0:
+        return (
+            f"{method} {training['steps']} steps, which did not improve its dev NDCG@10 "
+            f"({training['best_dev_ndcg10']:.4f} untrained), so it kept its untrained start "
+            "and ranks as zero_shot does"
+        )
+    return f"{method} {training['steps']} steps (dev NDCG@10 {training['best_dev_ndcg10']:.4f})"
+
+
+def summary_lines(report: dict, trainings: dict[str, dict]) -> list[str]:
     """One or two lines: the best LLM system by NDCG@10 against BM25 and zero-shot, and
-    how far the adapters were trained, with where converged runs are."""
+    how far the adapters were trained (`trainings`: each method's training summary, with
+    `steps`, `best_epoch` and `best_dev_ndcg10`), with where converged runs are."""
     runs = report["runs"]
     llm = [name for name in runs if name != "bm25"]
     best = max(llm, key=lambda name: runs[name]["mean"][MEASURE])
@@ -44,10 +57,10 @@ def summary_lines(report: dict, train_steps: dict[str, int]) -> list[str]:
         + "; ".join(_versus(report, best, other) for other in against)
         + " (paired t-test)."
     ]
-    if train_steps:
-        steps = ", ".join(f"{method} {n}" for method, n in train_steps.items())
+    if trainings:
+        trained = "; ".join(training_phrase(m, t) for m, t in trainings.items())
         lines.append(
-            f"The adapters trained for a few steps ({steps}): a look at the pipeline, not "
+            f"The adapters trained for a few steps ({trained}): a look at the pipeline, not "
             "a trained reranker; converged runs and their test figures are in "
             "docs/results.md."
         )

@@ -20,6 +20,23 @@ def test_a_folder_resumes_its_own_configuration_and_refuses_another(tmp_path):
     assert json.loads((tmp_path / "run" / "rerank_config.json").read_text())["hash"] == "b"
 
 
+def test_a_refusal_names_the_key_that_differs(tmp_path):
+    run = RerankRun(tmp_path / "run")
+    earlier = {"model": {"name": "smollm2-135m", "dtype": "auto"}, "depth": 20}
+    run.claim("a", earlier)
+    (tmp_path / "run" / "run.trec").write_text("")
+    now = {"model": {"name": "gemma3-270m", "dtype": "auto"}, "depth": 10}
+    with pytest.raises(ConfigError) as refused:
+        run.claim("b", now)
+    message = str(refused.value)
+    assert str(tmp_path / "run") in message and "\n" not in message
+    assert "(depth is 20 there, 10 here (and 1 more))" in message
+    later = {"model": {"name": "gemma3-270m", "dtype": "auto"}, "depth": 20}
+    with pytest.raises(ConfigError) as refused:
+        run.claim("c", later)
+    assert "(model.name is 'smollm2-135m' there, 'gemma3-270m' here);" in str(refused.value)
+
+
 def test_a_folder_holding_only_its_stamp_is_free_for_another_configuration(tmp_path):
     """A run that stopped before writing anything (its inputs failed a check) leaves
     nothing to protect."""

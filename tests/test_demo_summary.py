@@ -34,12 +34,18 @@ def test_p_between_reads_either_direction_of_the_report():
 
 
 def test_summary_names_the_best_llm_system_and_its_margins():
-    lines = summary_lines(REPORT, {"qpeft_a": 5, "qpeft_r": 5})
+    trainings = {
+        "qpeft_a": {"steps": 5, "best_epoch": 1, "best_dev_ndcg10": 0.31},
+        "qpeft_r": {"steps": 5, "best_epoch": 0, "best_dev_ndcg10": 0.28},
+    }
+    lines = summary_lines(REPORT, trainings)
     assert len(lines) == 2
     assert lines[0].startswith("On these 25 test queries the best LLM system is zero_shot_fused")
     assert "+0.0400 over bm25 (0.3000, p=0.01)" in lines[0]
     assert "+0.0100 over zero_shot (0.3300, p=0.2)" in lines[0]
-    assert "qpeft_a 5, qpeft_r 5" in lines[1] and "docs/results.md" in lines[1]
+    assert "qpeft_a 5 steps (dev NDCG@10 0.3100); qpeft_r 5 steps, which did not" in lines[1]
+    assert "kept its untrained start and ranks as zero_shot does" in lines[1]
+    assert "docs/results.md" in lines[1]
 
 
 def test_summary_when_zero_shot_itself_is_best_compares_it_with_bm25_only():

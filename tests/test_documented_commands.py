@@ -103,6 +103,7 @@ def inline_code(path: Path) -> list[tuple[int, str]]:
 
 
 SCRIPT_LINE = re.compile(r"\b(python|bash) \S+\.(py|sh)\b")
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")  # `VAR=value python ...`
 UNPARSED: list[str] = []  # script lines shlex could not split: reported by a test
 
 
@@ -120,6 +121,8 @@ def documented_scripts() -> list[tuple[str, str, list[str]]]:
                     UNPARSED.append(f"{path.relative_to(ROOT)}:{number}: {text}")
                 continue
             for segment in shell_segments(tokens):
+                while segment and ENV_ASSIGNMENT.match(segment[0]):
+                    segment = segment[1:]
                 if len(segment) < 2 or segment[0] not in ("python", "bash"):
                     continue
                 script = segment[1]

@@ -39,6 +39,29 @@ def without(config: dict, ignored: tuple[str, ...]) -> dict:
     return kept
 
 
+def differences(before: dict, after: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, value before, value after) for every key whose value differs between two
+    configurations, nested mappings compared key by key: what a refusal names."""
+    found = []
+    for key in sorted(set(before) | set(after), key=str):
+        old, new, dotted = before.get(key), after.get(key), f"{prefix}{key}"
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += differences(old, new, f"{dotted}.")
+        elif old != new:
+            found.append((dotted, old, new))
+    return found
+
+
+def first_difference(before: dict, after: dict) -> str:
+    """`key is old there, new here` for the first differing key, and how many more differ."""
+    found = differences(before, after)
+    if not found:
+        return "the configuration"
+    key, old, new = found[0]
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return f"{key} is {old!r} there, {new!r} here{more}"
+
+
 class OutputFolder:
     """A folder (local or a cloud URI) that one step writes for one configuration."""
 
@@ -75,22 +98,24 @@ class OutputFolder:
         replaced instead of refused; an unstamped folder holding this step's marker counts
         as its own (written before folders were stamped)."""
         step, root = self.step, self.root
-        stamped = storage.exists(self.stamp)
+        earlier = json.loads(storage.read_text(self.stamp)) if storage.exists(self.stamp) else None
         if overwrite:
             storage.remove(root)
-        elif not stamped and storage.is_nonempty_dir(root):
+        elif earlier is None and storage.is_nonempty_dir(root):
             if not (replace and self.is_complete()):
                 raise error(
                     f"{step}: {root} exists and was not written by qpeft {step}; choose "
                     f"another folder or set {self.overwrite_key}=true"
                 )
-        elif stamped and json.loads(storage.read_text(self.stamp))["hash"] != what:
+        elif earlier is not None and earlier["hash"] != what:
             # A folder holding its stamp alone (a run that stopped before writing anything)
             # is free for another configuration.
             if not replace and storage.list_dir(root) != [Path(self.stamp).name]:
+                change = first_difference(earlier.get("config") or {}, config)
                 raise error(
-                    f"{step}: {root} holds outputs made with another configuration; set "
-                    f"{self.overwrite_key}=true to replace them, or choose another folder"
+                    f"{step}: {root} holds outputs made with another configuration "
+                    f"({change}); set {self.overwrite_key}=true to replace them, or choose "
+                    f"another folder"
                 )
             storage.remove(root)
         storage.write_text(self.stamp, json.dumps({"hash": what, "config": config}, indent=2))
