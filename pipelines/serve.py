@@ -1,12 +1,15 @@
-"""Serve an adapter as a reranking service over HTTP: `qpeft serve --config FILE`.
+"""Serve adapters as a reranking service over HTTP: `qpeft serve --config FILE`.
 
-A Ray Serve deployment holds the frozen backbone and one adapter (or none: zero-shot) and
-answers `POST /v1/rerank` in the Cohere/Jina shape. Every (query, document) pair of every
-request is tokenized and checked in the request's own handler, then queued for
-`@serve.batch`, which groups pairs across concurrent requests up to a token budget and
-scores them with the shared scorer in a worker thread; each request gathers its pairs' scores
-back in order. Bad input is answered with a 4xx naming the field before anything is queued,
-so it never touches another request's batch.
+A Ray Serve deployment holds the frozen backbone once, a default adapter (or none:
+zero-shot) and, with `serve.adapter_root`, any adapter under that root that a request names
+in `model` (`qpeft.adapter_cache`: loaded on first use, an LRU bounded by bytes and count).
+It answers `POST /v1/rerank` in the Cohere/Jina shape. Every (query, document) pair of
+every request is tokenized by its adapter and checked in the request's own handler, then
+queued for `@serve.batch`, which groups pairs across concurrent requests, whatever their
+adapters, up to a token budget; the batch runs the frozen LM once for all of them
+(`qpeft.mixed`) in a worker thread, and each request gathers its pairs' scores back in
+order. Bad input is answered with a 4xx naming the field before anything is queued, so it
+never touches another request's batch.
 """
 
 import asyncio
@@ -36,7 +39,8 @@ from pipelines.serve_api import (
     request_byte_limit,
     set_request_byte_limit,
 )
-from qpeft import __version__
+from qpeft import __version__, storage
+from qpeft.adapter_cache import ZERO_SHOT, AdapterNotFoundError, AdapterUnusableError
 from qpeft.checkpoint import adapter_reference
 from qpeft.config import (
     ConfigError,
@@ -48,6 +52,7 @@ from qpeft.config import (
     to_dict,
 )
 from qpeft.fusion import fuse
+from qpeft.model import QPeftModel
 from qpeft.template import PairLayout, QueryTooLongError
 
 
@@ -62,6 +67,12 @@ class AutoscalingSection:
 class ServeSection:
     adapter_dir: str | None = None  # null: zero-shot query likelihood with `template`
     model_name: str | None = None  # reported as `model`; default: adapter folder or backbone
+    # Many adapters on one LM: a request's `model` names a folder under this root (local or a
+    # cloud URI), a Hub repo id, or `zero-shot`; omitted, the default above. null: `model`
+    # is ignored, as Cohere clients send one (docs/serving.md).
+    adapter_root: str | None = None
+    adapter_cache_mb: float = 1024.0  # adapters kept loaded, by their bytes in memory
+    max_adapters: int = 32  # ... and by count
     host: str = "127.0.0.1"
     port: int = 8000
     route_prefix: str = "/"
@@ -84,9 +95,17 @@ class ServeSection:
     fusion: float | str | None = None
 
     def validate(self) -> None:
-        for key in ("token_budget", "max_ongoing_requests", "max_documents", "num_replicas"):
+        for key in (
+            "token_budget",
+            "max_ongoing_requests",
+            "max_documents",
+            "num_replicas",
+            "max_adapters",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"serve.{key}: must be >= 1")
+        if self.adapter_cache_mb <= 0:
+            raise ConfigError("serve.adapter_cache_mb: must be > 0")
         if self.fusion == CHOOSE:
             raise ConfigError("serve.fusion: choose it on dev with `qpeft rerank`, then pass it")
         check_fusion_value(self.fusion, "serve.fusion")
@@ -102,8 +121,12 @@ class ServeConfig:
 
 
 def total_tokens(layouts: list[PairLayout]) -> int:
-    """The batch size `@serve.batch` compares with the token budget."""
     return sum(len(layout.input_ids) for layout in layouts)
+
+
+def queued_tokens(items: list[tuple[QPeftModel, PairLayout]]) -> int:
+    """The batch size `@serve.batch` compares with the token budget."""
+    return total_tokens([layout for _, layout in items])
 
 
 api = FastAPI(
@@ -136,41 +159,98 @@ class Reranker:
     def __init__(self, config: dict):
         import torch
 
+        from qpeft.adapter_cache import AdapterCache
         from qpeft.backbone import load_backbone
-        from qpeft.checkpoint import load_reranker
 
         cfg = from_dict(ServeConfig, config)
         if cfg.serve.threads_per_replica:
             torch.set_num_threads(cfg.serve.threads_per_replica)
-        backbone = load_backbone(cfg.model)
-        self.model = load_reranker(backbone, cfg.template, cfg.serve.adapter_dir)
-        self.scoring = cfg.scoring
-        self.section = cfg.serve
-        self.fusion_weight = fusion_weight(cfg.serve.fusion, cfg.serve.adapter_dir)
-        self.name = cfg.serve.model_name or (
-            os.path.basename(cfg.serve.adapter_dir.rstrip("/"))
-            if cfg.serve.adapter_dir
+        section = cfg.serve
+        self.cache = AdapterCache(
+            load_backbone(cfg.model),
+            cfg.template,
+            section.adapter_root,
+            int(section.adapter_cache_mb * 2**20),
+            section.max_adapters,
+        )
+        self.name = section.model_name or (
+            os.path.basename(section.adapter_dir.rstrip("/"))
+            if section.adapter_dir
             else f"{cfg.model.name}-zero-shot"
         )
+        self.cache.pin(self.name, section.adapter_dir)
+        self.scoring = cfg.scoring
+        self.section = section
+        # A weight given in the config applies to every adapter; null: each adapter's own
+        # dev-chosen weight (zero-shot: none). `application` resolved a fusion.json to it.
+        self.fusion_override = section.fusion
         key_env = cfg.serve.api_key_env
         self.api_key = (os.environ.get(key_env) or None) if key_env else None
         set_request_byte_limit(cfg.serve.max_request_bytes)
         self.score_layouts.set_max_batch_size(cfg.serve.token_budget)
         self.score_layouts.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.01, batch_size_fn=total_tokens)
-    async def score_layouts(self, layouts: list[PairLayout]) -> list[float]:
-        """Score pairs queued by any request; a thread keeps the event loop taking requests
-        (which fill the next batch) while this one computes."""
+    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.01, batch_size_fn=queued_tokens)
+    async def score_layouts(self, items: list[tuple[QPeftModel, PairLayout]]) -> list[float]:
+        """Score pairs queued by any request for any adapter; a thread keeps the event loop
+        taking requests (which fill the next batch) while this one computes."""
+        return await asyncio.to_thread(self.score_items, items)
+
+    def score_items(self, items: list[tuple[QPeftModel, PairLayout]]) -> list[float]:
+        """One frozen-LM pass for the adapters that leave the LM alone (`qpeft.mixed`), and
+        one per LoRA adapter, which carries its own LM."""
+        from qpeft.mixed import score_mixed_layouts
         from qpeft.scoring import score_layouts
 
-        return await asyncio.to_thread(
-            score_layouts,
-            self.model,
-            layouts,
-            self.scoring.batch_size,
-            self.scoring.share_prefix,
-        )
+        models: list[QPeftModel] = []
+        for model, _ in items:
+            if all(model is not seen for seen in models):
+                models.append(model)
+        owners = [next(i for i, m in enumerate(models) if m is model) for model, _ in items]
+        shared = self.cache.backbone
+        mixable = [
+            i
+            for i, m in enumerate(models)
+            if m.backbone is shared and not m.adapter.changes_lm_weights
+        ]
+        scores = [0.0] * len(items)
+        groups = [mixable] + [[i] for i in range(len(models)) if i not in mixable]
+        for group in groups:
+            rows = [row for row, owner in enumerate(owners) if owner in group]
+            if not rows:
+                continue
+            layouts = [items[row][1] for row in rows]
+            if group is mixable:
+                local = {owner: k for k, owner in enumerate(group)}
+                values = score_mixed_layouts(
+                    [models[i] for i in group],
+                    layouts,
+                    [local[owners[row]] for row in rows],
+                    self.scoring.batch_size,
+                    self.scoring.share_prefix,
+                )
+            else:
+                values = score_layouts(
+                    models[group[0]], layouts, self.scoring.batch_size, self.scoring.share_prefix
+                )
+            for row, value in zip(rows, values, strict=True):
+                scores[row] = value
+        return scores
+
+    def adapter_for(self, request: RerankRequest) -> tuple[str, QPeftModel, float | None]:
+        """The adapter a request names (its name, model and fusion weight): `model` under
+        `serve.adapter_root`, else the service's default."""
+        name = self.name
+        if self.section.adapter_root is not None and request.model:
+            name = request.model
+        try:
+            entry = self.cache.entry(name)
+        except AdapterNotFoundError as err:
+            raise ServiceError(404, str(err)) from None
+        except AdapterUnusableError as err:
+            raise ServiceError(422, str(err)) from None
+        weight = self.fusion_override if self.fusion_override is not None else entry.fusion_weight
+        return name, entry.model, weight
 
     def check_key(self, authorization: str | None) -> None:
         if self.api_key is None:
@@ -179,7 +259,7 @@ class Reranker:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token, self.api_key):
             raise ServiceError(401, "authorization: missing or wrong bearer token")
 
-    def encode(self, request: RerankRequest) -> list[PairLayout]:
+    def encode(self, request: RerankRequest, model: QPeftModel) -> list[PairLayout]:
         texts = request.texts()
         if len(texts) > self.section.max_documents:
             raise ServiceError(
@@ -188,7 +268,7 @@ class Reranker:
                 f"{self.section.max_documents} (serve.max_documents)",
             )
         try:
-            layouts = self.model.encode([request.query] * len(texts), texts)
+            layouts = model.encode([request.query] * len(texts), texts)
         except QueryTooLongError as err:
             raise ServiceError(422, f"query: {err}") from None
         if self.section.oversize_documents == "reject":
@@ -214,11 +294,14 @@ class Reranker:
         self, request: RerankRequest, authorization: str | None = Header(default=None)
     ) -> RerankResponse:
         self.check_key(authorization)
-        layouts = self.encode(request)
-        lm_scores = await asyncio.gather(*(self.score_layouts(layout) for layout in layouts))
+        name, model, weight = self.adapter_for(request)
+        layouts = self.encode(request, model)
+        lm_scores = await asyncio.gather(
+            *(self.score_layouts((model, layout)) for layout in layouts)
+        )
         first_stage = request.first_stage_scores()
-        fused = first_stage is not None and self.fusion_weight is not None
-        scores = fused_scores(lm_scores, first_stage, self.fusion_weight) if fused else lm_scores
+        fused = first_stage is not None and weight is not None
+        scores = fused_scores(lm_scores, first_stage, weight) if fused else lm_scores
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         texts = request.texts()
         results = [
@@ -234,7 +317,7 @@ class Reranker:
         return RerankResponse(
             id=str(uuid.uuid4()),
             results=results,
-            model=self.name,
+            model=name,
             usage=Usage(
                 documents=len(texts),
                 total_tokens=total_tokens(layouts),
@@ -250,17 +333,11 @@ class Reranker:
     @api.get("/v1/models")
     async def models(self, authorization: str | None = Header(default=None)) -> dict:
         self.check_key(authorization)
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": self.name,
-                    "object": "model",
-                    "method": self.model.method,
-                    "base_model": self.model.backbone.name,
-                }
-            ],
-        }
+        names = [self.name]
+        if self.section.adapter_root is not None:
+            names += [ZERO_SHOT, *self.cache.available()]
+        described = [self.cache.describe(n) for n in dict.fromkeys(names)]
+        return {"object": "list", "data": [{"object": "model", **d} for d in described]}
 
 
 def application(cfg: ServeConfig):
@@ -269,8 +346,12 @@ def application(cfg: ServeConfig):
     if section.adapter_dir:
         # Replicas may start in another folder or on another node (where a URI is fetched).
         section = replace(section, adapter_dir=adapter_reference(section.adapter_dir))
-    # The weight itself, so replicas need not read a fusion.json from the driver's folder.
-    section = replace(section, fusion=fusion_weight(section.fusion, section.adapter_dir))
+    if section.fusion is not None:
+        # The weight itself, so replicas need not read a fusion.json from the driver's
+        # folder. null stays null: each adapter then brings its own dev-chosen weight.
+        section = replace(section, fusion=fusion_weight(section.fusion, None))
+    if section.adapter_root and not storage.is_uri(section.adapter_root):
+        section = replace(section, adapter_root=storage.absolute(section.adapter_root))
     from qpeft.backbone import pin_model
 
     # Replicas only read the model cache; the driver fills it once.

@@ -22,11 +22,17 @@ class DocumentObject(BaseModel):
 
 
 class RerankRequest(BaseModel):
-    """Unknown fields (e.g. Cohere's `model`, `max_chunks_per_doc`) are accepted and ignored,
-    so existing clients drop in."""
+    """Unknown fields (e.g. Cohere's `max_chunks_per_doc`) are accepted and ignored, so
+    existing clients drop in. `model` names an adapter where the service has an adapter root,
+    and is ignored where it has not (Cohere clients always send one)."""
 
     model_config = ConfigDict(extra="ignore")
 
+    model: str | None = Field(
+        default=None,
+        description="the adapter: a folder under serve.adapter_root, a Hub repo id, or "
+        "zero-shot; omitted, the service's default",
+    )
     query: str = Field(description="the search query")
     documents: list[str | DocumentObject] = Field(
         description="candidate documents, as strings or {text} objects"

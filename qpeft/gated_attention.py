@@ -38,8 +38,9 @@ def gated_hint_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SDPA with the hint keys (`hint_keys`, (B, K) bool) behind `hint_gate`, the gate's
-    values tanh(g) of shape (layers, heads). `hint_masks`, a dict fresh for each decoder
-    call, keeps the masks built for one layer for the next ones that get the same mask."""
+    values tanh(g) of shape (layers, heads), or (B, layers, heads) for a gate per row.
+    `hint_masks`, a dict fresh for each decoder call, keeps the masks built for one layer
+    for the next ones that get the same mask."""
     if hint_keys is None or hint_gate is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     masks = hint_masks if hint_masks is not None else {}
@@ -52,8 +53,12 @@ def gated_hint_attention(
     hint_out, _ = sdpa_attention_forward(
         module, query, key, value, to_hints, is_causal=False, **kwargs
     )
-    # sdpa_attention_forward returns (B, q, heads, head_dim); gate (1, 1, heads, 1).
-    gate = hint_gate[module.layer_idx].to(hint_out.dtype)[None, None, :, None]
+    # sdpa_attention_forward returns (B, q, heads, head_dim); the gate becomes (1 or B, 1,
+    # heads, 1): one gate for the batch, or one per row (rows of several adapters).
+    if hint_gate.dim() == 2:
+        gate = hint_gate[module.layer_idx].to(hint_out.dtype)[None, None, :, None]
+    else:
+        gate = hint_gate[:, module.layer_idx].to(hint_out.dtype)[:, None, :, None]
     return text_out + gate * hint_out * keep_hints.to(hint_out.dtype), None
 
 

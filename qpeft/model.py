@@ -90,26 +90,45 @@ def assemble_inputs(model: QPeftModel, batch: Batch) -> tuple[torch.Tensor, torc
 def run_decoder(
     model: QPeftModel, batch: Batch, embeds: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Hidden states of the frozen decoder for the assembled inputs.
+    """Hidden states of the frozen decoder for the assembled inputs of one adapter's batch.
 
     The shared prefix's keys and values are computed once for the batch and reused by every
     row (the numbers equal a full pass, with fewer FLOPs), except when training a method
     whose weights shape them (soft prompt, LoRA): the prefix runs without gradients.
     A gated adapter's hint block is read through its gate (`qpeft.gated_attention`).
     """
-    decoder = model.backbone.decoder
+    gate = model.adapter.hint_gate()
+    gated_rows = None if gate is None else torch.ones(len(batch), dtype=torch.bool)
+    reuse_prefix = not (model.adapter.trains_prefix and torch.is_grad_enabled())
+    return decode(model.backbone, batch, embeds, attention_mask, gate, gated_rows, reuse_prefix)
+
+
+def decode(
+    backbone: Backbone,
+    batch: Batch,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    gate: torch.Tensor | None,
+    gated_rows: torch.Tensor | None,
+    reuse_prefix: bool = True,
+) -> torch.Tensor:
+    """The decoder pass behind `run_decoder`, for rows that may belong to several adapters
+    (`qpeft.mixed`): `gate` is (layers, heads) for every row or (B, layers, heads) per row,
+    and only the hint slots of `gated_rows` ((B,) bool) are read through it; other rows'
+    hint slots, if any, are plain input tokens (the paper's layout)."""
+    decoder = backbone.decoder
     # Positions count attended tokens only: padding and hidden hint slots shift nothing.
     counted = attention_mask.bool()
     gated = {}
-    gate = model.adapter.hint_gate()
     if gate is not None:
         # Gated hints take no positions either, so the text reads as it does zero-shot.
-        hint_keys = counted & (batch.segments == Segment.HINT)
+        rows = gated_rows.to(counted.device)[:, None]
+        hint_keys = counted & (batch.segments == Segment.HINT) & rows
         counted = counted & ~hint_keys
         gated = {"hint_keys": hint_keys, "hint_gate": gate, "hint_masks": {}}
     position_ids = (counted.long().cumsum(-1) - 1).clamp(min=0)
     shared = batch.shared_prefix
-    if shared == 0 or (model.adapter.trains_prefix and torch.is_grad_enabled()):
+    if shared == 0 or not reuse_prefix:
         return decoder(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -137,6 +156,11 @@ def log_likelihood(model: QPeftModel, batch: Batch) -> torch.Tensor:
     """Mean log-likelihood of each pair's label tokens, shape (B,); differentiable."""
     embeds, attention_mask = assemble_inputs(model, batch)
     hidden = run_decoder(model, batch, embeds, attention_mask)
+    return label_log_likelihood(model.backbone, batch, hidden)
+
+
+def label_log_likelihood(backbone: Backbone, batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
+    """Mean log-likelihood of each row's label tokens from the decoder's hidden states."""
     # Left padding puts every row's labels at the end: take the last L positions.
     is_label = batch.segments == Segment.LABEL
     width = int(is_label.sum(-1).max())
@@ -146,7 +170,7 @@ def log_likelihood(model: QPeftModel, batch: Batch) -> torch.Tensor:
     # torch.matmul fall back to a bmm that copies the whole LM head once per row (in bf16 on
     # CPU a quarter of the scorer's time went to that copy).
     states = hidden[:, -width - 1 : -1].reshape(-1, hidden.shape[-1])
-    logits = model.backbone.lm_head(states).float().view(len(targets), width, -1)
+    logits = backbone.lm_head(states).float().view(len(targets), width, -1)
     token_ll = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     token_ll = token_ll * label_mask
     return token_ll.sum(-1) / label_mask.sum(-1)

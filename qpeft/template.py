@@ -238,29 +238,36 @@ class Template:
         every row at the same position. `share_prefix` lets the scorer reuse the prefix's
         keys and values across rows (fewer FLOPs; on a GPU the extra launches can cost more
         than they save for small models)."""
-        shared = len(self.shared_prefix_ids)
-        width = max(len(x.input_ids) for x in layouts)
-        qwidth = max(1, max(len(x.query_ids) for x in layouts))
-        n = len(layouts)
-        input_ids = torch.full((n, width), self.pad, dtype=torch.long)
-        segments = torch.zeros((n, width), dtype=torch.long)
-        query_ids = torch.zeros((n, qwidth), dtype=torch.long)
-        query_mask = torch.zeros((n, qwidth), dtype=torch.bool)
-        for row, layout in enumerate(layouts):
-            pad = width - len(layout.input_ids)
-            ids, segs = torch.tensor(layout.input_ids), torch.tensor(layout.segments)
-            input_ids[row, :shared], segments[row, :shared] = ids[:shared], segs[:shared]
-            input_ids[row, shared + pad :] = ids[shared:]
-            segments[row, shared + pad :] = segs[shared:]
-            qlen = len(layout.query_ids)
-            query_ids[row, :qlen] = torch.tensor(layout.query_ids, dtype=torch.long)
-            query_mask[row, :qlen] = True
-        attention_mask = (segments != Segment.PAD).long()
-        return Batch(
-            input_ids,
-            attention_mask,
-            segments,
-            query_ids,
-            query_mask,
-            shared if share_prefix else 0,
-        )
+        return collate_layouts(layouts, self.pad, len(self.shared_prefix_ids), share_prefix)
+
+
+def collate_layouts(
+    layouts: list[PairLayout], pad_id: int, shared: int, share_prefix: bool = True
+) -> Batch:
+    """`Template.collate` for layouts whose first `shared` tokens are the same in every row
+    (layouts of several templates, as in `qpeft.mixed`, pass the length they share)."""
+    width = max(len(x.input_ids) for x in layouts)
+    qwidth = max(1, max(len(x.query_ids) for x in layouts))
+    n = len(layouts)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    segments = torch.zeros((n, width), dtype=torch.long)
+    query_ids = torch.zeros((n, qwidth), dtype=torch.long)
+    query_mask = torch.zeros((n, qwidth), dtype=torch.bool)
+    for row, layout in enumerate(layouts):
+        pad = width - len(layout.input_ids)
+        ids, segs = torch.tensor(layout.input_ids), torch.tensor(layout.segments)
+        input_ids[row, :shared], segments[row, :shared] = ids[:shared], segs[:shared]
+        input_ids[row, shared + pad :] = ids[shared:]
+        segments[row, shared + pad :] = segs[shared:]
+        qlen = len(layout.query_ids)
+        query_ids[row, :qlen] = torch.tensor(layout.query_ids, dtype=torch.long)
+        query_mask[row, :qlen] = True
+    attention_mask = (segments != Segment.PAD).long()
+    return Batch(
+        input_ids,
+        attention_mask,
+        segments,
+        query_ids,
+        query_mask,
+        shared if share_prefix else 0,
+    )

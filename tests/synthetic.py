@@ -15,8 +15,10 @@ from tests.conftest import TEMPLATE_WORDS
 CONTENT = [f"w{i}" for i in range(40)]
 
 
-def save_tiny_model(directory: Path) -> str:
-    backbone = tiny_backbone(TEMPLATE_WORDS + CONTENT, hidden_size=32, num_layers=2, num_heads=4)
+def save_tiny_model(directory: Path, vocab_extra: list[str] = ()) -> str:
+    """A tiny LLaMA in `directory`; `vocab_extra` words make another base model."""
+    words = TEMPLATE_WORDS + CONTENT + list(vocab_extra)
+    backbone = tiny_backbone(words, hidden_size=32, num_layers=2, num_heads=4)
     backbone.model.save_pretrained(directory, safe_serialization=True)
     backbone.tokenizer.save_pretrained(directory)
     return str(directory)

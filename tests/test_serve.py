@@ -238,6 +238,82 @@ def test_a_lora_adapter_is_served_as_scored_offline(service, tmp_path):
     assert max(abs(got[i] - plain[i]) for i in range(len(docs))) > 1e-3
 
 
+def trained_adapter(model_dir: str, method: str, seed: int, **adapter) -> QPeftModel:
+    """An adapter on the tiny model with its weights moved off their start (gate open)."""
+    torch.manual_seed(seed)
+    backbone = load_backbone(ModelConfig(name=model_dir))
+    template = {**TINY_TEMPLATE, "max_doc_tokens": 12, "max_query_tokens": 6, "prompt": None}
+    model = QPeftModel.build(
+        backbone, TemplateConfig(**template), AdapterConfig(method=method, **adapter)
+    )
+    with torch.no_grad():
+        for name, parameter in model.adapter.named_parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+            if name.endswith("gate.weight"):
+                parameter.fill_(0.7)
+    return model.eval()
+
+
+def test_requests_pick_their_adapter_and_share_one_lm(service, tmp_path):
+    """Concurrent requests for three adapters and zero-shot, batched together, each get
+    their own adapter's offline scores; missing and foreign adapters get a 4xx by name
+    while the others keep serving; a new folder is served without a restart."""
+    from ray import serve
+
+    root = tmp_path / "adapters"
+    adapters = {
+        "a": trained_adapter(service["model"], "qpeft_a", 1, heads=2, dropout=0.0),
+        "r": trained_adapter(service["model"], "qpeft_r", 2, k=2),
+        "soft": trained_adapter(service["model"], "soft_prompt", 3),
+    }
+    for name, model in adapters.items():
+        save_adapter(model, root / name)
+    other = save_tiny_model(tmp_path / "other", vocab_extra=["extra"])
+    save_adapter(trained_adapter(other, "qpeft_a", 4, dropout=0.0), root / "foreign")
+    serve.run(
+        application(config(service["model"], adapter_root=str(root), token_budget=400)),
+        name="multi",
+        route_prefix="/multi",
+    )
+    url = f"{service['url']}/multi"
+    docs = [words(i, 5) for i in range(6)]
+    names = ["a", "r", "soft", "zero-shot", None] * 4
+
+    def ask(name: str | None) -> httpx.Response:
+        body = {"query": "w1 w2", "documents": docs, **({"model": name} if name else {})}
+        return httpx.post(f"{url}/v1/rerank", json=body, timeout=120)
+
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            responses = list(pool.map(ask, names))
+        missing = ask("nope")
+        foreign = ask("foreign")
+        save_adapter(adapters["a"], root / "late")
+        late = ask("late")
+        listed = httpx.get(f"{url}/v1/models").json()["data"]
+    finally:
+        serve.delete("multi")  # its replica's CPU goes back before the next test
+    plain = offline(service["model"], "w1 w2", docs)
+    for name, response in zip(names, responses, strict=True):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        got = {r["index"]: r["relevance_score"] for r in body["results"]}
+        if name in adapters:
+            expected = score_pairs(adapters[name], ["w1 w2"] * len(docs), docs)
+            assert max(abs(a - b) for a, b in zip(expected, plain, strict=True)) > 1e-3
+        else:
+            expected = plain
+        assert body["model"] == (name or listed[0]["id"])  # omitted: the default
+        assert max(abs(got[i] - expected[i]) for i in range(len(docs))) < 1e-4, name
+    assert missing.status_code == 404 and "no adapter named 'nope'" in missing.text
+    assert foreign.status_code == 422 and "'foreign' cannot be served" in foreign.text
+    assert late.status_code == 200
+    by_id = {m["id"]: m for m in listed}
+    assert {"a", "r", "soft", "late", "zero-shot"} <= set(by_id)
+    assert by_id["a"]["method"] == "qpeft_a" and by_id["a"]["loaded"] is True
+    assert by_id["soft"]["bytes_on_disk"] > 0 and "fingerprint" in by_id["r"]
+
+
 def test_health_models_and_openapi(service):
     url = service["url"]
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}

@@ -37,6 +37,9 @@ class Adapter(nn.Module):
     # weights inside the LM): the scorer computes the prefix once without gradients, so it
     # is only reused when no gradients are wanted.
     trains_prefix: ClassVar[bool] = False
+    # True where the method puts weights inside the LM (LoRA): its pairs need an LM of their
+    # own, so they are never scored in one pass with other adapters' (`qpeft.mixed`).
+    changes_lm_weights: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ ADAPTER_NAME = "default"
 class LoRA(Adapter):
     method = "lora"
     trains_prefix = True
+    changes_lm_weights = True
 
     def __init__(
         self,

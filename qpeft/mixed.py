@@ -1,0 +1,159 @@
+"""Several adapters on one frozen LM, in one forward pass.
+
+A Q-PEFT adapter never changes the LM: it fills the prompt slots (soft prompt) or the hint
+slots (Q-PEFT-R, Q-PEFT-A) of the input and, gated, reads the hints through a per-layer,
+per-head gate. So pairs scored with different adapters can share one batch: each adapter
+assembles the input embeddings of its own rows, the gate becomes a per-row tensor, and the
+frozen decoder and LM head run once for all of them. Zero-shot rows are rows whose adapter
+adds nothing. Methods that change the LM's weights (LoRA) cannot be mixed: their rows need
+another LM.
+
+The shared prefix (<bos>, the prompt, "Passage:") is computed once when every row has the
+same prefix tokens and none of the adapters replaces the prompt's embeddings; otherwise the
+batch runs in full, which gives the same numbers at more FLOPs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+
+import torch
+
+from qpeft.model import QPeftModel, assemble_inputs, decode, label_log_likelihood
+from qpeft.scoring import eval_mode, length_sorted_batches
+from qpeft.template import Batch, PairLayout, collate_layouts
+
+
+class UnmixableAdapterError(ValueError):
+    """An adapter that cannot share the frozen LM's forward pass with others."""
+
+
+def check_mixable(models: Sequence[QPeftModel]) -> None:
+    """Every model must hold the same backbone object and leave its weights alone."""
+    backbone = models[0].backbone
+    for model in models:
+        if model.backbone is not backbone:
+            raise UnmixableAdapterError(
+                "mixed batches need one backbone object shared by every adapter"
+            )
+        if model.adapter.changes_lm_weights:
+            raise UnmixableAdapterError(
+                f"{model.method} changes the LM's weights; its pairs are scored unmixed"
+            )
+
+
+def rows_of(batch: Batch, rows: torch.Tensor) -> Batch:
+    """The sub-batch of `rows`, with the batch's column layout (shared prefix included)."""
+    return Batch(
+        batch.input_ids[rows],
+        batch.attention_mask[rows],
+        batch.segments[rows],
+        batch.query_ids[rows],
+        batch.query_mask[rows],
+        batch.shared_prefix,
+    )
+
+
+def common_prefix(models: Sequence[QPeftModel]) -> int:
+    """Leading tokens every row shares, embedded alike: 0 unless all templates have the same
+    prefix and no adapter replaces the prompt's embeddings."""
+    prefixes = {tuple(model.template.shared_prefix_ids) for model in models}
+    replaced = any(model.adapter.prompt_embeddings() is not None for model in models)
+    return len(next(iter(prefixes))) if len(prefixes) == 1 and not replaced else 0
+
+
+def mixed_log_likelihood(
+    models: Sequence[QPeftModel],
+    layouts: Sequence[PairLayout],
+    owners: Sequence[int],
+    share_prefix: bool = True,
+) -> torch.Tensor:
+    """Mean label log-likelihood of each layout, shape (B,), `layouts[i]` encoded by and
+    scored with `models[owners[i]]`: the same numbers as scoring each adapter's rows alone
+    (to float rounding), in one decoder pass."""
+    check_mixable(models)
+    backbone = models[0].backbone
+    device = backbone.device
+    shared = common_prefix(models)
+    batch = collate_layouts(
+        list(layouts), models[0].template.pad, shared, share_prefix and shared > 0
+    ).to(device)
+    owner = torch.tensor(list(owners), device=device)
+    embeds = attention_mask = None
+    gates, gated_rows = None, torch.zeros(len(batch), dtype=torch.bool, device=device)
+    for index, model in enumerate(models):
+        rows = (owner == index).nonzero().squeeze(-1)
+        if not len(rows):
+            continue
+        part = rows_of(batch, rows)
+        part_embeds, part_mask = assemble_inputs(model, part)
+        if embeds is None:
+            embeds = torch.zeros(
+                (*batch.input_ids.shape, part_embeds.shape[-1]),
+                dtype=part_embeds.dtype,
+                device=device,
+            )
+            attention_mask = torch.zeros_like(batch.attention_mask)
+        embeds[rows], attention_mask[rows] = part_embeds, part_mask.to(attention_mask.dtype)
+        gate = model.adapter.hint_gate()
+        if gate is not None:
+            if gates is None:
+                gates = torch.zeros((len(batch), *gate.shape), dtype=gate.dtype, device=device)
+            gates[rows] = gate
+            gated_rows[rows] = True
+    hidden = decode(backbone, batch, embeds, attention_mask, gates, gated_rows)
+    return label_log_likelihood(backbone, batch, hidden)
+
+
+def score_mixed(
+    models: Sequence[QPeftModel],
+    queries: Sequence[str],
+    docs: Sequence[str],
+    owners: Sequence[int],
+    batch_size: int = 8,
+    share_prefix: bool | None = None,
+) -> list[float]:
+    """Query-likelihood scores of (query, doc) pairs, pair i scored with
+    `models[owners[i]]`, batched by length across adapters, in input order."""
+    check_mixable(models)
+    layouts: list[PairLayout | None] = [None] * len(queries)
+    with ExitStack() as stack:
+        for model in models:  # the layout too: a shut hint gate reserves no hint slots
+            stack.enter_context(eval_mode(model))
+        for index, model in enumerate(models):
+            rows = [i for i, owner in enumerate(owners) if owner == index]
+            if not rows:
+                continue
+            encoded = model.encode([queries[i] for i in rows], [docs[i] for i in rows])
+            for i, layout in zip(rows, encoded, strict=True):
+                layouts[i] = layout
+        return score_mixed_layouts(models, layouts, owners, batch_size, share_prefix)
+
+
+def score_mixed_layouts(
+    models: Sequence[QPeftModel],
+    layouts: Sequence[PairLayout],
+    owners: Sequence[int],
+    batch_size: int = 8,
+    share_prefix: bool | None = None,
+) -> list[float]:
+    """`score_mixed` for pairs already encoded, each by its own adapter (as a service does
+    in the request's handler); eval mode, batched by length, in input order."""
+    check_mixable(models)
+    if share_prefix is None:
+        share_prefix = models[0].backbone.device.type == "cpu"
+    scores = [0.0] * len(layouts)
+    with ExitStack() as stack, torch.inference_mode():
+        for model in models:
+            stack.enter_context(eval_mode(model))
+        for indices in length_sorted_batches(layouts, batch_size):
+            values = mixed_log_likelihood(
+                models,
+                [layouts[i] for i in indices],
+                [owners[i] for i in indices],
+                share_prefix,
+            )
+            for i, value in zip(indices, values.tolist(), strict=True):
+                scores[i] = value
+    return scores
