@@ -80,6 +80,10 @@ class ServeSection:
     token_budget: int = 4096  # tokens per scoring batch across requests
     batch_wait_timeout_s: float = 0.01
     max_ongoing_requests: int = 64  # per replica: enough for batches to fill
+    # Requests a replica holds at once (scoring or waiting for a batch); more get a 429 with
+    # Retry-After at once, as TEI answers, instead of waiting in a queue without bound.
+    max_queued_requests: int = 128
+    retry_after_s: int = 1
     max_documents: int = 1000  # per request; more is a 413
     max_request_bytes: int = 2_000_000
     oversize_documents: Literal["truncate", "reject"] = "truncate"
@@ -101,6 +105,8 @@ class ServeSection:
             "max_documents",
             "num_replicas",
             "max_adapters",
+            "max_queued_requests",
+            "retry_after_s",
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"serve.{key}: must be >= 1")
@@ -181,6 +187,7 @@ class Reranker:
         self.cache.pin(self.name, section.adapter_dir)
         self.scoring = cfg.scoring
         self.section = section
+        self.admitted = 0  # requests in this replica now (one event loop: no lock needed)
         # A weight given in the config applies to every adapter; null: each adapter's own
         # dev-chosen weight (zero-shot: none). `application` resolved a fusion.json to it.
         self.fusion_override = section.fusion
@@ -294,6 +301,20 @@ class Reranker:
         self, request: RerankRequest, authorization: str | None = Header(default=None)
     ) -> RerankResponse:
         self.check_key(authorization)
+        if self.admitted >= self.section.max_queued_requests:
+            raise ServiceError(
+                429,
+                f"overloaded: {self.admitted} requests are queued on this replica "
+                f"(serve.max_queued_requests); retry after {self.section.retry_after_s} s",
+                {"Retry-After": str(self.section.retry_after_s)},
+            )
+        self.admitted += 1
+        try:
+            return await self.answer(request)
+        finally:
+            self.admitted -= 1
+
+    async def answer(self, request: RerankRequest) -> RerankResponse:
         name, model, weight = self.adapter_for(request)
         layouts = self.encode(request, model)
         lm_scores = await asyncio.gather(
@@ -371,7 +392,11 @@ def application(cfg: ServeConfig):
         # replica, on any node; it is never written into a config file.
         actor_options["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
     return Reranker.options(
-        max_ongoing_requests=section.max_ongoing_requests,
+        # Past `max_queued_requests` the replica answers 429 itself, at once: Serve must hand
+        # it more requests than that. Requests over this bound wait in Serve's router only
+        # until the replica has refused some (microseconds each); a bound on the router's
+        # queue as well would answer 503 in bursts, which clients do not retry as a 429.
+        max_ongoing_requests=max(section.max_ongoing_requests, section.max_queued_requests + 1),
         ray_actor_options=actor_options,
         **scaling,
     ).bind(to_dict(cfg))

@@ -109,14 +109,15 @@ class RerankResponse(BaseModel):
 class ServiceError(Exception):
     """Bad input found after parsing (too many documents, too many tokens...)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers  # e.g. Retry-After with a 429
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None):
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def validation_message(errors: list[dict]) -> tuple[int, str]:
@@ -143,7 +144,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.headers)
 
 
 # The limit of this process's replica. Serve pickles the deployment class by value (its

@@ -2,6 +2,7 @@
 and a bounded concurrent load with every response complete."""
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -312,6 +313,44 @@ def test_requests_pick_their_adapter_and_share_one_lm(service, tmp_path):
     assert {"a", "r", "soft", "late", "zero-shot"} <= set(by_id)
     assert by_id["a"]["method"] == "qpeft_a" and by_id["a"]["loaded"] is True
     assert by_id["soft"]["bytes_on_disk"] > 0 and "fingerprint" in by_id["r"]
+
+
+def test_overload_is_answered_with_429_and_admitted_latency_stays_bounded(service):
+    """200 clients at once against a replica that holds 8 requests: every answer is a 200
+    or a 429 with Retry-After, and the admitted ones are answered in bounded time."""
+    from ray import serve
+
+    serve.run(
+        application(config(service["model"], max_queued_requests=8, retry_after_s=2)),
+        name="small",
+        route_prefix="/small",
+    )
+    url = f"{service['url']}/small/v1/rerank"
+    body = {"query": "w1 w2", "documents": [words(i, 5) for i in range(4)]}
+
+    def one(_: int) -> tuple[int, float, str | None]:
+        start = time.perf_counter()
+        response = httpx.post(url, json=body, timeout=120)
+        return (
+            response.status_code,
+            time.perf_counter() - start,
+            response.headers.get("retry-after"),
+        )
+
+    try:
+        with ThreadPoolExecutor(200) as pool:
+            answers = list(pool.map(one, range(200)))
+    finally:
+        serve.delete("small")
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {200, 429}, sorted(set(statuses))
+    assert statuses.count(200) >= 8 and statuses.count(429) > 0
+    assert all(retry == "2" for status, _, retry in answers if status == 429)
+    admitted = sorted(seconds for status, seconds, _ in answers if status == 200)
+    p99 = admitted[min(len(admitted) - 1, round(0.99 * (len(admitted) - 1)))]
+    admitted_count, refused = statuses.count(200), statuses.count(429)
+    print(f"200 clients: {admitted_count} admitted (p99 {p99:.2f} s), {refused} got a 429")
+    assert p99 < 30
 
 
 def test_health_models_and_openapi(service):
