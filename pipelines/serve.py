@@ -245,11 +245,19 @@ class Reranker:
         return scores
 
     def adapter_for(self, request: RerankRequest) -> tuple[str, QPeftModel, float | None]:
-        """The adapter a request names (its name, model and fusion weight): `model` under
-        `serve.adapter_root`, else the service's default."""
+        """The adapter a request names (its name, model and fusion weight): `model`, or
+        Serve's `serve_multiplexed_model_id` header, under `serve.adapter_root`; else the
+        service's default."""
         name = self.name
-        if self.section.adapter_root is not None and request.model:
-            name = request.model
+        if self.section.adapter_root is not None:
+            header = serve.get_multiplexed_model_id() or None
+            if request.model and header and request.model != header:
+                raise ServiceError(
+                    400,
+                    f"model: {request.model!r} in the body and {header!r} in the "
+                    "serve_multiplexed_model_id header name different adapters",
+                )
+            name = request.model or header or name
         try:
             entry = self.cache.entry(name)
         except AdapterNotFoundError as err:

@@ -54,8 +54,10 @@ class LoadedAdapter:
 
 
 def resident_bytes(model: QPeftModel) -> int:
-    """Bytes the adapter's own tensors take (parameters and buffers), not the LM's."""
-    tensors = list(model.adapter.parameters()) + list(model.adapter.buffers())
+    """Bytes the adapter's own tensors take (parameters and buffers), not the shared LM's;
+    for a method that needs an LM of its own (LoRA), that whole copy, its weights inside."""
+    module = model.backbone.model if model.adapter.changes_lm_weights else model.adapter
+    tensors = list(module.parameters()) + list(module.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

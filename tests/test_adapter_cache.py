@@ -65,6 +65,23 @@ def test_adapters_load_on_first_use_and_score_as_saved(tiny, tmp_path):
     assert mixed == pytest.approx(alone, abs=1e-5)
 
 
+def test_a_lora_adapter_gets_its_own_lm_and_leaves_the_shared_one_alone(tiny, tmp_path):
+    lora = build_model(tiny, "lora", lora_rank=2)  # on a copy of the LM
+    with torch.no_grad():
+        for parameter in lora.adapter.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+    save_adapter(lora.eval(), tmp_path / "lora")
+    cache = cache_for(tiny, tmp_path)
+    before = score_pairs(cache.get(ZERO_SHOT), QUERIES, DOCS)
+    served = cache.get("lora")
+    assert served.backbone is not tiny
+    expected = score_pairs(lora, QUERIES, DOCS)
+    assert score_pairs(served, QUERIES, DOCS) == pytest.approx(expected, abs=1e-5)
+    assert score_pairs(cache.get(ZERO_SHOT), QUERIES, DOCS) == pytest.approx(before, abs=0)
+    lm = sum(p.numel() * p.element_size() for p in served.backbone.model.parameters())
+    assert cache.cached_bytes() == resident_bytes(served) >= lm  # its LM copy is counted
+
+
 def test_the_cache_is_bounded_by_count_and_by_bytes(tiny, tmp_path):
     write_adapters(tiny, tmp_path)
     by_count = cache_for(tiny, tmp_path, max_count=2)

@@ -287,6 +287,18 @@ def test_requests_pick_their_adapter_and_share_one_lm(service, tmp_path):
     try:
         with ThreadPoolExecutor(10) as pool:
             responses = list(pool.map(ask, names))
+        by_header = httpx.post(
+            f"{url}/v1/rerank",
+            json={"query": "w1 w2", "documents": docs},
+            headers={"serve_multiplexed_model_id": "r"},
+            timeout=120,
+        )
+        clash = httpx.post(
+            f"{url}/v1/rerank",
+            json={"query": "w1 w2", "documents": docs, "model": "a"},
+            headers={"serve_multiplexed_model_id": "r"},
+            timeout=120,
+        )
         missing = ask("nope")
         foreign = ask("foreign")
         save_adapter(adapters["a"], root / "late")
@@ -306,6 +318,8 @@ def test_requests_pick_their_adapter_and_share_one_lm(service, tmp_path):
             expected = plain
         assert body["model"] == (name or listed[0]["id"])  # omitted: the default
         assert max(abs(got[i] - expected[i]) for i in range(len(docs))) < 1e-4, name
+    assert by_header.status_code == 200 and by_header.json()["model"] == "r"
+    assert clash.status_code == 400 and "name different adapters" in clash.text
     assert missing.status_code == 404 and "no adapter named 'nope'" in missing.text
     assert foreign.status_code == 422 and "'foreign' cannot be served" in foreign.text
     assert late.status_code == 200
