@@ -73,6 +73,7 @@ class ServeSection:
     adapter_root: str | None = None
     adapter_cache_mb: float = 1024.0  # adapters kept loaded, by their bytes in memory
     max_adapters: int = 32  # ... and by count
+    allow_hub_adapters: bool = False  # let `model` name a Hugging Face Hub repo id too
     host: str = "127.0.0.1"
     port: int = 8000
     route_prefix: str = "/"
@@ -112,6 +113,11 @@ class ServeSection:
                 raise ConfigError(f"serve.{key}: must be >= 1")
         if self.adapter_cache_mb <= 0:
             raise ConfigError("serve.adapter_cache_mb: must be > 0")
+        if self.model_name == ZERO_SHOT and self.adapter_dir:
+            raise ConfigError(
+                f"serve.model_name: {ZERO_SHOT!r} names the LM without an adapter; choose "
+                "another name for serve.adapter_dir"
+            )
         if self.fusion == CHOOSE:
             raise ConfigError("serve.fusion: choose it on dev with `qpeft rerank`, then pass it")
         check_fusion_value(self.fusion, "serve.fusion")
@@ -178,13 +184,16 @@ class Reranker:
             section.adapter_root,
             int(section.adapter_cache_mb * 2**20),
             section.max_adapters,
+            section.allow_hub_adapters,
         )
         self.name = section.model_name or (
             os.path.basename(section.adapter_dir.rstrip("/"))
             if section.adapter_dir
             else f"{cfg.model.name}-zero-shot"
         )
-        self.cache.pin(self.name, section.adapter_dir)
+        if self.name != ZERO_SHOT:
+            # Alone in its service, a LoRA default goes into the LM itself: no second copy.
+            self.cache.pin(self.name, section.adapter_dir, section.adapter_root is not None)
         self.scoring = cfg.scoring
         self.section = section
         self.admitted = 0  # requests in this replica now (one event loop: no lock needed)
@@ -244,13 +253,14 @@ class Reranker:
                 scores[row] = value
         return scores
 
-    def adapter_for(self, request: RerankRequest) -> tuple[str, QPeftModel, float | None]:
+    def adapter_for(
+        self, request: RerankRequest, header: str | None
+    ) -> tuple[str, QPeftModel, float | None]:
         """The adapter a request names (its name, model and fusion weight): `model`, or
         Serve's `serve_multiplexed_model_id` header, under `serve.adapter_root`; else the
-        service's default."""
+        service's default. Loading may read storage: called in a worker thread."""
         name = self.name
         if self.section.adapter_root is not None:
-            header = serve.get_multiplexed_model_id() or None
             if request.model and header and request.model != header:
                 raise ServiceError(
                     400,
@@ -323,7 +333,9 @@ class Reranker:
             self.admitted -= 1
 
     async def answer(self, request: RerankRequest) -> RerankResponse:
-        name, model, weight = self.adapter_for(request)
+        # A first use loads the adapter: off the event loop, which keeps taking requests.
+        header = serve.get_multiplexed_model_id() or None
+        name, model, weight = await asyncio.to_thread(self.adapter_for, request, header)
         layouts = self.encode(request, model)
         lm_scores = await asyncio.gather(
             *(self.score_layouts((model, layout)) for layout in layouts)
@@ -362,11 +374,15 @@ class Reranker:
     @api.get("/v1/models")
     async def models(self, authorization: str | None = Header(default=None)) -> dict:
         self.check_key(authorization)
+        return {"object": "list", "data": await asyncio.to_thread(self.listed_models)}
+
+    def listed_models(self) -> list[dict]:
+        """The default adapter, and with an adapter root zero-shot and every adapter under
+        it (reads storage: called in a worker thread)."""
         names = [self.name]
         if self.section.adapter_root is not None:
             names += [ZERO_SHOT, *self.cache.available()]
-        described = [self.cache.describe(n) for n in dict.fromkeys(names)]
-        return {"object": "list", "data": [{"object": "model", **d} for d in described]}
+        return [{"object": "model", **self.cache.describe(n)} for n in dict.fromkeys(names)]
 
 
 def application(cfg: ServeConfig):

@@ -71,8 +71,11 @@ class AdapterCache:
         root: str | None,
         max_bytes: int,
         max_count: int,
+        allow_hub: bool = False,
     ):
         self.backbone = backbone
+        # Off by default: a Hub id from a request would make the replica download any repo.
+        self.allow_hub = allow_hub
         self.template = template  # zero-shot's; a trained adapter brings its own
         self.root = root
         self.max_bytes = max_bytes
@@ -82,11 +85,14 @@ class AdapterCache:
         self.lock = threading.RLock()
         self.pin(ZERO_SHOT, None)
 
-    def pin(self, name: str, location: str | None) -> LoadedAdapter:
-        """Load an adapter (None: zero-shot) that stays loaded outside the LRU, as `name`."""
+    def pin(self, name: str, location: str | None, own_lm_for_lora: bool = True) -> LoadedAdapter:
+        """Load an adapter (None: zero-shot) that stays loaded outside the LRU, as `name`.
+        `own_lm_for_lora=False`: a LoRA adapter goes into the shared LM itself (a service
+        that serves nothing else needs no second copy)."""
         with self.lock:
-            if name not in self.pinned:
-                self.pinned[name] = self._load(name, location)
+            if name in self.pinned:
+                raise ValueError(f"an adapter is already pinned as {name!r}")
+            self.pinned[name] = self._load(name, location, own_lm_for_lora)
             return self.pinned[name]
 
     def location(self, name: str) -> str:
@@ -95,7 +101,7 @@ class AdapterCache:
             under_root = storage.join(self.root, name)
             if storage.exists(storage.join(under_root, "adapter_config.json")):
                 return under_root
-        if is_hub_repo(name):
+        if self.allow_hub and is_hub_repo(name):
             return name
         where = f"under {self.root}" if self.root else "(no serve.adapter_root is configured)"
         raise AdapterNotFoundError(f"model: no adapter named {name!r} {where}")
@@ -127,20 +133,38 @@ class AdapterCache:
             self.loaded[name] = entry
             return entry
 
-    def _load(self, name: str, location: str | None) -> LoadedAdapter:
+    def _load(self, name: str, location: str | None, own_lm_for_lora: bool = True) -> LoadedAdapter:
         if location is None:
             model = load_reranker(self.backbone, self.template, None)
             return LoadedAdapter(model, resident_bytes(model), None, None)
         try:
             config = read_adapter_config(location)
-            # LoRA puts weights into the LM: it gets an LM of its own, never the shared one.
-            backbone = copy.deepcopy(self.backbone) if config["method"] == "lora" else self.backbone
-            model = load_reranker(backbone, self.template, location)
         except FileNotFoundError as err:
-            if storage.exists(storage.join(location, "adapter_config.json")):
-                raise AdapterUnusableError(f"model: adapter {name!r}: {err}") from None
             raise AdapterNotFoundError(f"model: adapter {name!r}: {err}") from None
-        except (AdapterMismatchError, SafetensorError, ValueError, KeyError, OSError) as err:
+        except (ValueError, KeyError, OSError) as err:
+            raise AdapterUnusableError(f"model: adapter {name!r} cannot be served: {err}") from None
+        backbone = self.backbone
+        if config.get("method") == "lora" and own_lm_for_lora:
+            # LoRA puts weights into the LM: it gets an LM of its own, never the shared one,
+            # refused before copying when that copy alone is over the cache's bound.
+            lm_bytes = sum(t.numel() * t.element_size() for t in backbone.model.parameters())
+            if lm_bytes > self.max_bytes:
+                raise AdapterUnusableError(
+                    f"model: adapter {name!r} is LoRA and needs its own copy of the LM "
+                    f"({lm_bytes / 2**20:.0f} MiB), more than serve.adapter_cache_mb"
+                )
+            backbone = copy.deepcopy(backbone)
+        try:
+            model = load_reranker(backbone, self.template, location)
+        except (
+            AdapterMismatchError,
+            SafetensorError,
+            FileNotFoundError,
+            ValueError,
+            KeyError,
+            RuntimeError,  # tensors of the wrong shape
+            OSError,
+        ) as err:
             raise AdapterUnusableError(f"model: adapter {name!r} cannot be served: {err}") from None
         fusion = (config.get("fusion") or {}).get("weight")
         return LoadedAdapter(model, resident_bytes(model), str(location), fusion)
@@ -175,19 +199,20 @@ class AdapterCache:
                 "loaded": True,
                 "bytes_in_memory": entry.bytes,
             }
-        location = entry.location if entry else self.location(name)
         try:
+            location = entry.location if entry else self.location(name)
             config = read_adapter_config(location)
-        except (FileNotFoundError, ValueError) as err:
-            return {"id": name, "error": str(err), "loaded": False}
+            method, base = config["method"], config["base_model"]
+        except (AdapterNotFoundError, FileNotFoundError, ValueError, KeyError, OSError) as err:
+            return {"id": name, "error": str(err), "loaded": entry is not None}
         weights = storage.join(location, WEIGHTS_NAME)
         local = not storage.is_uri(location) and Path(str(weights)).exists()
         fusion = config.get("fusion") or {}
         return {
             "id": name,
-            "method": config["method"],
-            "base_model": config["base_model"].get("name"),
-            "fingerprint": config["base_model"].get("fingerprint"),
+            "method": method,
+            "base_model": base.get("name"),
+            "fingerprint": base.get("fingerprint"),
             "bytes_on_disk": Path(str(weights)).stat().st_size if local else None,
             "fusion_weight": fusion.get("weight"),
             "loaded": entry is not None,

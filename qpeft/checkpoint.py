@@ -100,7 +100,10 @@ def adapter_location(location: str | Path) -> str | Path:
 
     repo_id, _, revision = str(location).partition("@")
     try:
-        return snapshot_download(repo_id, revision=revision or None)
+        # The adapter's own files only: a repo id that names something else (a whole LM)
+        # is not downloaded whole before it is found not to be an adapter.
+        wanted = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
+        return snapshot_download(repo_id, revision=revision or None, allow_patterns=wanted)
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
         raise FileNotFoundError(
             f"{location}: no such local folder, and no Hub repository of that name could be "

@@ -4,9 +4,12 @@ while the others keep serving."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import TINY_TEMPLATE, WORDS, build_model
+from safetensors.torch import save_file
 
 from qpeft.adapter_cache import (
     ZERO_SHOT,
@@ -16,7 +19,7 @@ from qpeft.adapter_cache import (
     resident_bytes,
 )
 from qpeft.backbone import tiny_backbone
-from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
+from qpeft.checkpoint import CONFIG_NAME, FORMAT, WEIGHTS_NAME, save_adapter
 from qpeft.config import TemplateConfig
 from qpeft.mixed import score_mixed
 from qpeft.scoring import score_pairs
@@ -109,9 +112,11 @@ def test_an_adapter_written_after_start_up_is_served_without_a_restart(tiny, tmp
 
 
 def test_missing_corrupt_and_foreign_adapters_are_refused_by_name(tiny, tmp_path):
-    write_adapters(tiny, tmp_path, names=("good", "corrupt", "no_weights"))
+    write_adapters(tiny, tmp_path, names=("good", "corrupt", "no_weights", "misshapen", "odd"))
     (tmp_path / "corrupt" / WEIGHTS_NAME).write_bytes(b"not a safetensors file")
     (tmp_path / "no_weights" / WEIGHTS_NAME).unlink()
+    save_file({"mlp.0.weight": torch.zeros(3, 3)}, tmp_path / "misshapen" / WEIGHTS_NAME)
+    (tmp_path / "odd" / CONFIG_NAME).write_text(json.dumps({"format": FORMAT}))  # no "adapter"
     other_lm = tiny_backbone([*WORDS, "extra"], hidden_size=32, num_layers=2, num_heads=4)
     foreign = build_model(other_lm, "qpeft_a", template={"prompt": None})
     save_adapter(foreign, tmp_path / "foreign")
@@ -120,12 +125,20 @@ def test_missing_corrupt_and_foreign_adapters_are_refused_by_name(tiny, tmp_path
         cache.get("missing")
     with pytest.raises(AdapterNotFoundError):
         cache.get("../good")  # only folder names under the root
+    with pytest.raises(AdapterNotFoundError, match="'someone/model'"):
+        cache.get("someone/model")  # Hub ids only with serve.allow_hub_adapters
     with pytest.raises(AdapterUnusableError, match="'corrupt' cannot be served"):
         cache.get("corrupt")
     with pytest.raises(AdapterUnusableError, match=r"'no_weights'.*weights missing"):
         cache.get("no_weights")
     with pytest.raises(AdapterUnusableError, match=r"'foreign' cannot be served.*base model"):
         cache.get("foreign")
+    with pytest.raises(AdapterUnusableError, match="'misshapen' cannot be served"):
+        cache.get("misshapen")
+    with pytest.raises(AdapterUnusableError, match="'odd' cannot be served"):
+        cache.get("odd")
+    # The listing names the bad folder instead of failing as a whole.
+    assert "error" in cache.describe("odd") and cache.describe("good")["method"] == "qpeft_a"
     assert cache.get("good").method == "qpeft_a" and list(cache.loaded) == ["good"]
 
 
