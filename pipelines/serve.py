@@ -218,37 +218,22 @@ class Reranker:
         from qpeft.mixed import score_mixed_layouts
         from qpeft.scoring import score_layouts
 
-        models: list[QPeftModel] = []
-        for model, _ in items:
-            if all(model is not seen for seen in models):
-                models.append(model)
-        owners = [next(i for i, m in enumerate(models) if m is model) for model, _ in items]
-        shared = self.cache.backbone
-        mixable = [
-            i
-            for i, m in enumerate(models)
-            if m.backbone is shared and not m.adapter.changes_lm_weights
-        ]
+        # One LM pass per group: the shared LM (key None), or a LoRA adapter's own LM.
+        groups: dict[int | None, list[int]] = {}
+        for row, (model, _) in enumerate(items):
+            key = id(model) if model.adapter.changes_lm_weights else None
+            groups.setdefault(key, []).append(row)
+        batch_size, share_prefix = self.scoring.batch_size, self.scoring.share_prefix
         scores = [0.0] * len(items)
-        groups = [mixable] + [[i] for i in range(len(models)) if i not in mixable]
-        for group in groups:
-            rows = [row for row, owner in enumerate(owners) if owner in group]
-            if not rows:
-                continue
+        for key, rows in groups.items():
             layouts = [items[row][1] for row in rows]
-            if group is mixable:
-                local = {owner: k for k, owner in enumerate(group)}
-                values = score_mixed_layouts(
-                    [models[i] for i in group],
-                    layouts,
-                    [local[owners[row]] for row in rows],
-                    self.scoring.batch_size,
-                    self.scoring.share_prefix,
-                )
+            if key is None:
+                models = list({id(items[row][0]): items[row][0] for row in rows}.values())
+                index = {id(model): i for i, model in enumerate(models)}
+                owners = [index[id(items[row][0])] for row in rows]
+                values = score_mixed_layouts(models, layouts, owners, batch_size, share_prefix)
             else:
-                values = score_layouts(
-                    models[group[0]], layouts, self.scoring.batch_size, self.scoring.share_prefix
-                )
+                values = score_layouts(items[rows[0]][0], layouts, batch_size, share_prefix)
             for row, value in zip(rows, values, strict=True):
                 scores[row] = value
         return scores

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 
 from qpeft import storage
@@ -56,7 +57,11 @@ class LoadedAdapter:
 def resident_bytes(model: QPeftModel) -> int:
     """Bytes the adapter's own tensors take (parameters and buffers), not the shared LM's;
     for a method that needs an LM of its own (LoRA), that whole copy, its weights inside."""
-    module = model.backbone.model if model.adapter.changes_lm_weights else model.adapter
+    return tensor_bytes(model.backbone.model if model.adapter.changes_lm_weights else model.adapter)
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
     tensors = list(module.parameters()) + list(module.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -147,7 +152,7 @@ class AdapterCache:
         if config.get("method") == "lora" and own_lm_for_lora:
             # LoRA puts weights into the LM: it gets an LM of its own, never the shared one,
             # refused before copying when that copy alone is over the cache's bound.
-            lm_bytes = sum(t.numel() * t.element_size() for t in backbone.model.parameters())
+            lm_bytes = tensor_bytes(backbone.model)
             if lm_bytes > self.max_bytes:
                 raise AdapterUnusableError(
                     f"model: adapter {name!r} is LoRA and needs its own copy of the LM "

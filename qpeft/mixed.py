@@ -15,8 +15,8 @@ batch runs in full, which gives the same numbers at more FLOPs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -75,7 +75,8 @@ def mixed_log_likelihood(
     check_mixable(models)
     backbone = models[0].backbone
     device = backbone.device
-    shared = common_prefix(models)
+    # Only this batch's adapters decide: a soft prompt elsewhere does not stop the reuse.
+    shared = common_prefix([models[i] for i in sorted(set(owners))])
     batch = collate_layouts(
         list(layouts), models[0].template.pad, shared, share_prefix and shared > 0
     ).to(device)
@@ -116,11 +117,8 @@ def score_mixed(
 ) -> list[float]:
     """Query-likelihood scores of (query, doc) pairs, pair i scored with
     `models[owners[i]]`, batched by length across adapters, in input order."""
-    check_mixable(models)
     layouts: list[PairLayout | None] = [None] * len(queries)
-    with ExitStack() as stack:
-        for model in models:  # the layout too: a shut hint gate reserves no hint slots
-            stack.enter_context(eval_mode(model))
+    with all_in_eval_mode(models):  # the layout too: a shut hint gate reserves no hint slots
         for index, model in enumerate(models):
             rows = [i for i, owner in enumerate(owners) if owner == index]
             if not rows:
@@ -144,9 +142,7 @@ def score_mixed_layouts(
     if share_prefix is None:
         share_prefix = models[0].backbone.device.type == "cpu"
     scores = [0.0] * len(layouts)
-    with ExitStack() as stack, torch.inference_mode():
-        for model in models:
-            stack.enter_context(eval_mode(model))
+    with all_in_eval_mode(models), torch.inference_mode():
         for indices in length_sorted_batches(layouts, batch_size):
             values = mixed_log_likelihood(
                 models,
@@ -157,3 +153,12 @@ def score_mixed_layouts(
             for i, value in zip(indices, values.tolist(), strict=True):
                 scores[i] = value
     return scores
+
+
+@contextmanager
+def all_in_eval_mode(models: Sequence[QPeftModel]) -> Iterator[None]:
+    """Every adapter in eval mode for the duration (`qpeft.scoring.eval_mode` for each)."""
+    with ExitStack() as stack:
+        for model in models:
+            stack.enter_context(eval_mode(model))
+        yield

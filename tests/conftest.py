@@ -157,3 +157,15 @@ def s3_dir(s3_server, request):
 
     name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)
     return f"s3://qpeft-test/{name}-{uuid.uuid4().hex[:8]}"
+
+
+def moved_off_start(model: QPeftModel, seed: int = 7) -> QPeftModel:
+    """The adapter with every trainable weight moved off its start and the hint gate open,
+    so that it scores as a trained one would, unlike zero-shot; in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.adapter.named_parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
+            if name.endswith("gate.weight"):
+                parameter.fill_(0.7)
+    return model.eval()

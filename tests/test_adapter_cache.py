@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TEMPLATE, WORDS, build_model
+from conftest import TINY_TEMPLATE, WORDS, build_model, moved_off_start
 from safetensors.torch import save_file
 
 from qpeft.adapter_cache import (
@@ -28,17 +28,10 @@ QUERIES = ["what is flow", "heat wing"]
 DOCS = ["wing flow heat boundary layer", "the wing"]
 
 
-def opened(model):
-    with torch.no_grad():
-        model.adapter.gate.weight.fill_(0.6)
-        model.adapter.mlp[2].weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
-    return model.eval()
-
-
 def write_adapters(tiny, root, names=("a1", "a2", "a3")) -> dict:
     saved = {}
     for seed, name in enumerate(names):
-        model = opened(build_model(tiny, "qpeft_a", seed, {"prompt": None}, dropout=0.0))
+        model = moved_off_start(build_model(tiny, "qpeft_a", seed, {"prompt": None}, dropout=0.0))
         save_adapter(model, root / name)
         saved[name] = model
     return saved

@@ -4,8 +4,7 @@ adapter's scores equal its scores alone, zero-shot rows included, and LoRA is re
 from __future__ import annotations
 
 import pytest
-import torch
-from conftest import build_model
+from conftest import build_model, moved_off_start
 
 from qpeft.mixed import UnmixableAdapterError, common_prefix, score_mixed
 from qpeft.scoring import score_pairs
@@ -21,27 +20,15 @@ DOCS = [
 DEFAULT_PROMPT = {"prompt": None}  # each method's own prompt, as trained adapters have
 
 
-def trained_looking(model):
-    """Move every trainable weight off its start so the adapter changes its scores."""
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, parameter in model.adapter.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator) * 0.3
-            parameter.add_(noise)
-            if name.endswith("gate.weight"):
-                parameter.fill_(0.7)
-    return model.eval()
-
-
 def adapters(tiny) -> dict:
     return {
         "zero_shot": build_model(tiny, "zero_shot", template=DEFAULT_PROMPT).eval(),
-        "qpeft_a": trained_looking(
+        "qpeft_a": moved_off_start(
             build_model(tiny, "qpeft_a", 1, DEFAULT_PROMPT, heads=2, dropout=0.0)
         ),
-        "qpeft_r": trained_looking(build_model(tiny, "qpeft_r", 2, DEFAULT_PROMPT, k=2)),
-        "soft_prompt": trained_looking(build_model(tiny, "soft_prompt", 3, DEFAULT_PROMPT)),
-        "qpeft_r_plain": trained_looking(
+        "qpeft_r": moved_off_start(build_model(tiny, "qpeft_r", 2, DEFAULT_PROMPT, k=2)),
+        "soft_prompt": moved_off_start(build_model(tiny, "soft_prompt", 3, DEFAULT_PROMPT)),
+        "qpeft_r_plain": moved_off_start(
             build_model(tiny, "qpeft_r", 4, DEFAULT_PROMPT, k=2, hint_gate=False)
         ),
     }

@@ -15,7 +15,7 @@ from qpeft.checkpoint import save_adapter
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_pairs
-from tests.conftest import TINY_TEMPLATE
+from tests.conftest import TINY_TEMPLATE, moved_off_start
 from tests.synthetic import CONTENT, save_tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -247,12 +247,7 @@ def trained_adapter(model_dir: str, method: str, seed: int, **adapter) -> QPeftM
     model = QPeftModel.build(
         backbone, TemplateConfig(**template), AdapterConfig(method=method, **adapter)
     )
-    with torch.no_grad():
-        for name, parameter in model.adapter.named_parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.3)
-            if name.endswith("gate.weight"):
-                parameter.fill_(0.7)
-    return model.eval()
+    return moved_off_start(model, seed)
 
 
 def test_requests_pick_their_adapter_and_share_one_lm(service, tmp_path):
