@@ -98,9 +98,8 @@ def run_decoder(
     A gated adapter's hint block is read through its gate (`qpeft.gated_attention`).
     """
     gate = model.adapter.hint_gate()
-    gated_rows = None if gate is None else torch.ones(len(batch), dtype=torch.bool)
     reuse_prefix = not (model.adapter.trains_prefix and torch.is_grad_enabled())
-    return decode(model.backbone, batch, embeds, attention_mask, gate, gated_rows, reuse_prefix)
+    return decode(model.backbone, batch, embeds, attention_mask, gate, None, reuse_prefix)
 
 
 def decode(
@@ -114,16 +113,17 @@ def decode(
 ) -> torch.Tensor:
     """The decoder pass behind `run_decoder`, for rows that may belong to several adapters
     (`qpeft.mixed`): `gate` is (layers, heads) for every row or (B, layers, heads) per row,
-    and only the hint slots of `gated_rows` ((B,) bool) are read through it; other rows'
-    hint slots, if any, are plain input tokens (the paper's layout)."""
+    and only the hint slots of `gated_rows` ((B,) bool; None: every row) are read through
+    it; other rows' hint slots, if any, are plain input tokens (the paper's layout)."""
     decoder = backbone.decoder
     # Positions count attended tokens only: padding and hidden hint slots shift nothing.
     counted = attention_mask.bool()
     gated = {}
     if gate is not None:
         # Gated hints take no positions either, so the text reads as it does zero-shot.
-        rows = gated_rows.to(counted.device)[:, None]
-        hint_keys = counted & (batch.segments == Segment.HINT) & rows
+        hint_keys = counted & (batch.segments == Segment.HINT)
+        if gated_rows is not None:
+            hint_keys = hint_keys & gated_rows[:, None]
         counted = counted & ~hint_keys
         gated = {"hint_keys": hint_keys, "hint_gate": gate, "hint_masks": {}}
     position_ids = (counted.long().cumsum(-1) - 1).clamp(min=0)
