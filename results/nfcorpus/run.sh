@@ -86,6 +86,51 @@ methods() {
   done
 }
 
+# The first stage: BM25 (the `prepare` folder), dense (all-MiniLM-L6-v2, exact inner
+# product) and hybrid (both, dense weight chosen on dev by `qpeft prepare`) candidate sets,
+# their top 100 on dev and test (results/nfcorpus/first_stage).
+F=$D/first_stage
+prepared_for() { if [ "$1" = bm25 ]; then echo runs/prepare/nfcorpus; else echo runs/prepare/nfcorpus-$1; fi; }
+
+first_stage_prepare() {
+  for kind in dense hybrid; do
+    qpeft prepare --config configs/prepare-nfcorpus.yaml --set prepare.first_stage.kind=$kind \
+      --set prepare.output_dir="$(prepared_for $kind)"
+  done
+}
+
+first_stage_runs() {
+  for kind in bm25 dense hybrid; do
+    for split in dev test; do
+      qpeft rerank --config $D/rerank.yaml --set rerank.prepared_dir="$(prepared_for $kind)" \
+        --set rerank.method=first_stage --set rerank.depth=100 --set rerank.split=$split \
+        --set rerank.output_dir=$F/runs --set rerank.name=$split-$kind
+    done
+  done
+  qpeft evaluate --config $F/evaluate-dev.yaml
+}
+
+# The best reranker on test (LoRA, 500 training queries) over the top 20 of candidate set
+# $1, fused with that set's first-stage scores at a weight chosen on the first 80 dev
+# query ids: the queries training's dev check chose BM25's weight on (test-lora-500).
+first_stage_rerank() {
+  local kind=$1
+  local common=(--config $D/rerank.yaml --set rerank.method=lora
+    --set rerank.adapter_dir=$D/train/lora-500/adapter --set rerank.output_dir=$F/runs
+    --set rerank.prepared_dir="$(prepared_for $kind)")
+  qpeft rerank "${common[@]}" --set rerank.split=dev --set rerank.max_queries=80 \
+    --set rerank.name=dev-lora-$kind --set rerank.fusion=choose
+  qpeft rerank "${common[@]}" --set rerank.split=test --set rerank.name=test-lora-$kind \
+    --set rerank.fusion=$F/runs/dev-lora-$kind/fusion.json
+}
+
+first_stage() {
+  first_stage_prepare
+  first_stage_runs
+  for kind in hybrid dense; do first_stage_rerank $kind; done
+  qpeft evaluate --config $F/evaluate-test.yaml
+}
+
 main() {
   prepare
   bm25
@@ -99,6 +144,7 @@ main() {
   zero_shot_test smollm2-135m 96
   for method in qpeft_r soft_prompt lora; do tested $method 500; done
   qpeft evaluate --config $D/evaluate-test.yaml
+  first_stage
 }
 
 # Sourced (`. run.sh`), it only defines the steps above; with arguments it runs one step.
