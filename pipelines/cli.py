@@ -52,20 +52,23 @@ def step_config(config_class: type, description: str, argv: list[str] | None) ->
     return cfg
 
 
+def first_line(err: Exception, kind: type) -> str:
+    """Errors raised inside Ray tasks arrive wrapped; the original is their `cause`. Ray
+    appends a traceback and retry advice on further lines; our messages are one line."""
+    cause = getattr(err, "cause", None)
+    return str(cause if isinstance(cause, kind) else err).splitlines()[0]
+
+
 def run_step(main, argv: list[str] | None = None) -> int:
     """Call a step's main, turning configuration and input-data errors into one clear line
     and exit code 2 (a traceback helps nobody fix a typo in a YAML or a data file)."""
     try:
         main(argv)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        print(f"config error: {first_line(err, ConfigError)}", file=sys.stderr)
         return 2
     except DataError as err:
-        # Errors raised inside Ray tasks arrive wrapped; the original is their `cause`.
-        # Ray appends retry advice on further lines; our messages are one line.
-        cause = getattr(err, "cause", None)
-        original = cause if isinstance(cause, DataError) else err
-        print(f"data error: {str(original).splitlines()[0]}", file=sys.stderr)
+        print(f"data error: {first_line(err, DataError)}", file=sys.stderr)
         return 2
     return 0
 

@@ -43,14 +43,15 @@ def training_phrase(method: str, training: dict) -> str:
     return f"{method} {training['steps']} steps (dev NDCG@10 {training['best_dev_ndcg10']:.4f})"
 
 
-def summary_lines(report: dict, trainings: dict[str, dict]) -> list[str]:
-    """One or two lines: the best LLM system by NDCG@10 against BM25 and zero-shot, and
-    how far the adapters were trained (`trainings`: each method's training summary, with
-    `steps`, `best_epoch` and `best_dev_ndcg10`), with where converged runs are."""
+def summary_lines(report: dict, trainings: dict[str, dict], first_stage: str = "bm25") -> list[str]:
+    """One or two lines: the best LLM system by NDCG@10 against the first stage (the run
+    named `first_stage`) and zero-shot, and how far the adapters were trained
+    (`trainings`: each method's training summary, with `steps`, `best_epoch` and
+    `best_dev_ndcg10`), with where converged runs are."""
     runs = report["runs"]
-    llm = [name for name in runs if name != "bm25"]
+    llm = [name for name in runs if name != first_stage]
     best = max(llm, key=lambda name: runs[name]["mean"][MEASURE])
-    against = [other for other in ("bm25", "zero_shot") if other in runs and other != best]
+    against = [o for o in (first_stage, "zero_shot") if o in runs and o != best]
     lines = [
         f"On these {report['queries']} test queries the best LLM system is {best} "
         f"(NDCG@10 {runs[best]['mean'][MEASURE]:.4f}): "

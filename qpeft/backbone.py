@@ -287,8 +287,8 @@ def remove_leftovers(alias: str, cache_dir: Path) -> None:
 
 
 def resolve_model_path(name: str, cache_dir: str | Path | None = None) -> str:
-    """Map an alias to its cached conversion; hub ids and directories pass through."""
-    if name in PACKAGED:
+    """Map an LM alias to its cached conversion; hub ids and directories pass through."""
+    if name in PACKAGED_MODELS:
         return str(convert_packaged(name, Path(cache_dir) if cache_dir else default_cache_dir()))
     return name
 

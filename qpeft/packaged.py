@@ -85,7 +85,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     )
 }
 
-# Embedding models for `prepare.first_stage.dense_model` (never LMs: `model.name` refuses them).
+# Embedding models for `prepare.first_stage.dense.model`; not LMs (`model.name` takes
+# PACKAGED_MODELS' aliases).
 PACKAGED_EMBEDDERS: dict[str, PackagedModel] = {
     model.alias: model
     for model in (

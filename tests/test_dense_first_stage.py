@@ -33,13 +33,20 @@ def test_fusion_keeps_source_scores_and_reaches_both_ends():
     assert (by_id["both"].bm25_score, by_id["both"].dense_score) == (8.0, 0.9)
     assert by_id["d1"].bm25_score is None and by_id["b1"].dense_score is None
     assert hits[0].doc_id == "both"  # in both lists, high in each
-    assert [h.doc_id for h in fuse(BM25, DENSE, 0.0, 3)] == ["b1", "both", "b2"]
-    assert [h.doc_id for h in fuse(BM25, DENSE, 1.0, 3)] == ["both", "d1", "d2"]
+    # Either end is one list's order, then the other's for the documents it lacks.
+    assert [h.doc_id for h in fuse(BM25, DENSE, 0.0, 5)] == ["b1", "both", "b2", "d1", "d2"]
+    assert [h.doc_id for h in fuse(BM25, DENSE, 1.0, 5)] == ["both", "d1", "d2", "b1", "b2"]
     assert len(fuse(BM25, DENSE, 0.5, depth=2)) == 2
 
 
 def test_a_query_bm25_cannot_answer_keeps_the_dense_order():
-    assert [h.doc_id for h in fuse([], DENSE, 0.3, 10)] == ["both", "d1", "d2"]
+    for weight in (0.0, 0.3, 1.0):
+        assert [h.doc_id for h in fuse([], DENSE, weight, 10)] == ["both", "d1", "d2"]
+
+
+def test_a_single_hit_is_the_top_of_its_list():
+    (hit,) = fuse([("only", 3.0)], [], 0.5, 10)
+    assert hit.score == 0.5  # (1 - w) * 1.0: BM25's only hit is its best
 
 
 def test_the_weight_is_the_one_dev_ranks_best():
@@ -278,3 +285,15 @@ def tiny_model(folder):
     transformer = models.Transformer(str(folder / "bert"))
     SentenceTransformer(modules=[transformer, models.Pooling(16)]).save(str(folder / "st"))
     return folder / "st"
+
+
+def test_a_bm25_folder_is_stamped_as_before_dense_keys_existed():
+    """Folders prepared before the dense first stage stay resumable with `kind: bm25`."""
+    from pipelines.prepare import PrepareSection, stamp_settings
+    from qpeft.data.first_stage import FirstStageConfig
+
+    bm25 = stamp_settings(PrepareSection(first_stage=FirstStageConfig(kind="bm25")))
+    assert not {"kind", "dense", "hybrid_weight"} & set(bm25["first_stage"])
+    hybrid = stamp_settings(PrepareSection(first_stage=FirstStageConfig(kind="hybrid")))
+    assert hybrid["first_stage"]["dense"]["model"] == "all-minilm-l6-v2"
+    assert "actors" not in hybrid["first_stage"]["dense"]  # how to run, not what is made

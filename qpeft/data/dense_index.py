@@ -14,12 +14,12 @@ answers in time that hardly grows with the corpus: the choice between them is me
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -89,18 +89,21 @@ def check_stored(folder: str, model: str, dim: int) -> None:
 
 @dataclass
 class StoredEmbeddings:
-    """The finished embeddings of a prepared folder."""
+    """The finished embeddings of a prepared folder (local, or a cloud copy made local)."""
 
     folder: str
 
-    def meta(self) -> dict:
-        return json.loads(storage.read_text(storage.join(self.folder, "embeddings.json")))
+    @classmethod
+    def of(cls, root: str) -> StoredEmbeddings:
+        """A prepared folder's embeddings, downloaded once per node when `root` is a URI:
+        search reads every shard once per batch of queries."""
+        return cls(str(storage.local_copy(storage.join(root, FOLDER))))
 
     def shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """(doc_ids, vectors) per shard, empty documents left out."""
         for path in stored_shards(self.folder):
             table = storage.read_parquet(path)
-            table = table.filter(pa.compute.is_valid(table.column("embedding")))
+            table = table.filter(pc.is_valid(table.column("embedding")))
             if table.num_rows == 0:
                 continue
             dim = table.schema.field("embedding").type.list_size
@@ -111,22 +114,21 @@ class StoredEmbeddings:
 def exact_search(
     queries: np.ndarray, store: StoredEmbeddings, k: int
 ) -> list[list[tuple[str, float]]]:
-    """Top-k (doc_id, inner product) per query row, best first, over every stored shard."""
+    """Top-k (doc_id, inner product) per query row, best first, over every stored shard;
+    what is held is one shard and the running top k, whatever the corpus size."""
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     best_scores = torch.full((len(q), 0), float("-inf"))
-    best_index = torch.zeros((len(q), 0), dtype=torch.long)
-    doc_ids: list[str] = []
+    best_ids = np.empty((len(q), 0), dtype=object)
     for ids, vectors in store.shards():
-        scores = q @ torch.from_numpy(vectors).T
-        index = torch.arange(len(doc_ids), len(doc_ids) + len(ids)).expand(len(q), -1)
-        doc_ids += ids
-        merged_scores = torch.cat([best_scores, scores], dim=1)
-        merged_index = torch.cat([best_index, index], dim=1)
-        best_scores, where = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
-        best_index = merged_index.gather(1, where)
+        scores = torch.cat([best_scores, q @ torch.from_numpy(vectors).T], dim=1)
+        candidates = np.concatenate(
+            [best_ids, np.broadcast_to(np.array(ids, dtype=object), (len(q), len(ids)))], axis=1
+        )
+        best_scores, where = scores.topk(min(k, scores.shape[1]), dim=1)
+        best_ids = np.take_along_axis(candidates, where.numpy(), axis=1)
     return [
-        [(doc_ids[i], float(s)) for i, s in zip(row_i.tolist(), row_s.tolist(), strict=True)]
-        for row_i, row_s in zip(best_index, best_scores, strict=True)
+        list(zip(row_ids.tolist(), row_scores.tolist(), strict=True))
+        for row_ids, row_scores in zip(best_ids, best_scores, strict=True)
     ]
 
 
@@ -147,17 +149,23 @@ def check_hnsw_memory(documents: int, dim: int, available: int) -> None:
         )
 
 
+def require_faiss():
+    """The faiss module, or the line that installs it."""
+    try:
+        import faiss
+    except ImportError:
+        raise ConfigError(
+            f"prepare.first_stage.dense.index: hnsw needs FAISS, which is not installed; "
+            f"run: {ANN_INSTALL}"
+        ) from None
+    return faiss
+
+
 class HnswIndex:
     """FAISS HNSW over the stored embeddings (inner product), built once per worker."""
 
     def __init__(self, store: StoredEmbeddings, search_depth: int):
-        try:
-            import faiss
-        except ImportError:
-            raise ConfigError(
-                f"prepare.first_stage.dense.index: hnsw needs FAISS, which is not installed; "
-                f"run: {ANN_INSTALL}"
-            ) from None
+        faiss = require_faiss()
         self.doc_ids: list[str] = []
         index = None
         for ids, vectors in store.shards():

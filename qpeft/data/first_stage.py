@@ -17,12 +17,11 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qpeft import storage
 from qpeft.artifacts import PreparedData
 from qpeft.config import ConfigError
 from qpeft.data import schemas
 from qpeft.data.bm25 import BM25Index
-from qpeft.data.dense_index import FOLDER, HnswIndex, StoredEmbeddings, exact_search
+from qpeft.data.dense_index import HnswIndex, StoredEmbeddings, exact_search
 from qpeft.data.groups import choose_group
 from qpeft.data.hybrid import Hit, fuse
 from qpeft.data.sources import full_text
@@ -33,7 +32,7 @@ from qpeft.embedding import DenseConfig, Encoder
 class FirstStageConfig:
     # Without a run of the source's own: hybrid (BM25 and dense fused, qpeft/data/hybrid.py,
     # the dense weight chosen on dev; dev ranked it first on NFCorpus and Cranfield,
-    # docs/results.md), bm25, or dense (embeddings, exact inner product or HNSW).
+    # results/<collection>/first_stage), bm25, or dense (exact inner product or HNSW).
     kind: Literal["bm25", "dense", "hybrid"] = "hybrid"
     depth: int = 100
     bm25_k1: float = 0.9
@@ -63,7 +62,7 @@ class DenseRetriever:
 
     def __init__(self, root: str, config: FirstStageConfig):
         self.encoder = Encoder(config.dense)
-        self.store = StoredEmbeddings(storage.join(root, FOLDER))
+        self.store = StoredEmbeddings.of(root)
         self.hnsw = HnswIndex(self.store, config.depth) if config.dense.index == "hnsw" else None
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
