@@ -24,7 +24,9 @@ def table(root, name):
 
 def test_cranfield_offline(ray_session, tmp_path):
     out = tmp_path / "cranfield"
-    counts = prepare(config(out, source={"irds": "cranfield"}, first_stage={"depth": 20}))
+    # BM25 alone: the hybrid default runs on Cranfield in tests/test_demo.py.
+    first_stage = {"depth": 20, "kind": "bm25"}
+    counts = prepare(config(out, source={"irds": "cranfield"}, first_stage=first_stage))
     assert (counts["documents"], counts["queries"], counts["qrels"]) == (1400, 225, 1837)
     assert counts["queries_with_candidates"] == 225 and counts["queries_without_candidates"] == 0
     assert counts["candidates_per_query"]["min"] == 20
