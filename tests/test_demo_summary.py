@@ -1,4 +1,4 @@
-"""The demo's lines under its table name the best LLM system, its margins over BM25 and
+"""The demo's lines under its table name the best LLM system, its margins over the first stage and
 zero-shot with the report's own p-values, and how far the adapters were trained."""
 
 from pipelines.demo_summary import p_between, summary_lines
@@ -53,3 +53,11 @@ def test_summary_when_zero_shot_itself_is_best_compares_it_with_bm25_only():
     (line,) = summary_lines(report, {})
     assert "best LLM system is zero_shot" in line and "over zero_shot" not in line
     assert "+0.0300 over bm25 (0.3000, p=0.04)" in line
+
+
+def test_summary_names_the_first_stage_the_demo_ran():
+    """A hybrid first stage is the run the LLM systems are measured against, by its name."""
+    renamed = {("hybrid" if k == "bm25" else k): v for k, v in REPORT["runs"].items()}
+    (line,) = summary_lines({**REPORT, "runs": renamed}, {}, first_stage="hybrid")
+    assert "best LLM system is zero_shot_fused" in line
+    assert "over hybrid (0.3000" in line and "bm25" not in line
