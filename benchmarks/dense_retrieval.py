@@ -146,7 +146,7 @@ def search(sizes: list[int], queries: int, depth: int, hnsw_max: int) -> None:
             print(line, flush=True)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embed-docs", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -154,7 +154,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--hnsw-max", type=int, default=300_000, help="largest N to build HNSW for")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     print(f"machine: {detect().describe()}, {torch.get_num_threads()} torch threads", flush=True)
     embedding(args.embed_docs, args.batch_size)
     search(args.docs, args.queries, args.depth, args.hnsw_max)

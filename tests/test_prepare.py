@@ -62,11 +62,11 @@ def test_cranfield_offline(ray_session, tmp_path):
             shutil.rmtree(path)
         else:
             path.unlink()
-    again = prepare(config(out, source={"irds": "cranfield"}, first_stage={"depth": 20}))
+    again = prepare(config(out, source={"irds": "cranfield"}, first_stage=first_stage))
     assert again["groups"] == counts["groups"]
     assert (out / "corpus").stat().st_mtime_ns == corpus_mtime
     with pytest.raises(PrepareError, match="another configuration"):
-        prepare(config(out, source={"irds": "cranfield"}, first_stage={"depth": 30}))
+        prepare(config(out, source={"irds": "cranfield"}, first_stage={**first_stage, "depth": 30}))
 
 
 def write_files(tmp_path, missing_doc=False):
