@@ -1,10 +1,12 @@
 """Rerank first-stage candidates with Ray Data: `qpeft rerank --config FILE`.
 
-Candidate shards of a prepared directory stream through `map_batches` on a pool of actors,
-each holding one model (CPU or GPU), which scores its batch in length-sorted sub-batches.
-Finished shards of queries are written atomically as they complete, so an interrupted run
-resumes without rescoring them; at the end every candidate must have been scored exactly
-once before `run/`, `run.trec`, `counts.json` and `_SUCCESS` appear. `output_dir`,
+Candidates of a prepared directory stream through `map_batches`, sorted by document, on a
+pool of actors, each holding one model (CPU or GPU): a batch holds every pair of a few
+documents, and the scorer computes each document's prefix once for all of its queries
+(document-major scoring). Finished shards of documents are written atomically as they
+complete, so an interrupted run resumes without rescoring them; at the end every candidate
+must have been scored exactly once, and the run is ranked per query, before `run/`,
+`run.trec`, `counts.json` and `_SUCCESS` appear. `output_dir`,
 `prepared_dir` and `adapter_dir` may be cloud URIs: the driver writes the run in a local
 copy that is uploaded after every invocation, `_SUCCESS` last.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -35,6 +38,7 @@ from pipelines.rerank_fusion import CHOOSE, check_fusion_value, fusion_weight, w
 from pipelines.rerank_shards import (
     ShardCollector,
     ShardPlan,
+    assemble_run,
     finished_shards,
     verify,
     write_shard,
@@ -63,6 +67,7 @@ from qpeft.data.readers import DataError
 from qpeft.data.runs import write_trec_run
 from qpeft.input_check import QueryCheck, check_queries
 from qpeft.methods import METHODS, trainable_methods
+from qpeft.model import describe_prefix_budget
 from qpeft.template import Template
 
 FIRST_STAGE = "first_stage"  # the pass-through system: the first stage's own ranking
@@ -78,8 +83,8 @@ class RerankSection:
     adapter_dir: str | None = None  # required for trained methods
     name: str | None = None  # run tag and output folder; default: the method
     output_dir: str = "runs/rerank"
-    queries_per_shard: int = 16  # the unit of resumption
-    rows_per_batch: int = 128  # pairs per actor call; length grouping happens within
+    docs_per_shard: int = 64  # the unit of resumption: every pair of these documents
+    rows_per_batch: int = 128  # pairs per actor call (documents in id order); batched within
     num_actors: int = 1
     cpus_per_actor: float = 1.0
     threads_per_actor: int | None = None  # null: the node's cores / num_actors
@@ -93,7 +98,7 @@ class RerankSection:
     fusion: float | str | None = None
 
     def validate(self) -> None:
-        for key in ("depth", "queries_per_shard", "rows_per_batch", "num_actors"):
+        for key in ("depth", "docs_per_shard", "rows_per_batch", "num_actors"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"rerank.{key}: must be positive")
         check_choice(self.method, [FIRST_STAGE, *METHODS], "rerank.method")
@@ -159,17 +164,18 @@ class PairScorer:
         model_cfg = replace(cfg.model, device="cuda") if cfg.rerank.use_gpu else cfg.model
         self.model = load_reranker(load_backbone(model_cfg), cfg.template, cfg.rerank.adapter_dir)
         self.scoring = cfg.scoring
+        self.scoring.check_budget(self.model.template.config)  # the adapter's own template
+        print(describe_prefix_budget(self.model.backbone, cfg.scoring.prefix_token_budget))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from qpeft.scoring import score_pairs
+        from qpeft.scoring import score_with
 
         # The driver checked every query against the template (check_rerank_queries).
-        scores = score_pairs(
+        scores = score_with(
             self.model,
             batch.column("query").to_pylist(),
             batch.column("text").to_pylist(),
-            self.scoring.batch_size,
-            self.scoring.share_prefix,
+            self.scoring,
         )
         return scored_table(batch, scores)
 
@@ -184,7 +190,7 @@ def stamp_settings(cfg: RerankConfig) -> dict:
         "method": section.method,
         **{
             k: getattr(section, k)
-            for k in ("prepared_dir", "split", "depth", "max_queries", "queries_per_shard")
+            for k in ("prepared_dir", "split", "depth", "max_queries", "docs_per_shard")
         },
     }
     if section.adapter_dir:
@@ -215,7 +221,7 @@ def candidate_filter(section: RerankSection):
 
 
 def plan_shards(prepared: PreparedData, section: RerankSection, skip: list[str] = ()) -> ShardPlan:
-    """Candidate keys (ids only, never texts) cut into shards of whole queries; `skip`:
+    """Candidate keys (ids only, never texts) cut into shards of whole documents; `skip`:
     queries the long-query policy leaves out."""
     condition = pc.field("rank") <= section.depth
     if section.split:
@@ -226,7 +232,7 @@ def plan_shards(prepared: PreparedData, section: RerankSection, skip: list[str] 
         keys = keys.filter(pc.is_in(keys.column("query_id"), pa.array(first)))
     if skip:
         keys = keys.filter(pc.invert(pc.is_in(keys.column("query_id"), pa.array(list(skip)))))
-    return ShardPlan.build(keys, section.queries_per_shard, prepared.path(prepared.CANDIDATES))
+    return ShardPlan.build(keys, section.docs_per_shard, prepared.path(prepared.CANDIDATES))
 
 
 def check_rerank_queries(
@@ -253,13 +259,19 @@ def log(message: str, start: float) -> None:
     print(f"[rerank {time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
 
-def scored_batches(cfg: RerankConfig, prepared: PreparedData, queries: list[str]):
-    """Stream scored tables of the candidates of `queries` through Ray Data."""
+def scored_batches(cfg: RerankConfig, prepared: PreparedData, queries: list[str], docs: list[str]):
+    """Stream scored tables of the candidates of `queries` x `docs` through Ray Data,
+    sorted by document so that each document's pairs reach one actor call together."""
     section = cfg.rerank
     data = (
         ray.data.read_parquet(prepared.path(prepared.CANDIDATES))
-        .filter(expr=candidate_filter(section) & col("query_id").is_in(queries))
+        .filter(
+            expr=candidate_filter(section)
+            & col("query_id").is_in(queries)
+            & col("doc_id").is_in(docs)
+        )
         .select_columns(SCORE_COLUMNS)
+        .sort("doc_id")
         # Blocks of one actor call each, so every actor of the pool gets work.
         .repartition(target_num_rows_per_block=section.rows_per_batch)
     )
@@ -335,7 +347,7 @@ def score_missing_shards(
 
         # The actors only read the model cache; the driver fills it once.
         cfg = replace(cfg, model=pin_model(cfg.model))
-        query_check = check_rerank_queries(cfg, prepared, sorted(plan.shard_of_query))
+        query_check = check_rerank_queries(cfg, prepared, plan.queries)
         if query_check.skipped:
             plan = plan_shards(prepared, section, query_check.skipped)
         log(
@@ -353,9 +365,9 @@ def score_missing_shards(
         todo = todo[: section.max_new_shards]
     todo_pairs = sum(len(plan.expected[i]) for i in todo)
     log(
-        f"{section.run_name}: {len(plan.shard_of_query)} queries, {plan.pairs} pairs in "
-        f"{len(plan.expected)} shards; {len(done)} already done, scoring {len(todo)} "
-        f"({todo_pairs} pairs)",
+        f"{section.run_name}: {len(plan.queries)} queries, {plan.pairs} pairs of "
+        f"{len(plan.shard_of_doc)} documents in {len(plan.expected)} shards; {len(done)} "
+        f"already done, scoring {len(todo)} ({todo_pairs} pairs)",
         start,
     )
     scored_now = 0
@@ -369,7 +381,7 @@ def score_missing_shards(
             )
         collector = ShardCollector(plan)
         tick = time.perf_counter()
-        for batch in scored_batches(cfg, prepared, plan.queries_of(todo)):
+        for batch in scored_batches(cfg, prepared, plan.queries, plan.docs_of(todo)):
             for shard, rows in collector.add(batch.to_pylist()):
                 write_shard(shards_dir, shard, rows)
                 scored_now += len(rows)
@@ -393,10 +405,7 @@ def score_missing_shards(
         log(f"stopped with {remaining} shards left (rerank.max_new_shards); run again", start)
         return {"complete": False, "shards_left": remaining, "scored_this_run": scored_now}
     counts = verify(shards_dir, plan)
-    shards_dir.rename(out / RerankRun.RUN)
-    rows = storage.read_parquet(
-        out / RerankRun.RUN, ["query_id", "doc_id", "rank", "score"]
-    ).to_pylist()
+    rows = assemble_run(shards_dir, out / RerankRun.RUN)
     write_trec_run(out / RerankRun.TREC, rows, section.run_name)
     if section.fusion is not None:
         counts["fusion"] = write_fused_run(
@@ -405,7 +414,8 @@ def score_missing_shards(
         log(f"fused with the first stage at weight {counts['fusion']['weight']}", start)
     counts.update(
         complete=True,
-        queries=len(plan.shard_of_query),
+        queries=len(plan.queries),
+        documents=len(plan.shard_of_doc),
         shards=len(plan.expected),
         scored_this_run=scored_now,
         reused_from_earlier_runs=counts["pairs_written"] - scored_now,
@@ -416,6 +426,7 @@ def score_missing_shards(
     )
     run.write_counts(counts)
     run.mark_complete()
+    shutil.rmtree(shards_dir)  # published: the document shards are in `run/`
     log(
         f"{counts['pairs_written']} pairs scored exactly once ({scored_now} this run); "
         f"run in {storage.join(dest, RerankRun.RUN)} and {storage.join(dest, RerankRun.TREC)}",

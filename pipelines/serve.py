@@ -173,6 +173,7 @@ class Reranker:
 
         from qpeft.adapter_cache import AdapterCache
         from qpeft.backbone import load_backbone
+        from qpeft.model import describe_prefix_budget
 
         cfg = from_dict(ServeConfig, config)
         if cfg.serve.threads_per_replica:
@@ -195,6 +196,7 @@ class Reranker:
             # Alone in its service, a LoRA default goes into the LM itself: no second copy.
             self.cache.pin(self.name, section.adapter_dir, section.adapter_root is not None)
         self.scoring = cfg.scoring
+        print(describe_prefix_budget(self.cache.backbone, cfg.scoring.prefix_token_budget))
         self.section = section
         self.admitted = 0  # requests in this replica now (one event loop: no lock needed)
         # A weight given in the config applies to every adapter; null: each adapter's own
@@ -223,7 +225,11 @@ class Reranker:
         for row, (model, _) in enumerate(items):
             key = id(model) if model.adapter.changes_lm_weights else None
             groups.setdefault(key, []).append(row)
-        batch_size, share_prefix = self.scoring.batch_size, self.scoring.share_prefix
+        batching = (
+            self.scoring.batch_size,
+            self.scoring.share_prefix,
+            self.scoring.prefix_token_budget,
+        )
         scores = [0.0] * len(items)
         for key, rows in groups.items():
             layouts = [items[row][1] for row in rows]
@@ -231,9 +237,9 @@ class Reranker:
                 models = list({id(items[row][0]): items[row][0] for row in rows}.values())
                 index = {id(model): i for i, model in enumerate(models)}
                 owners = [index[id(items[row][0])] for row in rows]
-                values = score_mixed_layouts(models, layouts, owners, batch_size, share_prefix)
+                values = score_mixed_layouts(models, layouts, owners, *batching)
             else:
-                values = score_layouts(items[rows[0]][0], layouts, batch_size, share_prefix)
+                values = score_layouts(items[rows[0]][0], layouts, *batching)
             for row, value in zip(rows, values, strict=True):
                 scores[row] = value
         return scores

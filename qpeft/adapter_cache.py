@@ -108,8 +108,18 @@ class AdapterCache:
                 return under_root
         if self.allow_hub and is_hub_repo(name):
             return name
-        where = f"under {self.root}" if self.root else "(no serve.adapter_root is configured)"
+        # Clients see the adapter's name, never where the server keeps its adapters.
+        where = "under serve.adapter_root" if self.root else "(no serve.adapter_root is configured)"
         raise AdapterNotFoundError(f"model: no adapter named {name!r} {where}")
+
+    def _public(self, err: Exception) -> str:
+        """An error's text as a client may read it: paths under the root are told relative
+        to it (`name/adapter_model.safetensors`), the root itself never."""
+        text = str(err)
+        if self.root:
+            root = str(self.root).rstrip("/")
+            text = text.replace(root + "/", "").replace(root, "serve.adapter_root")
+        return text
 
     def get(self, name: str) -> QPeftModel:
         """The model for adapter `name` (`zero-shot`: no adapter), loading it on first use."""
@@ -145,9 +155,11 @@ class AdapterCache:
         try:
             config = read_adapter_config(location)
         except FileNotFoundError as err:
-            raise AdapterNotFoundError(f"model: adapter {name!r}: {err}") from None
+            raise AdapterNotFoundError(f"model: adapter {name!r}: {self._public(err)}") from None
         except (ValueError, KeyError, OSError) as err:
-            raise AdapterUnusableError(f"model: adapter {name!r} cannot be served: {err}") from None
+            raise AdapterUnusableError(
+                f"model: adapter {name!r} cannot be served: {self._public(err)}"
+            ) from None
         backbone = self.backbone
         if config.get("method") == "lora" and own_lm_for_lora:
             # LoRA puts weights into the LM: it gets an LM of its own, never the shared one,
@@ -170,7 +182,9 @@ class AdapterCache:
             RuntimeError,  # tensors of the wrong shape
             OSError,
         ) as err:
-            raise AdapterUnusableError(f"model: adapter {name!r} cannot be served: {err}") from None
+            raise AdapterUnusableError(
+                f"model: adapter {name!r} cannot be served: {self._public(err)}"
+            ) from None
         fusion = (config.get("fusion") or {}).get("weight")
         return LoadedAdapter(model, resident_bytes(model), str(location), fusion)
 

@@ -142,9 +142,24 @@ class ScoringConfig:
     # it saves ~8% of the FLOPs; off on GPUs, where the extra launches cost more
     # (measurements in docs/benchmarks.md).
     share_prefix: bool | None = None
+    # Document-major scoring holds the keys and values of at most this many prefix tokens
+    # at once (a batch's rows x its longest document prefix); the bytes are layers x 2 x
+    # kv_heads x head_dim x tokens x dtype bytes (`qpeft.model.prefix_bytes_per_token`).
+    # It must hold one pair's prefix: at least template.max_length.
+    prefix_token_budget: int = 8192
 
     def validate(self) -> None:
         _require(self.batch_size > 0, "scoring.batch_size", "must be positive")
+        _require(self.prefix_token_budget > 0, "scoring.prefix_token_budget", "must be positive")
+
+    def check_budget(self, template: TemplateConfig) -> None:
+        """The budget must hold the longest prefix a pair can have (`max_length` tokens)."""
+        _require(
+            self.prefix_token_budget >= template.max_length,
+            "scoring.prefix_token_budget",
+            f"{self.prefix_token_budget} tokens cannot hold one document's prefix: it must be "
+            f"at least template.max_length ({template.max_length})",
+        )
 
 
 @dataclass
@@ -260,6 +275,9 @@ def validate(obj: Any) -> None:
             validate(child)
     if hasattr(obj, "validate"):
         obj.validate()
+    scoring, template = getattr(obj, "scoring", None), getattr(obj, "template", None)
+    if isinstance(scoring, ScoringConfig) and isinstance(template, TemplateConfig):
+        scoring.check_budget(template)
 
 
 def set_dotted(data: dict, key: str, value: Any, where: str = "--set") -> None:

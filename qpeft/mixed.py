@@ -8,9 +8,10 @@ frozen decoder and LM head run once for all of them. Zero-shot rows are rows who
 adds nothing. Methods that change the LM's weights (LoRA) cannot be mixed: their rows need
 another LM.
 
-The shared prefix (<bos>, the prompt, "Passage:") is computed once when every row has the
-same prefix tokens and none of the adapters replaces the prompt's embeddings; otherwise the
-batch runs in full, which gives the same numbers at more FLOPs.
+The common prefix (<bos>, the prompt, "Passage:") is computed once when every row has the
+same prefix tokens and none of the adapters replaces the prompt's embeddings. Each
+document's prefix is computed once for all rows that read it alike: rows of every adapter
+that keeps the hard prompt, or the rows of one soft prompt (`prefix_owners`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from qpeft.model import QPeftModel, assemble_inputs, decode, label_log_likelihood
-from qpeft.scoring import eval_mode, length_sorted_batches
+from qpeft.scoring import (
+    PREFIX_TOKEN_BUDGET,
+    eval_mode,
+    resolve_share_prefix,
+    scoring_batches,
+)
 from qpeft.template import Batch, PairLayout, collate_layouts
 
 
@@ -51,8 +57,16 @@ def rows_of(batch: Batch, rows: torch.Tensor) -> Batch:
         batch.segments[rows],
         batch.query_ids[rows],
         batch.query_mask[rows],
-        batch.shared_prefix,
+        shared_prefix=batch.shared_prefix,
+        document_prefix=batch.document_prefix,
     )
+
+
+def prefix_owners(models: Sequence[QPeftModel], owners: Sequence[int]) -> list[int]:
+    """Who each row's prefix embeddings belong to: -1 for the hard prompt (shared by every
+    adapter that keeps it), else the adapter whose trainable prompt replaces it."""
+    replaces = [model.adapter.prompt_embeddings() is not None for model in models]
+    return [owner if replaces[owner] else -1 for owner in owners]
 
 
 def common_prefix(models: Sequence[QPeftModel]) -> int:
@@ -78,7 +92,11 @@ def mixed_log_likelihood(
     # Only this batch's adapters decide: a soft prompt elsewhere does not stop the reuse.
     shared = common_prefix([models[i] for i in sorted(set(owners))])
     batch = collate_layouts(
-        list(layouts), models[0].template.pad, shared, share_prefix and shared > 0
+        list(layouts),
+        models[0].template.pad,
+        shared,
+        share_prefix,
+        prefix_owners(models, owners),
     ).to(device)
     owner = torch.tensor(list(owners), device=device)
     embeds = attention_mask = None
@@ -114,6 +132,7 @@ def score_mixed(
     owners: Sequence[int],
     batch_size: int = 8,
     share_prefix: bool | None = None,
+    prefix_token_budget: int = PREFIX_TOKEN_BUDGET,
 ) -> list[float]:
     """Query-likelihood scores of (query, doc) pairs, pair i scored with
     `models[owners[i]]`, batched by length across adapters, in input order."""
@@ -126,7 +145,9 @@ def score_mixed(
             encoded = model.encode([queries[i] for i in rows], [docs[i] for i in rows])
             for i, layout in zip(rows, encoded, strict=True):
                 layouts[i] = layout
-        return score_mixed_layouts(models, layouts, owners, batch_size, share_prefix)
+        return score_mixed_layouts(
+            models, layouts, owners, batch_size, share_prefix, prefix_token_budget
+        )
 
 
 def score_mixed_layouts(
@@ -135,20 +156,22 @@ def score_mixed_layouts(
     owners: Sequence[int],
     batch_size: int = 8,
     share_prefix: bool | None = None,
+    prefix_token_budget: int = PREFIX_TOKEN_BUDGET,
 ) -> list[float]:
     """`score_mixed` for pairs already encoded, each by its own adapter (as a service does
     in the request's handler); eval mode, batched by length, in input order."""
     check_mixable(models)
-    if share_prefix is None:
-        share_prefix = models[0].backbone.device.type == "cpu"
+    share = resolve_share_prefix(share_prefix, models[0].backbone.device)
     scores = [0.0] * len(layouts)
     with all_in_eval_mode(models), torch.inference_mode():
-        for indices in length_sorted_batches(layouts, batch_size):
+        owned_by = prefix_owners(models, owners)
+        batches = scoring_batches(layouts, batch_size, share, prefix_token_budget, owned_by)
+        for indices in batches:
             values = mixed_log_likelihood(
                 models,
                 [layouts[i] for i in indices],
                 [owners[i] for i in indices],
-                share_prefix,
+                share,
             )
             for i, value in zip(indices, values.tolist(), strict=True):
                 scores[i] = value

@@ -92,9 +92,11 @@ def run_decoder(
 ) -> torch.Tensor:
     """Hidden states of the frozen decoder for the assembled inputs of one adapter's batch.
 
-    The shared prefix's keys and values are computed once for the batch and reused by every
-    row (the numbers equal a full pass, with fewer FLOPs), except when training a method
-    whose weights shape them (soft prompt, LoRA): the prefix runs without gradients.
+    The common prefix's keys and values are computed once for the batch and each distinct
+    document's prefix once (`prefix_cache`), and reused by every row that reads them (the
+    numbers equal a full pass, with fewer FLOPs), except when training a method whose
+    weights shape them (soft prompt, LoRA): the prefix runs without gradients, so training
+    back-propagates through the hint block, the question and the label only.
     A gated adapter's hint block is read through its gate (`qpeft.gated_attention`).
     """
     gate = model.adapter.hint_gate()
@@ -127,8 +129,8 @@ def decode(
         counted = counted & ~hint_keys
         gated = {"hint_keys": hint_keys, "hint_gate": gate, "hint_masks": {}}
     position_ids = (counted.long().cumsum(-1) - 1).clamp(min=0)
-    shared = batch.shared_prefix
-    if shared == 0 or not reuse_prefix:
+    split = max(batch.shared_prefix, batch.document_prefix)
+    if split == 0 or not reuse_prefix:
         return decoder(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -136,20 +138,74 @@ def decode(
             **gated,
         ).last_hidden_state
     with torch.no_grad():
+        cache = prefix_cache(decoder, batch, embeds, attention_mask, position_ids)
+    return decoder(
+        inputs_embeds=embeds[:, split:],
+        attention_mask=attention_mask,
+        position_ids=position_ids[:, split:],
+        cache=cache,
+        use_cache=False,
+        **gated,
+    ).last_hidden_state
+
+
+def prefix_cache(
+    decoder: nn.Module,
+    batch: Batch,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+):
+    """Keys and values of every row's first `document_prefix` columns, one row per batch
+    row, each computed once and copied to the rows that read it: each distinct document's
+    prefix (common part included: a pass over a dozen tokens alone costs more than the
+    dozen tokens inside a longer pass), or, without document prefixes, the common prefix
+    once for the batch. The prefix holds no hint slot (hints follow the document), so it
+    runs as plain attention."""
+    shared, split = batch.shared_prefix, max(batch.shared_prefix, batch.document_prefix)
+    if batch.prefix_source is None or split == shared:
         cache = decoder(
             inputs_embeds=embeds[:1, :shared],
             position_ids=position_ids[:1, :shared],
             use_cache=True,
         ).cache
-    cache.batch_repeat_interleave(len(batch))
-    return decoder(
-        inputs_embeds=embeds[:, shared:],
-        attention_mask=attention_mask,
-        position_ids=position_ids[:, shared:],
-        cache=cache,
-        use_cache=False,
-        **gated,
-    ).last_hidden_state
+        cache.batch_repeat_interleave(len(batch))
+        return cache
+    sources, reader_of = torch.unique(batch.prefix_source, return_inverse=True)
+    cache = decoder(
+        inputs_embeds=embeds[sources, :split],
+        attention_mask=attention_mask[sources, :split],
+        position_ids=position_ids[sources, :split],
+        use_cache=True,
+    ).cache
+    cache.batch_select_indices(reader_of)
+    return cache
+
+
+def prefix_shape(backbone: Backbone) -> tuple[int, int, int, int]:
+    """(layers, 2, kv_heads, head_dim): the keys and values one prefix token holds."""
+    lm = backbone.decoder.config
+    kv_heads = getattr(lm, "num_key_value_heads", None) or lm.num_attention_heads
+    head_dim = getattr(lm, "head_dim", None) or lm.hidden_size // lm.num_attention_heads
+    return lm.num_hidden_layers, 2, kv_heads, head_dim
+
+
+def prefix_bytes_per_token(backbone: Backbone) -> int:
+    """Bytes of keys and values one prefix token holds: layers x 2 x kv_heads x head_dim x
+    the dtype's bytes (what `scoring.prefix_token_budget` multiplies)."""
+    layers, two, kv_heads, head_dim = prefix_shape(backbone)
+    return layers * two * kv_heads * head_dim * backbone.dtype.itemsize
+
+
+def describe_prefix_budget(backbone: Backbone, tokens: int) -> str:
+    """One line saying what `scoring.prefix_token_budget` costs in memory on this LM."""
+    layers, _, kv_heads, head_dim = prefix_shape(backbone)
+    per_token = prefix_bytes_per_token(backbone)
+    return (
+        f"prefix budget: {tokens} tokens x {per_token / 1024:.1f} KiB = "
+        f"{tokens * per_token / 2**20:.0f} MiB of keys and values at most ({layers} layers x 2 "
+        f"x {kv_heads} kv heads x {head_dim} head dim x {backbone.dtype.itemsize} bytes)"
+    )
 
 
 def log_likelihood(model: QPeftModel, batch: Batch) -> torch.Tensor:
@@ -165,12 +221,17 @@ def label_log_likelihood(backbone: Backbone, batch: Batch, hidden: torch.Tensor)
     is_label = batch.segments == Segment.LABEL
     width = int(is_label.sum(-1).max())
     label_mask = is_label[:, -width:]
-    targets = batch.input_ids[:, -width:]
-    # The label positions as one contiguous (B*L, d) matrix: a strided (B, L, d) slice makes
-    # torch.matmul fall back to a bmm that copies the whole LM head once per row (in bf16 on
-    # CPU a quarter of the scorer's time went to that copy).
-    states = hidden[:, -width - 1 : -1].reshape(-1, hidden.shape[-1])
-    logits = backbone.lm_head(states).float().view(len(targets), width, -1)
+    # Only the real label positions, packed into one contiguous (N, d) matrix: rows whose
+    # query is shorter than the batch's longest add no LM-head work (with a 262k-token
+    # vocabulary the head costs more per position than a decoder layer), and a strided
+    # (B, L, d) slice would make torch.matmul fall back to a bmm that copies the whole LM
+    # head once per row.
+    states = hidden[:, -width - 1 : -1][label_mask]
+    targets = batch.input_ids[:, -width:][label_mask]
+    # One product for all of them: the head's weights are read once (in chunks of rows,
+    # each chunk reads the whole 262k x d matrix again, measured slower).
+    logits = backbone.lm_head(states).float()
     token_ll = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    token_ll = token_ll * label_mask
-    return token_ll.sum(-1) / label_mask.sum(-1)
+    rows = torch.arange(len(batch), device=hidden.device)[:, None].expand(-1, width)[label_mask]
+    totals = torch.zeros(len(batch), dtype=token_ll.dtype, device=hidden.device)
+    return totals.index_add(0, rows, token_ll) / label_mask.sum(-1)

@@ -9,10 +9,17 @@ fills with vectors after collation. Each token carries a `Segment` code, so the 
 mask padding, hint slots and the query out of its keys, and the scorer can find the labels.
 
 Batches are left-padded and position ids are counted over attended tokens only, so a pair's
-score does not depend on what it is batched with. The tokens every pair starts with (<bos>,
-P and, for suffix hints, "Passage: ") stay in the first columns with the padding after
-them, so the scorer can compute that shared prefix once per batch and reuse its keys and
-values for every row.
+score does not depend on what it is batched with. A pair is read in three parts, each in
+columns of its own (padding goes at the start of the second and third):
+
+    [ common prefix | document prefix | suffix ]
+      <bos> P "Passage: "   d " \n"     HINTS "Question: \n" <bos> q <eos>
+
+The common prefix is the same for every pair; the document prefix depends on the document
+alone (with suffix hints). So the scorer computes the common prefix once per batch, each
+distinct document's prefix once, and every pair's suffix on top of its document's keys and
+values (document-major scoring). With hints as a prefix, the document follows the hints and
+the document prefix is empty.
 """
 
 from __future__ import annotations
@@ -45,6 +52,13 @@ class PairLayout:
     doc_tokens: int
     doc_truncated: bool
     query_tokens_cut: int = 0  # tokens cut from the end of a long query (template policy)
+    # Leading tokens that depend on the document alone (the common prefix included): every
+    # pair of one document has the same ones, so their keys and values are computed once.
+    document_prefix: int = 0
+
+    def document_key(self) -> tuple[int, ...]:
+        """The tokens whose keys and values pairs of one document share."""
+        return tuple(self.input_ids[: self.document_prefix])
 
 
 @dataclass
@@ -57,6 +71,12 @@ class Batch:
     query_ids: torch.Tensor  # (B, Lq) long, right-padded with 0
     query_mask: torch.Tensor  # (B, Lq) bool
     shared_prefix: int = 0  # leading columns identical in every row (never padding)
+    # Columns [shared_prefix, document_prefix) hold each row's document prefix (left-padded);
+    # equal to shared_prefix when rows have none of their own; 0 when nothing is reused.
+    document_prefix: int = 0
+    # (B,) long: the first row with this row's document prefix, whose keys and values the
+    # row reuses (None: no document prefix).
+    prefix_source: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -224,6 +244,7 @@ class Template:
             (t, Segment.LABEL) for t in [self.bos, *query_ids, self.eos]
         ]
         tokens = head + body + tail
+        document_prefix = len(head) + (len(passage) if cfg.hint_position == "suffix" else 0)
         return PairLayout(
             input_ids=[t for t, _ in tokens],
             segments=[int(s) for _, s in tokens],
@@ -231,34 +252,68 @@ class Template:
             doc_tokens=len(doc),
             doc_truncated=len(doc) < len(doc_ids),
             query_tokens_cut=query_tokens_cut,
+            document_prefix=document_prefix,
         )
 
     def collate(self, layouts: list[PairLayout], share_prefix: bool = True) -> Batch:
-        """Pad layouts into a `Batch`: shared prefix first, then left padding, so labels end
-        every row at the same position. `share_prefix` lets the scorer reuse the prefix's
-        keys and values across rows (fewer FLOPs; on a GPU the extra launches can cost more
-        than they save for small models)."""
+        """Pad layouts into a `Batch` in the three-part column layout, so labels end every
+        row at the same position. `share_prefix` lets the scorer reuse the common and
+        document prefixes' keys and values across rows (fewer FLOPs; on a GPU the extra
+        launches can cost more than they save for small models); without it rows are
+        plainly left-padded."""
         return collate_layouts(layouts, self.pad, len(self.shared_prefix_ids), share_prefix)
 
 
 def collate_layouts(
-    layouts: list[PairLayout], pad_id: int, shared: int, share_prefix: bool = True
+    layouts: list[PairLayout],
+    pad_id: int,
+    shared: int,
+    share_prefix: bool = True,
+    prefix_owners: list[int] | None = None,
 ) -> Batch:
     """`Template.collate` for layouts whose first `shared` tokens are the same in every row
-    (layouts of several templates, as in `qpeft.mixed`, pass the length they share)."""
-    width = max(len(x.input_ids) for x in layouts)
+    (layouts of several templates, as in `qpeft.mixed`, pass the length they share).
+    `prefix_owners` tells rows whose prefix tokens are equal but embedded differently (a
+    soft prompt of each adapter) apart: only rows with equal tokens and owner share."""
+    if not share_prefix:
+        return _collate(layouts, pad_id, [0] * len(layouts), 0, 0, None)
+    starts = [max(shared, layout.document_prefix) for layout in layouts]
+    split = max(starts)
+    first_of: dict[tuple, int] = {}
+    sources = []
+    for row, layout in enumerate(layouts):
+        owner = prefix_owners[row] if prefix_owners is not None else None
+        key = (owner, tuple(layout.input_ids[: starts[row]]))
+        sources.append(first_of.setdefault(key, row))
+    source = torch.tensor(sources, dtype=torch.long) if split > shared else None
+    return _collate(layouts, pad_id, starts, shared, split, source)
+
+
+def _collate(
+    layouts: list[PairLayout],
+    pad_id: int,
+    starts: list[int],
+    shared: int,
+    split: int,
+    prefix_source: torch.Tensor | None,
+) -> Batch:
+    """Columns [0, shared): the common prefix; [shared, split): each row's tokens up to
+    `starts[row]`, left-padded; [split, end): the rest of the row, left-padded."""
+    tail_width = max(len(x.input_ids) - start for x, start in zip(layouts, starts, strict=True))
+    width = split + tail_width
     qwidth = max(1, max(len(x.query_ids) for x in layouts))
     n = len(layouts)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     segments = torch.zeros((n, width), dtype=torch.long)
     query_ids = torch.zeros((n, qwidth), dtype=torch.long)
     query_mask = torch.zeros((n, qwidth), dtype=torch.bool)
-    for row, layout in enumerate(layouts):
-        pad = width - len(layout.input_ids)
+    for row, (layout, start) in enumerate(zip(layouts, starts, strict=True)):
         ids, segs = torch.tensor(layout.input_ids), torch.tensor(layout.segments)
         input_ids[row, :shared], segments[row, :shared] = ids[:shared], segs[:shared]
-        input_ids[row, shared + pad :] = ids[shared:]
-        segments[row, shared + pad :] = segs[shared:]
+        input_ids[row, split - (start - shared) : split] = ids[shared:start]
+        segments[row, split - (start - shared) : split] = segs[shared:start]
+        input_ids[row, width - (len(ids) - start) :] = ids[start:]
+        segments[row, width - (len(ids) - start) :] = segs[start:]
         qlen = len(layout.query_ids)
         query_ids[row, :qlen] = torch.tensor(layout.query_ids, dtype=torch.long)
         query_mask[row, :qlen] = True
@@ -269,5 +324,7 @@ def collate_layouts(
         segments,
         query_ids,
         query_mask,
-        shared if share_prefix else 0,
+        shared_prefix=shared,
+        document_prefix=split,
+        prefix_source=prefix_source,
     )

@@ -33,7 +33,7 @@ from qpeft.fusion import choose_weight
 from qpeft.losses import GroupedPairs, LossScale, TrainingGroup, group_pairs, ranking_loss
 from qpeft.metrics import Qrels, mean_ndcg10
 from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
+from qpeft.scoring import score_with
 from qpeft.template import PairLayout
 
 
@@ -136,7 +136,7 @@ def batch_loss(
     """The paper's loss for one batch of groups in one pass; `model` is `qpeft` or its
     DDP/DeepSpeed wrapper (calling it runs `log_likelihood`, so wrappers see the forward)."""
     pairs = group_pairs(groups, loss.in_batch_negatives)
-    batch = qpeft.template.collate(qpeft.encode(pairs.queries, pairs.docs), share_prefix=False)
+    batch = qpeft.template.collate(qpeft.encode(pairs.queries, pairs.docs))
     nll = -model(batch.to(qpeft.backbone.device))
     return ranking_loss(nll[pairs.index.to(nll.device)], pairs.valid.to(nll.device), loss)
 
@@ -236,7 +236,10 @@ def backward_step(
     done = 0
 
     def nll_of(rows: list[int]) -> torch.Tensor:
-        batch = qpeft.template.collate([layouts[i] for i in rows], share_prefix=False)
+        # Prefixes in columns of their own: where no trained weight shapes them (Q-PEFT-R
+        # and -A with suffix hints) they run without gradients and the backward pass covers
+        # the hint block, the question and the label only (`qpeft.model.run_decoder`).
+        batch = qpeft.template.collate([layouts[i] for i in rows])
         return -engine.module(batch.to(device)).float()
 
     def micro_step():
@@ -311,13 +314,7 @@ def dev_run(
 ) -> dict[str, dict[str, float]]:
     """Rerank each query's top-`depth` candidates with the shared scorer."""
     rows = [r for r in candidates if r["rank"] <= depth]
-    scores = score_pairs(
-        qpeft,
-        [r["query"] for r in rows],
-        [r["text"] for r in rows],
-        scoring.batch_size,
-        scoring.share_prefix,
-    )
+    scores = score_with(qpeft, [r["query"] for r in rows], [r["text"] for r in rows], scoring)
     run: dict[str, dict[str, float]] = {}
     for row, score in zip(rows, scores, strict=True):
         run.setdefault(row["query_id"], {})[row["doc_id"]] = score

@@ -130,6 +130,11 @@ def test_missing_corrupt_and_foreign_adapters_are_refused_by_name(tiny, tmp_path
         cache.get("misshapen")
     with pytest.raises(AdapterUnusableError, match="'odd' cannot be served"):
         cache.get("odd")
+    # A client reads the adapter's name, never the server's folders.
+    for name in ("missing", "corrupt", "no_weights", "foreign", "misshapen", "odd"):
+        with pytest.raises((AdapterNotFoundError, AdapterUnusableError)) as refused:
+            cache.get(name)
+        assert str(tmp_path) not in str(refused.value)
     # The listing names the bad folder instead of failing as a whole.
     assert "error" in cache.describe("odd") and cache.describe("good")["method"] == "qpeft_a"
     assert cache.get("good").method == "qpeft_a" and list(cache.loaded) == ["good"]

@@ -190,7 +190,7 @@ def test_train_rerank_evaluate_jobs_share_checkpoints_and_outputs_in_s3(
                 "method": "qpeft_r",
                 "adapter_dir": metrics["adapter"],
                 "output_dir": reranked,
-                "queries_per_shard": 2,
+                "docs_per_shard": 4,
                 "cpus_per_actor": 0.5,
             },
         },

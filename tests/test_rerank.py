@@ -13,6 +13,7 @@ from pipelines.rerank_shards import (
     ExactlyOnceError,
     ShardCollector,
     ShardPlan,
+    assemble_run,
     shard_path,
     verify,
     write_shard,
@@ -43,20 +44,20 @@ def scored(query_id, doc_id, score=0.0, first_stage_rank=1):
     }
 
 
-def test_shard_plan_groups_whole_queries_in_file_order():
+def test_shard_plan_groups_whole_documents_in_id_order():
     plan = ShardPlan.build(
-        keys([("b", "1"), ("a", "1"), ("c", "1"), ("a", "2"), ("c", "2")]), 2, "here"
+        keys([("b", "2"), ("a", "1"), ("c", "3"), ("a", "2"), ("c", "1")]), 2, "here"
     )
-    assert plan.expected == [{("b", "1"), ("a", "1"), ("a", "2")}, {("c", "1"), ("c", "2")}]
-    assert plan.queries_of([1]) == ["c"] and plan.pairs == 5
+    assert plan.expected == [{("a", "1"), ("c", "1"), ("b", "2"), ("a", "2")}, {("c", "3")}]
+    assert plan.docs_of([1]) == ["3"] and plan.pairs == 5 and plan.queries == ["a", "b", "c"]
     with pytest.raises(Exception, match=r"here: 1 .* more than once, e.g. query a document 1"):
         ShardPlan.build(keys([("a", "1"), ("a", "1")]), 2, "here")
 
 
 def test_collector_completes_shards_and_rejects_double_or_stray_scores():
-    plan = ShardPlan.build(keys([("a", "1"), ("a", "2"), ("b", "1")]), 1, "here")
+    plan = ShardPlan.build(keys([("a", "1"), ("b", "1"), ("a", "2")]), 1, "here")
     collector = ShardCollector(plan)
-    assert collector.add([scored("a", "1"), scored("b", "1")]) == [(1, [scored("b", "1")])]
+    assert collector.add([scored("a", "1"), scored("a", "2")]) == [(1, [scored("a", "2")])]
     assert collector.pending_pairs == 1
     with pytest.raises(ExactlyOnceError, match="pair scored twice: query a document 1"):
         collector.add([scored("a", "1")])
@@ -64,16 +65,26 @@ def test_collector_completes_shards_and_rejects_double_or_stray_scores():
         collector.add([scored("z", "9")])
 
 
-def test_shard_files_are_ranked_and_verify_counts_mistakes(tmp_path):
+def test_document_shards_are_verified_then_ranked_per_query(tmp_path):
     plan = ShardPlan.build(keys([("a", "1"), ("a", "2"), ("b", "1")]), 1, "here")
-    write_shard(tmp_path, 0, [scored("a", "1", -2.0, 1), scored("a", "2", -1.0, 2)])
-    ranks = pads.dataset(str(shard_path(tmp_path, 0))).to_table().to_pylist()
-    assert [(r["doc_id"], r["rank"]) for r in ranks] == [("2", 1), ("1", 2)]
+    shards = tmp_path / "run.partial"
+    shards.mkdir()
+    write_shard(shards, 0, [scored("a", "1", -2.0, 1), scored("b", "1", -3.0, 1)])
     with pytest.raises(ExactlyOnceError, match="'missing': 1"):
-        verify(tmp_path, plan)
-    write_shard(tmp_path, 1, [scored("b", "1"), scored("a", "1")])  # a/1 again: a duplicate
+        verify(shards, plan)
+    write_shard(shards, 1, [scored("a", "2", -1.0, 2), scored("a", "1")])  # a/1 again
     with pytest.raises(ExactlyOnceError, match="'duplicated': 1"):
-        verify(tmp_path, plan)
+        verify(shards, plan)
+    write_shard(shards, 1, [scored("a", "2", -1.0, 2)])
+    assert verify(shards, plan)["pairs_written"] == 3
+    (tmp_path / "run").mkdir()  # left by an invocation killed before publishing: replaced
+    assemble_run(shards, tmp_path / "run")
+    ranks = pads.dataset(str(tmp_path / "run")).to_table().to_pylist()
+    assert [(r["query_id"], r["doc_id"], r["rank"]) for r in ranks] == [
+        ("a", "2", 1),
+        ("a", "1", 2),
+        ("b", "1", 1),
+    ]
 
 
 def test_rerank_config_errors():
@@ -105,7 +116,7 @@ def config(setup, tmp_path, **rerank_section):
             "rerank": {
                 "prepared_dir": str(setup["data"]),
                 "output_dir": str(tmp_path),
-                "queries_per_shard": 3,
+                "docs_per_shard": 10,
                 "rows_per_batch": 4,
                 **rerank_section,
             },
@@ -128,19 +139,20 @@ def run_scores(directory):
 def test_interrupted_rerank_resumes_without_rescoring(ray_session, setup, tmp_path):
     first = rerank(config(setup, tmp_path, max_new_shards=1))
     out = tmp_path / "zero_shot"
-    assert first == {"complete": False, "shards_left": 2, "scored_this_run": 15}
+    assert not first["complete"] and first["shards_left"] >= 1
+    assert 0 < first["scored_this_run"] < 35
     assert not (out / "_SUCCESS").exists() and not (out / "run").exists()
     assert not (out / "run.trec").exists()
     with pytest.raises(Exception, match="incomplete"):
         read_run(out)
-    done = shard_path(out / "run.partial", 0)
-    written = done.stat().st_mtime_ns
+    assert shard_path(out / "run.partial", 0).exists()
 
     counts = rerank(config(setup, tmp_path))
     assert counts["complete"] and counts["pairs_expected"] == counts["pairs_written"] == 35
-    assert counts["scored_this_run"] == 20 and counts["reused_from_earlier_runs"] == 15
+    assert counts["scored_this_run"] == 35 - first["scored_this_run"]
+    assert counts["reused_from_earlier_runs"] == first["scored_this_run"]
     assert counts["duplicated"] == counts["missing"] == counts["unexpected"] == 0
-    assert shard_path(out / "run", 0).stat().st_mtime_ns == written  # never rewritten
+    assert not (out / "run.partial").exists()  # assembled into run/, then removed
 
     backbone = load_backbone(ModelConfig(name=setup["model"]))
     zero = QPeftModel.build(

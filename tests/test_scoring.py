@@ -48,10 +48,10 @@ def test_lm_head_runs_only_at_label_positions(tiny):
         score_batch(model, batch)
     finally:
         handle.remove()
-    longest_label = max(len(tiny.tokenizer(q).input_ids) for q in QUERIES) + 2
-    # One contiguous matrix of the label positions of every row.
-    assert seen == [(4 * longest_label, tiny.hidden_size)]
-    assert longest_label < batch.input_ids.shape[1]
+    labels = [len(model.template.tokenize_queries([q])[0]) + 2 for q in QUERIES]
+    # One contiguous matrix of every row's real label positions, no padding among them.
+    assert seen == [(sum(labels), tiny.hidden_size)]
+    assert len(set(labels)) > 1 and max(labels) < batch.input_ids.shape[1]
 
 
 def test_inference_mode_for_scoring_and_gradients_for_training(tiny):

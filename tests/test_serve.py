@@ -317,6 +317,8 @@ def test_requests_pick_their_adapter_and_share_one_lm(service, tmp_path):
     assert clash.status_code == 400 and "name different adapters" in clash.text
     assert missing.status_code == 404 and "no adapter named 'nope'" in missing.text
     assert foreign.status_code == 422 and "'foreign' cannot be served" in foreign.text
+    # Errors name the adapter, never where the server keeps adapters.
+    assert str(root) not in missing.text and str(root) not in foreign.text
     assert late.status_code == 200
     by_id = {m["id"]: m for m in listed}
     assert {"a", "r", "soft", "late", "zero-shot"} <= set(by_id)

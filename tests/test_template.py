@@ -78,13 +78,31 @@ def test_collate_left_pads_and_keeps_queries(tiny):
     t = make(tiny)
     a = t.encode([5, 6, 7], [8] * 5, 0)
     b = t.encode([9], [8] * 2, 0)
-    batch = t.collate([a, b])
-    width, shared = len(a.input_ids), len(t.shared_prefix_ids)
-    assert batch.input_ids.shape == (2, width) and batch.shared_prefix == shared
+    batch = t.collate([a, b], share_prefix=False)
+    width = len(a.input_ids)
+    assert batch.input_ids.shape == (2, width) and batch.shared_prefix == 0
     pad = width - len(b.input_ids)
-    # The shared prefix stays in front (every row identical), padding follows it.
-    assert (batch.input_ids[:, :shared] == torch.tensor(t.shared_prefix_ids)).all()
-    assert batch.attention_mask[1, shared : shared + pad].sum() == 0
-    assert batch.attention_mask[1, :shared].all() and batch.attention_mask[1, shared + pad :].all()
-    assert batch.input_ids[1, shared + pad :].tolist() == b.input_ids[shared:]
+    assert batch.attention_mask[1, :pad].sum() == 0 and batch.attention_mask[1, pad:].all()
+    assert batch.input_ids[1, pad:].tolist() == b.input_ids
     assert batch.query_ids[1, 0] == 9 and batch.query_mask.sum(1).tolist() == [3, 1]
+
+
+def test_collate_puts_common_prefix_document_prefix_and_suffix_in_columns_of_their_own(tiny):
+    t = make(tiny)
+    long_doc = t.encode([5, 6, 7], [8] * 5, 0)
+    short_doc = t.encode([9], [8] * 2, 0)
+    same_doc = t.encode([9, 10, 11, 12], [8] * 2, 0)
+    batch = t.collate([long_doc, short_doc, same_doc])
+    shared = len(t.shared_prefix_ids)
+    split = long_doc.document_prefix
+    assert batch.shared_prefix == shared and batch.document_prefix == split
+    assert short_doc.document_key() == same_doc.document_key() != long_doc.document_key()
+    assert batch.prefix_source.tolist() == [0, 1, 1]  # the second row's prefix serves the third
+    assert (batch.input_ids[:, :shared] == torch.tensor(t.shared_prefix_ids)).all()
+    for row, layout in enumerate([long_doc, short_doc, same_doc]):
+        mask = batch.attention_mask[row].bool()
+        # Every row reads its own tokens in order, the document prefix ending at `split`.
+        assert batch.input_ids[row][mask].tolist() == layout.input_ids
+        assert mask[:split].sum() == layout.document_prefix
+        assert mask[split - 1] and mask[-1]
+    assert batch.query_mask.sum(1).tolist() == [3, 1, 4]

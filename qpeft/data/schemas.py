@@ -80,6 +80,16 @@ RUN = pa.schema(
         pa.field("score", pa.float64(), nullable=False),
     ]
 )
+# A scored pair before its query's ranking is known (a document-major rerank shard).
+SCORED_PAIRS = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("first_stage_rank", pa.int32(), nullable=False),
+        pa.field("first_stage_score", pa.float32(), nullable=False),
+    ]
+)
 # A reranked run (`qpeft rerank`): one row per scored candidate. `rank` starts at 1 and
 # orders by `score` descending, ties by first-stage rank.
 RERANKED = pa.schema(
