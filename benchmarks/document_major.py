@@ -95,6 +95,21 @@ def prefix_of(layout: PairLayout, common: int) -> int:
     return max(layout.document_prefix, common)
 
 
+def discordant_share(queries: list[str], a: list[float], b: list[float]) -> float:
+    """Share of one query's candidate pairs that the two score lists order differently
+    (ties count as agreeing): how far rounding moves rankings."""
+    by_query: dict[str, list[int]] = {}
+    for i, query in enumerate(queries):
+        by_query.setdefault(query, []).append(i)
+    pairs = flips = 0
+    for rows in by_query.values():
+        for x, i in enumerate(rows):
+            for j in rows[x + 1 :]:
+                pairs += 1
+                flips += (a[i] - a[j]) * (b[i] - b[j]) < 0
+    return flips / max(1, pairs)
+
+
 def timed(run, device: str) -> tuple[list[float], float, float]:
     with PeakMemory(device) as memory:
         start = time.perf_counter()
@@ -175,6 +190,7 @@ def main() -> None:
     ceiling = flops["query_major"] / flops["document_major"]
     speedup = document["pairs_per_s"] / query["pairs_per_s"]
     diff = max(abs(a - b) for a, b in zip(query["scores"], document["scores"], strict=True))
+    flips = discordant_share([q for q, _ in pairs], query["scores"], document["scores"])
     summary = {
         "machine": f"{detect().describe()}, {torch.get_num_threads()} threads",
         "model": backbone.name,
@@ -194,6 +210,7 @@ def main() -> None:
         "flop_ratio_ceiling": ceiling,
         "fraction_of_ceiling": speedup / ceiling,
         "max_abs_score_diff": diff,
+        "discordant_candidate_pairs": flips,
     }
     print(
         f"{summary['pairs']} pairs of {summary['documents']} documents "
@@ -210,7 +227,8 @@ def main() -> None:
         )
     print(
         f"document-major / query-major: {speedup:.2f}x; FLOP ceiling {ceiling:.2f}x "
-        f"({speedup / ceiling:.0%} of it); max |score diff| {diff:.2e}"
+        f"({speedup / ceiling:.0%} of it); max |score diff| {diff:.2e}; candidate pairs "
+        f"of a query ordered differently: {flips:.2%}"
     )
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary, indent=2) + "\n")

@@ -44,7 +44,7 @@ def in_process(args, rows: list[dict]) -> tuple[float, dict]:
     backbone = load_backbone(ModelConfig(name=args.model))
     template = TemplateConfig(max_doc_tokens=args.max_doc_tokens)
     model = QPeftModel.build(backbone, template, AdapterConfig(method="zero_shot"))
-    scores = score_pairs(model, [r["query"] for r in rows], [r["text"] for r in rows], 8)
+    scores = score_pairs(model, [r["query"] for r in rows], [r["text"] for r in rows])
     seconds = time.perf_counter() - start
     return seconds, {(r["query_id"], r["doc_id"]): s for r, s in zip(rows, scores, strict=True)}
 

@@ -34,13 +34,22 @@ from qpeft.template import Template
 from qpeft.training import TrainSettings, backward_step, groups_from_rows
 
 
-def full_pass_collate():
-    """Training's collation before the prefix split: every row plainly left-padded, so
-    autograd runs through the whole sequence."""
+@contextlib.contextmanager
+def full_pass():
+    """Training as it was before the prefix split: every row plainly left-padded, so
+    autograd runs through the whole sequence, and micro-batches sized by whole pairs."""
     plain = Template.collate
-    return mock.patch.object(
-        Template, "collate", lambda self, layouts, share_prefix=True: plain(self, layouts, False)
-    )
+    with (
+        mock.patch.object(
+            Template,
+            "collate",
+            lambda self, layouts, share_prefix=True: plain(self, layouts, False),
+        ),
+        mock.patch.object(
+            QPeftModel, "backprop_tokens", lambda self, layout: len(layout.input_ids)
+        ),
+    ):
+        yield
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queries-per-batch", type=int, default=4)
     parser.add_argument("--negatives", type=int, default=3)
     parser.add_argument("--max-doc-tokens", type=int, default=96)
+    parser.add_argument("--micro-batch-tokens", type=int, default=768)
     parser.add_argument("--json-out")
     return parser.parse_args(argv)
 
@@ -80,13 +90,15 @@ def main() -> None:
         groups[i : i + args.queries_per_batch]
         for i in range(0, len(groups), args.queries_per_batch)
     ]
-    settings = TrainSettings(queries_per_batch=args.queries_per_batch)
+    settings = TrainSettings(
+        queries_per_batch=args.queries_per_batch, micro_batch_tokens=args.micro_batch_tokens
+    )
     engine = TorchEngine(model, settings, total_steps=len(batches), distributed=False)
     loss = LossConfig(in_batch_negatives=1)
     backward_step(engine, model, batches[0][:1], loss, settings.micro_batch_tokens)  # warm-up
     results = {}
     for name in ("full", "suffix_only"):
-        with full_pass_collate() if name == "full" else contextlib.nullcontext():
+        with full_pass() if name == "full" else contextlib.nullcontext():
             pairs, first_grads = 0, None
             with PeakMemory("cpu") as memory:
                 start = time.perf_counter()

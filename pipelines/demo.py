@@ -21,7 +21,7 @@ from pipelines.demo_summary import summary_lines
 from pipelines.evaluate import EvaluateConfig, EvaluateSection, evaluate
 from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_counts
 from pipelines.ray_setup import RaySection, init_ray
-from pipelines.rerank import FIRST_STAGE, RerankConfig, RerankSection, rerank
+from pipelines.rerank import FIRST_STAGE, RerankConfig, RerankSection, RerankSystem, rerank
 from pipelines.rerank_fusion import CHOOSE
 from pipelines.step import claimed, sections_for
 from pipelines.train import DataSection, RunSection, ScalingSection, TrainRunConfig, train
@@ -227,16 +227,27 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
         f"rerank the {kind} top-{cfg.demo.depth} of "
         f"{cfg.demo.rerank_queries or 'all'} test queries with {len(systems)} systems"
     )
-    runs = {}
-    for name, method, adapter_dir, fusion in systems:
-        run = rerank_with(
-            name,
-            method,
-            adapter_dir,
+    # One job: every system scores the same candidates in the same passes (each
+    # document's prefix computed once for all of them), each into its own run folder; a
+    # LoRA adapter, which changes the LM, in a job of its own.
+    shared = [system for system in systems if system[1] != "lora"]
+    for job in [shared, *([system] for system in systems if system[1] == "lora")]:
+        (first_name, first_method, first_adapter, first_fusion), *others = job
+        rerank_with(
+            first_name,
+            first_method,
+            first_adapter,
             split="test",
             max_queries=cfg.demo.rerank_queries,
-            fusion=fusion,
+            fusion=first_fusion,
+            also=[
+                RerankSystem(method=method, adapter_dir=adapter_dir, name=name, fusion=fusion)
+                for name, method, adapter_dir, fusion in others
+            ],
         )
+    runs = {}
+    for name, *_ in systems:
+        run = out.rerank_run(name)
         runs[name] = run.root
         if "fusion" in run.counts():
             runs[f"{name}_fused"] = run.path(RerankRun.FUSED_TREC)

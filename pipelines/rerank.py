@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +35,14 @@ from pipelines.ray_setup import (
     init_ray,
 )
 from pipelines.rerank_fusion import CHOOSE, check_fusion_value, fusion_weight, write_fused_run
+from pipelines.rerank_scorer import (
+    FIRST_STAGE,
+    SCORE_COLUMNS,
+    SystemSpec,
+    SystemsScorer,
+    first_stage_only,
+    system_scores,
+)
 from pipelines.rerank_shards import (
     ShardCollector,
     ShardPlan,
@@ -50,7 +58,6 @@ from qpeft.checkpoint import (
     WEIGHTS_NAME,
     adapter_location,
     adapter_reference,
-    load_reranker,
     read_adapter_config,
     reranker_configs,
 )
@@ -60,17 +67,28 @@ from qpeft.config import (
     ScoringConfig,
     TemplateConfig,
     check_choice,
-    from_dict,
     to_dict,
 )
 from qpeft.data.readers import DataError
 from qpeft.data.runs import write_trec_run
 from qpeft.input_check import QueryCheck, check_queries
 from qpeft.methods import METHODS, trainable_methods
-from qpeft.model import describe_prefix_budget
 from qpeft.template import Template
 
-FIRST_STAGE = "first_stage"  # the pass-through system: the first stage's own ranking
+
+@dataclass
+class RerankSystem:
+    """One more system of a rerank job (`rerank.also`): scored over the same candidates in
+    the same pass, written to its own run folder; keys as in `rerank`."""
+
+    method: str = "zero_shot"
+    adapter_dir: str | None = None
+    name: str | None = None
+    fusion: float | str | None = None
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.method
 
 
 @dataclass
@@ -84,7 +102,7 @@ class RerankSection:
     name: str | None = None  # run tag and output folder; default: the method
     output_dir: str = "runs/rerank"
     docs_per_shard: int = 64  # the unit of resumption: every pair of these documents
-    rows_per_batch: int = 128  # pairs per actor call (documents in id order); batched within
+    rows_per_batch: int = 512  # pairs per actor call (documents in id order); batched within
     num_actors: int = 1
     cpus_per_actor: float = 1.0
     threads_per_actor: int | None = None  # null: the node's cores / num_actors
@@ -96,29 +114,68 @@ class RerankSection:
     # fused run); a number in [0, 1]; `choose`: pick it on this split (dev, never test) and
     # write fusion.json; or the path of such a fusion.json.
     fusion: float | str | None = None
+    # More systems scored in the same job, over the same candidates and in the same
+    # forward passes (each document's prefix computed once for all of them), each written
+    # to its own run folder `<output_dir>/<name>`.
+    also: list[RerankSystem] = field(default_factory=list)
 
     def validate(self) -> None:
         for key in ("depth", "docs_per_shard", "rows_per_batch", "num_actors"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"rerank.{key}: must be positive")
-        check_choice(self.method, [FIRST_STAGE, *METHODS], "rerank.method")
-        trained = self.method in trainable_methods()
-        if trained and not self.adapter_dir:
-            raise ConfigError(f"rerank.adapter_dir: method {self.method} needs its adapter")
-        if not trained and self.adapter_dir:
-            raise ConfigError(f"rerank.adapter_dir: method {self.method} takes no adapter")
-        if self.fusion is not None and self.method == FIRST_STAGE:
-            raise ConfigError("rerank.fusion: the first stage has nothing to fuse with")
-        check_fusion_value(self.fusion, "rerank.fusion")
-        if self.fusion == CHOOSE and self.split in (None, "test"):
+        check_system(self, self.split, "rerank")
+        for i, system in enumerate(self.also):
+            check_system(system, self.split, f"rerank.also[{i}]")
+        names = [self.run_name, *(system.run_name for system in self.also)]
+        for i, name in enumerate(names[1:]):
+            if name in names[: i + 1]:
+                raise ConfigError(
+                    f"rerank.also[{i}].name: {name!r} is another system's run folder already"
+                )
+        if self.also and "lora" in [self.method, *(system.method for system in self.also)]:
             raise ConfigError(
-                "rerank.fusion: choose picks the weight on this split's qrels; choose it on "
-                "dev and pass that run's fusion.json here"
+                "rerank.also: a LoRA adapter puts weights into the LM, so its pairs cannot "
+                "share a pass with other systems; rerank it in a job of its own"
             )
 
     @property
     def run_name(self) -> str:
         return self.name or self.method
+
+    def systems(self) -> list[RerankSection]:
+        """This job's systems, each as a single-system section: its own, then `also`'s."""
+        return [
+            replace(self, also=[]),
+            *(
+                replace(
+                    self,
+                    method=system.method,
+                    adapter_dir=system.adapter_dir,
+                    name=system.name,
+                    fusion=system.fusion,
+                    also=[],
+                )
+                for system in self.also
+            ),
+        ]
+
+
+def check_system(system: RerankSection | RerankSystem, split: str | None, key: str) -> None:
+    """A system's method, adapter and fusion agree with each other; `key` names it."""
+    check_choice(system.method, [FIRST_STAGE, *METHODS], f"{key}.method")
+    trained = system.method in trainable_methods()
+    if trained and not system.adapter_dir:
+        raise ConfigError(f"{key}.adapter_dir: method {system.method} needs its adapter")
+    if not trained and system.adapter_dir:
+        raise ConfigError(f"{key}.adapter_dir: method {system.method} takes no adapter")
+    if system.fusion is not None and system.method == FIRST_STAGE:
+        raise ConfigError(f"{key}.fusion: the first stage has nothing to fuse with")
+    check_fusion_value(system.fusion, f"{key}.fusion")
+    if system.fusion == CHOOSE and split in (None, "test"):
+        raise ConfigError(
+            f"{key}.fusion: choose picks the weight on this split's qrels; choose it on "
+            "dev and pass that run's fusion.json here"
+        )
 
 
 @dataclass
@@ -128,56 +185,6 @@ class RerankConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     rerank: RerankSection = field(default_factory=RerankSection)
     ray: RaySection = field(default_factory=RaySection)
-
-
-SCORE_COLUMNS = ["query_id", "query", "doc_id", "rank", "first_stage_score", "text"]
-
-
-def scored_table(batch: pa.Table, scores: list[float]) -> pa.Table:
-    return pa.table(
-        {
-            "query_id": batch.column("query_id"),
-            "doc_id": batch.column("doc_id"),
-            "score": pa.array(scores, pa.float64()),
-            "first_stage_rank": batch.column("rank"),
-            "first_stage_score": batch.column("first_stage_score"),
-        }
-    )
-
-
-def first_stage_scores(batch: pa.Table) -> pa.Table:
-    """The pass-through system: the first stage's own scores."""
-    return scored_table(batch, pc.cast(batch.column("first_stage_score"), pa.float64()).to_pylist())
-
-
-class PairScorer:
-    """Ray Data UDF: one model per actor; scores a batch with the shared scorer."""
-
-    def __init__(self, config: dict, threads: int | None):
-        import torch
-
-        cfg = from_dict(RerankConfig, config)
-        num_actors = cfg.rerank.num_actors
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // num_actors))
-        from qpeft.backbone import load_backbone
-
-        model_cfg = replace(cfg.model, device="cuda") if cfg.rerank.use_gpu else cfg.model
-        self.model = load_reranker(load_backbone(model_cfg), cfg.template, cfg.rerank.adapter_dir)
-        self.scoring = cfg.scoring
-        self.scoring.check_budget(self.model.template.config)  # the adapter's own template
-        print(describe_prefix_budget(self.model.backbone, cfg.scoring.prefix_token_budget))
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from qpeft.scoring import score_with
-
-        # The driver checked every query against the template (check_rerank_queries).
-        scores = score_with(
-            self.model,
-            batch.column("query").to_pylist(),
-            batch.column("text").to_pylist(),
-            self.scoring,
-        )
-        return scored_table(batch, scores)
 
 
 def stamp_settings(cfg: RerankConfig) -> dict:
@@ -199,16 +206,17 @@ def stamp_settings(cfg: RerankConfig) -> dict:
     return what
 
 
-def check_adapter(section: RerankSection) -> None:
+def check_adapter(section: RerankSection, key: str = "rerank") -> None:
+    """The adapter folder must hold an adapter of the system's method; `key` names it."""
     if not section.adapter_dir:
         return
     try:
         saved = read_adapter_config(section.adapter_dir)
     except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(f"rerank.adapter_dir: {err}") from None
+        raise ConfigError(f"{key}.adapter_dir: {err}") from None
     if saved["method"] != section.method:
         raise ConfigError(
-            f"rerank.adapter_dir: {section.adapter_dir} holds a {saved['method']} adapter, "
+            f"{key}.adapter_dir: {section.adapter_dir} holds a {saved['method']} adapter, "
             f"not {section.method}"
         )
 
@@ -259,9 +267,15 @@ def log(message: str, start: float) -> None:
     print(f"[rerank {time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
 
-def scored_batches(cfg: RerankConfig, prepared: PreparedData, queries: list[str], docs: list[str]):
-    """Stream scored tables of the candidates of `queries` x `docs` through Ray Data,
-    sorted by document so that each document's pairs reach one actor call together."""
+def scored_batches(
+    cfg: RerankConfig,
+    prepared: PreparedData,
+    systems: list[SystemSpec],
+    queries: list[str],
+    docs: list[str],
+):
+    """Stream the candidates of `queries` x `docs` through Ray Data, sorted by document so
+    that each document's pairs reach one actor call together, scored by every system."""
     section = cfg.rerank
     data = (
         ray.data.read_parquet(prepared.path(prepared.CANDIDATES))
@@ -275,12 +289,16 @@ def scored_batches(cfg: RerankConfig, prepared: PreparedData, queries: list[str]
         # Blocks of one actor call each, so every actor of the pool gets work.
         .repartition(target_num_rows_per_block=section.rows_per_batch)
     )
-    if section.method == FIRST_STAGE:
-        scored = data.map_batches(first_stage_scores, batch_format="pyarrow")
+    if all(system.method == FIRST_STAGE for system in systems):
+        scored = data.map_batches(first_stage_only(systems), batch_format="pyarrow")
     else:
         scored = data.map_batches(
-            PairScorer,
-            fn_constructor_kwargs={"config": to_dict(cfg), "threads": section.threads_per_actor},
+            SystemsScorer,
+            fn_constructor_kwargs={
+                "config": to_dict(cfg),
+                "systems": systems,
+                "threads": section.threads_per_actor,
+            },
             compute=ActorPoolStrategy(size=section.num_actors),
             num_cpus=section.cpus_per_actor,
             num_gpus=1 if section.use_gpu else 0,
@@ -299,111 +317,196 @@ def record_invocation(out: Path, entry: dict) -> list[dict]:
     return history
 
 
+@dataclass
+class SystemJob:
+    """One system of a job: its section, its claimed run folder (a local copy of `dest`)
+    and, once planned, its shards."""
+
+    section: RerankSection
+    run: RerankRun
+    dest: str
+    plan: ShardPlan | None = None
+    query_check: QueryCheck = field(default_factory=QueryCheck)
+    todo: list[int] = field(default_factory=list)
+    scored_now: int = 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.run.root)
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.out / RerankRun.PARTIAL
+
+
 def rerank(cfg: RerankConfig) -> dict:
-    """Score every missing shard, verify, and publish the run; returns the counts."""
-    section = cfg.rerank
+    """Score every missing shard of every system of the job, verify, and publish each
+    system's run; returns the counts of the first system (`rerank.method`)."""
     start = time.perf_counter()
-    prepared = PreparedData(storage.absolute(section.prepared_dir))
+    prepared = PreparedData(storage.absolute(cfg.rerank.prepared_dir))
     prepared.require_complete("rerank.prepared_dir")
-    check_adapter(section)
-    # Resolve the fusion weight now: a bad fusion.json fails here, not after the scoring.
-    section = replace(section, fusion=fusion_weight(section.fusion, section.adapter_dir))
-    cfg = replace(cfg, rerank=section)
-    dest = RerankRun(storage.join(section.output_dir, section.run_name))
-    with claimed(dest, stamp_settings(cfg), section.overwrite, staged=True) as run:
-        if section.adapter_dir:  # the actors may run in another directory
-            section = replace(section, adapter_dir=adapter_reference(section.adapter_dir))
-        cfg = replace(cfg, rerank=section)
-        return score_missing_shards(cfg, prepared, run, dest.root, start)
+    systems = []
+    for index, section in enumerate(cfg.rerank.systems()):
+        check_adapter(section, "rerank" if index == 0 else f"rerank.also[{index - 1}]")
+        # Resolve the fusion weight now: a bad fusion.json fails here, not after scoring.
+        systems.append(replace(section, fusion=fusion_weight(section.fusion, section.adapter_dir)))
+    with ExitStack() as claims:
+        jobs = []
+        for section in systems:
+            dest = RerankRun(storage.join(section.output_dir, section.run_name))
+            stamp = stamp_settings(replace(cfg, rerank=section))
+            run = claims.enter_context(claimed(dest, stamp, section.overwrite, staged=True))
+            if section.adapter_dir:  # the actors may run in another directory
+                section = replace(section, adapter_dir=adapter_reference(section.adapter_dir))
+            jobs.append(SystemJob(section, run, dest.root))
+        return score_missing_shards(cfg, prepared, jobs, start)[0]
+
+
+def already_complete(job: SystemJob, prepared: PreparedData, start: float) -> dict | None:
+    """A complete run's counts (fused again if another weight is asked for), else None."""
+    if not job.run.is_complete():
+        return None
+    section = job.section
+    counts = job.run.counts()
+    wanted, done = section.fusion, counts.get("fusion", {})
+    if (
+        wanted is None
+        or (wanted == CHOOSE and "chosen_on" in done)
+        or (wanted != CHOOSE and done.get("weight") == wanted)
+    ):
+        log(f"{job.dest} is complete; nothing to do", start)
+        return counts
+    # Complete, but asked for another fusion: only the fused run is rewritten.
+    counts["fusion"] = write_fused_run(job.out, prepared, section.run_name, section.split, wanted)
+    job.run.write_counts(counts)
+    log(f"{job.dest} is complete; fused again at weight {counts['fusion']['weight']}", start)
+    return counts
+
+
+def plan_job(cfg: RerankConfig, prepared: PreparedData, job: SystemJob, start: float) -> None:
+    """The system's shards, its queries checked against its template, and which shards
+    this invocation scores."""
+    section = job.section
+    job.shards_dir.mkdir(exist_ok=True)
+    job.plan = plan_shards(prepared, section)
+    if section.method != FIRST_STAGE:
+        job.query_check = check_rerank_queries(
+            replace(cfg, rerank=section), prepared, job.plan.queries
+        )
+        if job.query_check.skipped:
+            job.plan = plan_shards(prepared, section, job.query_check.skipped)
+        log(
+            f"{section.run_name}: queries: {job.query_check.over_limit} over the template's "
+            f"max_query_tokens; {job.query_check.truncated} truncated, "
+            f"{len(job.query_check.skipped)} skipped",
+            start,
+        )
+    if not job.plan.expected:
+        raise DataError(
+            f"{prepared.path(prepared.CANDIDATES)}: no candidates for split {section.split!r}"
+        )
+    done = set(finished_shards(job.shards_dir, job.plan))
+    job.todo = [i for i in range(len(job.plan.expected)) if i not in done]
+    if section.max_new_shards is not None:
+        job.todo = job.todo[: section.max_new_shards]
+    todo_pairs = sum(len(job.plan.expected[i]) for i in job.todo)
+    log(
+        f"{section.run_name}: {len(job.plan.queries)} queries, {job.plan.pairs} pairs of "
+        f"{len(job.plan.shard_of_doc)} documents in {len(job.plan.expected)} shards; "
+        f"{len(done)} already done, scoring {len(job.todo)} ({todo_pairs} pairs)",
+        start,
+    )
 
 
 def score_missing_shards(
-    cfg: RerankConfig, prepared: PreparedData, run: RerankRun, dest: str, start: float
-) -> dict:
-    """The body of `rerank` once its output folder `run` (a local copy of `dest`) is claimed."""
-    section = cfg.rerank
-    out = Path(run.root)
-    if run.is_complete():
-        counts = run.counts()
-        wanted, done = section.fusion, counts.get("fusion", {})
-        if (
-            wanted is None
-            or (wanted == CHOOSE and "chosen_on" in done)
-            or (wanted != CHOOSE and done.get("weight") == wanted)
-        ):
-            log(f"{dest} is complete; nothing to do", start)
-            return counts
-        # Complete, but asked for another fusion: only the fused run is rewritten.
-        counts["fusion"] = write_fused_run(out, prepared, section.run_name, section.split, wanted)
-        run.write_counts(counts)
-        log(f"{dest} is complete; fused again at weight {counts['fusion']['weight']}", start)
-        return counts
-    shards_dir = out / RerankRun.PARTIAL
-    shards_dir.mkdir(exist_ok=True)
-    plan = plan_shards(prepared, section)
-    query_check = QueryCheck()
-    if section.method != FIRST_STAGE:
+    cfg: RerankConfig, prepared: PreparedData, jobs: list[SystemJob], start: float
+) -> list[dict]:
+    """The body of `rerank` once every system's output folder is claimed: the counts of
+    each system, in order."""
+    results = [already_complete(job, prepared, start) for job in jobs]
+    pending = [job for job, counts in zip(jobs, results, strict=True) if counts is None]
+    if any(job.section.method != FIRST_STAGE for job in pending):
         from qpeft.backbone import pin_model
 
         # The actors only read the model cache; the driver fills it once.
         cfg = replace(cfg, model=pin_model(cfg.model))
-        query_check = check_rerank_queries(cfg, prepared, plan.queries)
-        if query_check.skipped:
-            plan = plan_shards(prepared, section, query_check.skipped)
-        log(
-            f"queries: {query_check.over_limit} over the template's max_query_tokens; "
-            f"{query_check.truncated} truncated, {len(query_check.skipped)} skipped",
-            start,
+    for job in pending:
+        plan_job(cfg, prepared, job, start)
+    active = [job for job in pending if job.todo]
+    if active:
+        score_shards(cfg, prepared, active, start)
+    published = iter(publish(job, prepared, start) for job in pending)
+    return [counts if counts is not None else next(published) for counts in results]
+
+
+def score_shards(
+    cfg: RerankConfig, prepared: PreparedData, jobs: list[SystemJob], start: float
+) -> None:
+    """Score the shards each job has to do in one stream: the union of their documents,
+    each pair scored by every system that still needs it; shards written as completed."""
+    init_ray(cfg.ray)
+    section = cfg.rerank
+    if any(job.section.method != FIRST_STAGE for job in jobs):
+        check_cpu_headroom(
+            section.num_actors * section.cpus_per_actor,
+            f"rerank: {section.num_actors} actors x {section.cpus_per_actor} CPUs",
+            "lower rerank.cpus_per_actor or rerank.num_actors",
         )
-    if not plan.expected:
-        raise DataError(
-            f"{prepared.path(prepared.CANDIDATES)}: no candidates for split {section.split!r}"
-        )
-    done = finished_shards(shards_dir, plan)
-    todo = [i for i in range(len(plan.expected)) if i not in set(done)]
-    if section.max_new_shards is not None:
-        todo = todo[: section.max_new_shards]
-    todo_pairs = sum(len(plan.expected[i]) for i in todo)
-    log(
-        f"{section.run_name}: {len(plan.queries)} queries, {plan.pairs} pairs of "
-        f"{len(plan.shard_of_doc)} documents in {len(plan.expected)} shards; {len(done)} "
-        f"already done, scoring {len(todo)} ({todo_pairs} pairs)",
-        start,
-    )
-    scored_now = 0
-    if todo:
-        init_ray(cfg.ray)
-        if section.method != FIRST_STAGE:
-            check_cpu_headroom(
-                section.num_actors * section.cpus_per_actor,
-                f"rerank: {section.num_actors} actors x {section.cpus_per_actor} CPUs",
-                "lower rerank.cpus_per_actor or rerank.num_actors",
-            )
-        collector = ShardCollector(plan)
-        tick = time.perf_counter()
-        for batch in scored_batches(cfg, prepared, plan.queries, plan.docs_of(todo)):
-            for shard, rows in collector.add(batch.to_pylist()):
-                write_shard(shards_dir, shard, rows)
-                scored_now += len(rows)
+    specs = [
+        SystemSpec(job.section.method, job.section.adapter_dir, frozenset(job.query_check.skipped))
+        for job in jobs
+    ]
+    collectors = [ShardCollector(job.plan) for job in jobs]
+    todo = [set(job.todo) for job in jobs]
+    queries = sorted({q for job in jobs for q in job.plan.queries})
+    docs = sorted({d for job in jobs for d in job.plan.docs_of(job.todo)})
+    todo_pairs = sum(len(job.plan.expected[i]) for job in jobs for i in job.todo)
+    tick = time.perf_counter()
+    for batch in scored_batches(cfg, prepared, specs, queries, docs):
+        for index, (job, collector) in enumerate(zip(jobs, collectors, strict=True)):
+            rows = [
+                row
+                for row in system_scores(batch, index).to_pylist()
+                if job.plan.shard_of_doc.get(row["doc_id"]) in todo[index]
+                and (row["query_id"], row["doc_id"])
+                in job.plan.expected[job.plan.shard_of_doc[row["doc_id"]]]
+            ]
+            for shard, done in collector.add(rows):
+                write_shard(job.shards_dir, shard, done)
+                job.scored_now += len(done)
+                scored_now = sum(j.scored_now for j in jobs)
                 rate = scored_now / (time.perf_counter() - tick)
                 log(
-                    f"shard {shard} written: {scored_now}/{todo_pairs} pairs this run, "
-                    f"{rate:.2f} pairs/s, ETA {(todo_pairs - scored_now) / rate:.0f}s",
+                    f"{job.section.run_name}: shard {shard} written: {scored_now}/{todo_pairs} "
+                    f"pairs this run, {rate:.2f} pairs/s, "
+                    f"ETA {(todo_pairs - scored_now) / rate:.0f}s",
                     start,
                 )
+    for job, collector in zip(jobs, collectors, strict=True):
         if collector.buffers:
             raise DataError(
-                f"{dest}: {collector.pending_pairs} scored pairs belong to shards that never "
-                "completed; the run is left incomplete"
+                f"{job.dest}: {collector.pending_pairs} scored pairs belong to shards that "
+                "never completed; the run is left incomplete"
             )
+
+
+def publish(job: SystemJob, prepared: PreparedData, start: float) -> dict:
+    """Verify the system's shards, assemble its run per query and publish it; an
+    invocation that stopped early (`max_new_shards`) records its progress only."""
+    section, out, shards_dir, plan = job.section, job.out, job.shards_dir, job.plan
     seconds = time.perf_counter() - start
     history = record_invocation(
-        out, {"scored_pairs": scored_now, "shards": len(todo), "seconds": round(seconds, 1)}
+        out,
+        {"scored_pairs": job.scored_now, "shards": len(job.todo), "seconds": round(seconds, 1)},
     )
     remaining = len(plan.expected) - len(finished_shards(shards_dir, plan))
     if remaining:
-        log(f"stopped with {remaining} shards left (rerank.max_new_shards); run again", start)
-        return {"complete": False, "shards_left": remaining, "scored_this_run": scored_now}
+        log(
+            f"{section.run_name}: stopped with {remaining} shards left (rerank.max_new_shards); "
+            "run again",
+            start,
+        )
+        return {"complete": False, "shards_left": remaining, "scored_this_run": job.scored_now}
     counts = verify(shards_dir, plan)
     rows = assemble_run(shards_dir, out / RerankRun.RUN)
     write_trec_run(out / RerankRun.TREC, rows, section.run_name)
@@ -411,25 +514,30 @@ def score_missing_shards(
         counts["fusion"] = write_fused_run(
             out, prepared, section.run_name, section.split, section.fusion
         )
-        log(f"fused with the first stage at weight {counts['fusion']['weight']}", start)
+        log(
+            f"{section.run_name}: fused with the first stage at weight "
+            f"{counts['fusion']['weight']}",
+            start,
+        )
     counts.update(
         complete=True,
         queries=len(plan.queries),
         documents=len(plan.shard_of_doc),
         shards=len(plan.expected),
-        scored_this_run=scored_now,
-        reused_from_earlier_runs=counts["pairs_written"] - scored_now,
+        scored_this_run=job.scored_now,
+        reused_from_earlier_runs=counts["pairs_written"] - job.scored_now,
         invocations=history,
         method=section.method,
         adapter_dir=section.adapter_dir,
-        query_check=query_check.counts(),
+        query_check=job.query_check.counts(),
     )
-    run.write_counts(counts)
-    run.mark_complete()
+    job.run.write_counts(counts)
+    job.run.mark_complete()
     shutil.rmtree(shards_dir)  # published: the document shards are in `run/`
     log(
-        f"{counts['pairs_written']} pairs scored exactly once ({scored_now} this run); "
-        f"run in {storage.join(dest, RerankRun.RUN)} and {storage.join(dest, RerankRun.TREC)}",
+        f"{counts['pairs_written']} pairs scored exactly once ({job.scored_now} this run); "
+        f"run in {storage.join(job.dest, RerankRun.RUN)} and "
+        f"{storage.join(job.dest, RerankRun.TREC)}",
         start,
     )
     return counts

@@ -137,7 +137,10 @@ class LossConfig:
 class ScoringConfig:
     """Batching of the shared scorer."""
 
-    batch_size: int = 8
+    # Pairs a forward pass. Document-major batches need room for a document's pairs (8.9
+    # of them at depth 100 on NFCorpus): 64 measured fastest on 2 CPU cores in bf16 and
+    # fp32 (docs/benchmarks.md).
+    batch_size: int = 64
     # Reuse the shared prefix's keys/values across a batch. None = auto: on for CPU, where
     # it saves ~8% of the FLOPs; off on GPUs, where the extra launches cost more
     # (measurements in docs/benchmarks.md).

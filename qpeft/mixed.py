@@ -23,6 +23,7 @@ import torch
 
 from qpeft.model import QPeftModel, assemble_inputs, decode, label_log_likelihood
 from qpeft.scoring import (
+    BATCH_SIZE,
     PREFIX_TOKEN_BUDGET,
     eval_mode,
     resolve_share_prefix,
@@ -130,7 +131,7 @@ def score_mixed(
     queries: Sequence[str],
     docs: Sequence[str],
     owners: Sequence[int],
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     share_prefix: bool | None = None,
     prefix_token_budget: int = PREFIX_TOKEN_BUDGET,
 ) -> list[float]:
@@ -154,7 +155,7 @@ def score_mixed_layouts(
     models: Sequence[QPeftModel],
     layouts: Sequence[PairLayout],
     owners: Sequence[int],
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     share_prefix: bool | None = None,
     prefix_token_budget: int = PREFIX_TOKEN_BUDGET,
 ) -> list[float]:

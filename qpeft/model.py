@@ -50,6 +50,16 @@ class QPeftModel(nn.Module):
         `forward` so DDP and DeepSpeed wrappers see (and synchronise) the training pass."""
         return log_likelihood(self, batch)
 
+    def backprop_tokens(self, layout: PairLayout) -> int:
+        """Tokens of a pair that training back-propagates through, what its memory follows:
+        all of them where trained weights shape the prefix (soft prompt, LoRA); else those
+        after the document prefix, which runs without gradients (`run_decoder`)."""
+        if self.adapter.trains_prefix:
+            return len(layout.input_ids)
+        return len(layout.input_ids) - max(
+            layout.document_prefix, len(self.template.shared_prefix_ids)
+        )
+
     def encode(self, queries: list[str], docs: list[str]) -> list[PairLayout]:
         """Tokenize and lay out pairs, reserving the adapter's hint slots for each."""
         if not queries:  # tokenizers reject an empty batch; a rank may get no dev queries

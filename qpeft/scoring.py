@@ -26,6 +26,7 @@ def score_batch(model: QPeftModel, batch: Batch) -> torch.Tensor:
         return log_likelihood(model, batch.to(model.backbone.device))
 
 
+BATCH_SIZE = ScoringConfig.batch_size
 PREFIX_TOKEN_BUDGET = ScoringConfig.prefix_token_budget
 
 
@@ -111,7 +112,7 @@ def score_pairs(
     model: QPeftModel,
     queries: Sequence[str],
     docs: Sequence[str],
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     share_prefix: bool | None = None,
     prefix_token_budget: int = PREFIX_TOKEN_BUDGET,
 ) -> list[float]:

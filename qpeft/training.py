@@ -14,7 +14,7 @@ import math
 import random
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -141,14 +141,21 @@ def batch_loss(
     return ranking_loss(nll[pairs.index.to(nll.device)], pairs.valid.to(nll.device), loss)
 
 
-def token_micro_batches(layouts: list[PairLayout], budget: int) -> list[list[int]]:
+def full_length(layout: PairLayout) -> int:
+    return len(layout.input_ids)
+
+
+def token_micro_batches(
+    layouts: list[PairLayout], budget: int, length: Callable[[PairLayout], int] = full_length
+) -> list[list[int]]:
     """Indices of `layouts` in length-sorted micro-batches whose padded size (rows x the
-    longest row) stays within `budget` tokens; a pair longer than the budget goes alone."""
-    order = sorted(range(len(layouts)), key=lambda i: -len(layouts[i].input_ids))
+    longest row, by `length`) stays within `budget` tokens; a pair longer than the budget
+    goes alone."""
+    order = sorted(range(len(layouts)), key=lambda i: -length(layouts[i]))
     batches: list[list[int]] = []
     for i in order:
         # Sorted longest first, so a batch's first row sets its width.
-        width = len(layouts[batches[-1][0]].input_ids) if batches else 0
+        width = length(layouts[batches[-1][0]]) if batches else 0
         if batches and width * (len(batches[-1]) + 1) <= budget:
             batches[-1].append(i)
         else:
@@ -167,15 +174,20 @@ class MicroBatch:
 
 
 def plan_micro_batches(
-    layouts: list[PairLayout], pairs: GroupedPairs, budget: int, split_groups: bool
+    layouts: list[PairLayout],
+    pairs: GroupedPairs,
+    budget: int,
+    split_groups: bool,
+    length: Callable[[PairLayout], int] = full_length,
 ) -> list[MicroBatch]:
     """Pack whole query groups, longest first, into micro-batches of at most `budget`
-    padded tokens. A group over the budget by itself is cut into pair chunks when
-    `split_groups` (two passes), else it runs alone."""
+    padded tokens (counted by `length`: the tokens back-propagated through). A group over
+    the budget by itself is cut into pair chunks when `split_groups` (two passes), else it
+    runs alone."""
     rows_of = [pairs.index[q][pairs.valid[q]].tolist() for q in range(len(pairs.index))]
 
     def width(rows: list[int]) -> int:
-        return max(len(layouts[i].input_ids) for i in rows)
+        return max(length(layouts[i]) for i in rows)
 
     plan: list[MicroBatch] = []
     packed: list[int] = []  # groups of the micro-batch being filled
@@ -185,7 +197,7 @@ def plan_micro_batches(
             chunks = (
                 [
                     [rows[i] for i in c]
-                    for c in token_micro_batches([layouts[r] for r in rows], budget)
+                    for c in token_micro_batches([layouts[r] for r in rows], budget, length)
                 ]
                 if split_groups
                 else [rows]
@@ -215,8 +227,8 @@ def backward_step(
     engine, qpeft: QPeftModel, groups: list[TrainingGroup], loss: LossConfig, token_budget: int
 ) -> StepResult:
     """Gradients of the batch loss, in micro-batches of at most `token_budget` padded
-    tokens, so memory follows tokens and not queries per batch; the update equals one pass
-    over the whole batch.
+    tokens back-propagated through (`QPeftModel.backprop_tokens`), so memory follows
+    tokens and not queries per batch; the update equals one pass over the whole batch.
 
     The loss is a sum of per-query terms over batch-wide denominators (`LossScale`), so
     whole query groups are packed into micro-batches and each back-propagates its exact
@@ -230,7 +242,9 @@ def backward_step(
     device = qpeft.backbone.device
     index, valid = pairs.index.to(device), pairs.valid.to(device)
     scale = LossScale.of(pairs.valid)
-    plan = plan_micro_batches(layouts, pairs, token_budget, engine.splits_groups)
+    plan = plan_micro_batches(
+        layouts, pairs, token_budget, engine.splits_groups, qpeft.backprop_tokens
+    )
     calls = sum(len(micro.chunks) for micro in plan)
     padding = engine.padding_micro_batches(calls)
     done = 0

@@ -172,3 +172,22 @@ def test_the_loss_over_document_major_batches_is_the_same_number(tiny):
         nll = -log_likelihood(model, model.template.collate(layouts, share))
         values.append(ranking_loss(nll[pairs.index], pairs.valid, LossConfig()).item())
     assert values[0] == pytest.approx(values[1], abs=1e-5)
+
+
+def test_micro_batches_count_the_tokens_back_propagated_through(tiny):
+    """Q-PEFT back-propagates through the part after the document only, so a token budget
+    packs more of its pairs; the soft prompt's prefix is trained, so it counts them all."""
+    from qpeft.training import plan_micro_batches
+
+    groups = [
+        TrainingGroup(f"q{i}", QUERIES[i], (f"p{i}", DOCS[i]), [("n", DOCS[(i + 1) % 5])])
+        for i in range(4)
+    ]
+    pairs = group_pairs(groups, 1)
+    for method, fewer in (("qpeft_a", True), ("soft_prompt", False)):
+        model = build_model(tiny, method)
+        layouts = model.encode(pairs.queries, pairs.docs)
+        budget = max(len(x.input_ids) for x in layouts) * 3
+        by_pair = plan_micro_batches(layouts, pairs, budget, True)
+        by_backprop = plan_micro_batches(layouts, pairs, budget, True, model.backprop_tokens)
+        assert (len(by_backprop) < len(by_pair)) == fewer

@@ -49,10 +49,17 @@ def gradients_after(method: str, tiny, budget: int, loss: LossConfig, **adapter)
 
 @pytest.mark.parametrize("method", ["qpeft_a", "qpeft_r", "soft_prompt"])
 @pytest.mark.parametrize("kind", ["pairwise", "listwise"])
-@pytest.mark.parametrize("budget", [40, 120, 250])  # every pair alone; some groups split; packed
-def test_micro_batched_gradient_equals_one_pass(tiny, method, kind, budget):
+# Budgets in units of the longest pair's back-propagated tokens (the whole pair for the
+# soft prompt, the part after the document for Q-PEFT): every pair alone; some groups
+# split; packed.
+@pytest.mark.parametrize("pairs_worth", [1, 3, 6])
+def test_micro_batched_gradient_equals_one_pass(tiny, method, kind, pairs_worth):
     loss = LossConfig(kind=kind, in_batch_negatives=1)
     adapter = {"dropout": 0.0} if method == "qpeft_a" else {}
+    model = build_model(tiny, method, seed=3, **adapter)
+    pairs = group_pairs(groups(), 1)
+    longest = max(model.backprop_tokens(x) for x in model.encode(pairs.queries, pairs.docs))
+    budget = pairs_worth * longest
     whole = gradients_after(method, tiny, 10**6, loss, **adapter)
     split = gradients_after(method, tiny, budget, loss, **adapter)
     assert whole["micro_batches"] == 1 and split["micro_batches"] >= 2
@@ -66,19 +73,21 @@ def test_dropout_is_replayed_in_the_second_pass(tiny):
     """With dropout on, the micro-batched gradient is the exact gradient of the loss under
     the masks each pair drew: a reference that runs the same micro-batches once, with
     autograd and the same random stream, gets the same numbers."""
-    loss, budget = LossConfig(in_batch_negatives=1), 120
-    split = gradients_after("qpeft_a", tiny, budget, loss, dropout=0.3)
-
+    loss = LossConfig(in_batch_negatives=1)
     model = build_model(tiny, "qpeft_a", seed=3, dropout=0.3)
-    model.adapter.train()
-    torch.manual_seed(11)
     pairs = group_pairs(groups(), 1)
     layouts = model.encode(pairs.queries, pairs.docs)
-    plan = plan_micro_batches(layouts, pairs, budget, split_groups=True)
+    budget = 3 * max(model.backprop_tokens(x) for x in layouts)
+    split = gradients_after("qpeft_a", tiny, budget, loss, dropout=0.3)
+
+    model.adapter.train()
+    torch.manual_seed(11)
+    layouts = model.encode(pairs.queries, pairs.docs)
+    plan = plan_micro_batches(layouts, pairs, budget, True, model.backprop_tokens)
     assert {len(micro.chunks) > 1 for micro in plan} == {True, False}
     nll = torch.zeros(len(layouts))
     for chunk in (chunk for micro in plan for chunk in micro.chunks):
-        values = -model(model.template.collate([layouts[i] for i in chunk], share_prefix=False))
+        values = -model(model.template.collate([layouts[i] for i in chunk]))
         nll = nll.index_put((torch.tensor(chunk),), values)
     reference = ranking_loss(nll[pairs.index], pairs.valid, loss)
     reference.backward()

@@ -172,34 +172,54 @@ def test_interrupted_rerank_resumes_without_rescoring(ray_session, setup, tmp_pa
 
 
 @pytest.mark.slow
-def test_adapter_on_two_actors_and_first_stage_pass_through(ray_session, setup, tmp_path):
+def test_several_systems_in_one_job_on_two_actors_resume_and_match_alone(
+    ray_session, setup, tmp_path
+):
+    """An adapter, zero-shot and the first stage in one job: each writes its own run folder,
+    scores as it does alone, and an interrupted job resumes every system."""
     backbone = load_backbone(ModelConfig(name=setup["model"]))
     model = QPeftModel.build(
         backbone, TemplateConfig(**TINY_TEMPLATE), AdapterConfig(method="qpeft_r", k=3)
     )
     adapter = save_adapter(model, setup["base"] / "adapter")
-    counts = rerank(
-        config(
-            setup,
-            tmp_path,
-            method="qpeft_r",
-            adapter_dir=str(adapter),
-            num_actors=2,
-            cpus_per_actor=0.5,
-        )
+    job = dict(
+        method="qpeft_r",
+        adapter_dir=str(adapter),
+        also=[{"method": "zero_shot"}, {"method": "first_stage", "name": "bm25"}],
+        num_actors=2,
+        cpus_per_actor=0.5,
     )
-    assert counts["pairs_written"] == 35
+    first = rerank(config(setup, tmp_path, max_new_shards=1, **job))
+    assert not first["complete"] and first["scored_this_run"] > 0
+    assert all((tmp_path / name / "run.partial").is_dir() for name in ("zero_shot", "bm25"))
+    counts = rerank(config(setup, tmp_path, **job))
+    assert counts["pairs_written"] == 35 and counts["reused_from_earlier_runs"] > 0
     expected = in_process(load_adapter(adapter, backbone), setup["rows"])
     got = run_scores(tmp_path / "qpeft_r")
     assert max(abs(got[k] - expected[k]) for k in got) < 1e-5
+    zero = QPeftModel.build(
+        backbone, TemplateConfig(**TINY_TEMPLATE), AdapterConfig(method="zero_shot")
+    )
+    plain = in_process(zero, setup["rows"])
+    got = run_scores(tmp_path / "zero_shot")
+    assert got.keys() == plain.keys() and max(abs(got[k] - plain[k]) for k in got) < 1e-5
+    zero_counts = json.loads((tmp_path / "zero_shot" / "counts.json").read_text())
+    assert zero_counts["pairs_written"] == 35 and zero_counts["duplicated"] == 0
+    ranks = pads.dataset(str(tmp_path / "bm25" / "run")).to_table().to_pylist()
+    assert len(ranks) == 35 and all(r["rank"] == r["first_stage_rank"] for r in ranks)
+    assert all(r["score"] == pytest.approx(r["first_stage_score"]) for r in ranks)
 
     with pytest.raises(ConfigError, match="holds a qpeft_r adapter, not qpeft_a"):
         rerank(config(setup, tmp_path, method="qpeft_a", adapter_dir=str(adapter)))
 
-    rerank(config(setup, tmp_path, method="first_stage", name="bm25"))
-    ranks = pads.dataset(str(tmp_path / "bm25" / "run")).to_table().to_pylist()
-    assert all(r["rank"] == r["first_stage_rank"] for r in ranks)
-    assert all(r["score"] == pytest.approx(r["first_stage_score"]) for r in ranks)
+
+def test_a_job_of_several_systems_is_checked_system_by_system(setup, tmp_path):
+    with pytest.raises(ConfigError, match=r"rerank\.also\[0\]\.adapter_dir: method qpeft_a"):
+        config(setup, tmp_path, also=[{"method": "qpeft_a"}])
+    with pytest.raises(ConfigError, match=r"rerank\.also\[1\]\.name: 'zero_shot' is another"):
+        config(setup, tmp_path, also=[{"method": "first_stage"}, {"method": "zero_shot"}])
+    with pytest.raises(ConfigError, match="LoRA adapter puts weights into the LM"):
+        config(setup, tmp_path, also=[{"method": "lora", "adapter_dir": "x"}])
 
 
 @pytest.mark.slow
