@@ -33,8 +33,12 @@ TOKEN_BUDGET = 60
 
 
 def rank_groups(rank: int) -> list[TrainingGroup]:
-    """Rank 0 gets long documents, rank 1 short ones: unequal micro-batch counts."""
+    """Rank 0 gets long queries and documents, rank 1 short ones: unequal micro-batch
+    counts, whether a method back-propagates through whole pairs (the soft prompt) or
+    through the part after the document only (Q-PEFT: hints, one per query token, and
+    the query)."""
     length = 14 if rank == 0 else 4
+    query_length = 8 if rank == 0 else 2
 
     def text(i: int, n: int) -> str:
         return " ".join(CONTENT[(i + j) % len(CONTENT)] for j in range(n))
@@ -42,7 +46,7 @@ def rank_groups(rank: int) -> list[TrainingGroup]:
     return [
         TrainingGroup(
             query_id=f"r{rank}q{i}",
-            query=text(7 * i + rank, 2),
+            query=text(7 * i + rank, query_length),
             positive=(f"p{i}", text(7 * i + rank, length)),
             negatives=[(f"n{i}{j}", text(11 * i + 3 * j, length)) for j in range(2)],
         )

@@ -213,6 +213,40 @@ def test_several_systems_in_one_job_on_two_actors_resume_and_match_alone(
         rerank(config(setup, tmp_path, method="qpeft_a", adapter_dir=str(adapter)))
 
 
+@pytest.mark.slow
+def test_a_job_that_dies_halfway_resumes_every_pair_exactly_once(
+    ray_session, setup, tmp_path, monkeypatch
+):
+    """The driver dies after two shards are on disk, one more half-written (its .partial
+    left behind, as a kill mid-write leaves it); the rerun scores only what is missing and
+    every pair of every system is written exactly once."""
+    import pipelines.rerank
+
+    written = []
+    real_write = pipelines.rerank.write_shard
+
+    def dying_write(directory, shard, rows):
+        if len(written) == 2:
+            (directory / f"shard-{shard:05d}.parquet.partial").write_bytes(b"half a file")
+            raise KeyboardInterrupt("killed")
+        real_write(directory, shard, rows)
+        written.append((directory.parent.name, shard))
+
+    job = dict(also=[{"method": "first_stage", "name": "bm25"}], docs_per_shard=4)
+    monkeypatch.setattr(pipelines.rerank, "write_shard", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        rerank(config(setup, tmp_path, **job))
+    monkeypatch.setattr(pipelines.rerank, "write_shard", real_write)
+    counts = rerank(config(setup, tmp_path, **job))
+    assert counts["pairs_written"] == counts["pairs_expected"] == 35
+    assert counts["duplicated"] == counts["missing"] == counts["unexpected"] == 0
+    done_before = sum(1 for name, _ in written if name == "zero_shot")
+    assert counts["reused_from_earlier_runs"] > 0 or done_before == 0
+    bm25 = json.loads((tmp_path / "bm25" / "counts.json").read_text())
+    assert bm25["pairs_written"] == 35 and bm25["duplicated"] == 0
+    assert not (tmp_path / "zero_shot" / "run.partial").exists()
+
+
 def test_a_job_of_several_systems_is_checked_system_by_system(setup, tmp_path):
     with pytest.raises(ConfigError, match=r"rerank\.also\[0\]\.adapter_dir: method qpeft_a"):
         config(setup, tmp_path, also=[{"method": "qpeft_a"}])
