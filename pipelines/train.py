@@ -12,6 +12,7 @@ and `data.prepared_dir` may be cloud URIs (s3://, gs://) that every node reads a
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import resource
 import sys
@@ -42,7 +43,7 @@ from qpeft import storage
 from qpeft.adapters import adapter_class
 from qpeft.artifacts import PreparedData, TrainingRun, without
 from qpeft.backbone import load_backbone, load_tokenizer, pin_model
-from qpeft.config import ConfigError, ModelConfig, QPeftConfig, from_dict, to_dict
+from qpeft.config import ConfigError, ModelConfig, QPeftConfig, conflict, from_dict, to_dict
 from qpeft.data.splits import nested_subset
 from qpeft.engines import DeepSpeedEngine, TorchEngine
 from qpeft.input_check import QueryCheck, check_queries
@@ -104,6 +105,24 @@ class TrainRunConfig(QPeftConfig):
     def validate(self) -> None:
         if not METHODS[self.adapter.method].trainable:
             raise ConfigError(f"adapter.method: {self.adapter.method} has nothing to train")
+        check_recipe(self)
+
+
+def check_recipe(cfg: TrainRunConfig) -> None:
+    """Settings of different sections that contradict each other, refused at config time
+    (a silently ignored option would make a recipe study compare the same run twice)."""
+    conflict(
+        cfg.train.gate_lr is not None and not cfg.adapter.hint_gate,
+        ("train.gate_lr", cfg.train.gate_lr),
+        ("adapter.hint_gate", False),
+        "ungated hints have no gate to train",
+    )
+    if cfg.loss.in_batch_negatives and cfg.train.queries_per_batch == 1:
+        raise ConfigError(
+            f"loss.in_batch_negatives: {cfg.loss.in_batch_negatives} contradicts "
+            "train.queries_per_batch: 1 (in-batch negatives come from the other queries of "
+            "a worker's batch, and there are none); set loss.in_batch_negatives: 0"
+        )
 
 
 # How to run, not what is trained: a run resumed with other values of these is the same run.
@@ -292,7 +311,7 @@ def train_loop(loop_config: dict) -> None:
         with engine.eval_model(build_model) as model:
             metrics = evaluate_dev(model, dev, settings, cfg.loss, cfg.scoring, rank, world)
         metrics.update(step=0, epoch=0)
-        publish_if_best(engine, qpeft, state, metrics, best_out, rank, training)
+        publish_if_best(engine, qpeft, state, metrics, best_out, rank, training, settings.select_on)
         state.history.append(metrics)
         # Reported like an epoch: a Tune trial's best then counts step 0 (the adapter it
         # may export), and a restart after this point skips the evaluation.
@@ -330,6 +349,18 @@ def train_loop(loop_config: dict) -> None:
                 batch.to_pylist(), settings.max_negatives, state.epoch, settings.seed
             )
             result = backward_step(engine, qpeft, groups, cfg.loss, settings.micro_batch_tokens)
+            if not all(math.isfinite(loss) for loss in all_gather(result.loss, world)):
+                # Every rank sees every rank's loss, so all of them stop here together,
+                # before a NaN update: the last checkpoint reported stays the last good one.
+                state.diverged_at_step = state.step + 1
+                ray.train.report({"diverged_at_step": state.diverged_at_step})
+                if rank == 0:
+                    print(
+                        f"[train] the loss is not finite at step {state.diverged_at_step} "
+                        f"(epoch {state.epoch + 1}): stopped without taking that step",
+                        flush=True,
+                    )
+                return
             engine.step()
             state.step += 1
             seconds = time.perf_counter() - tick
@@ -380,7 +411,7 @@ def train_loop(loop_config: dict) -> None:
             ),
             worker_nodes=all_gather(ray.get_runtime_context().get_node_id()[:12], world),
         )
-        end_epoch(engine, qpeft, state, metrics, best_out, rank, training, settings.patience)
+        end_epoch(engine, qpeft, state, metrics, best_out, rank, training, settings)
         if rank == 0:
             print(
                 f"[train] epoch {state.epoch}: dev NDCG@10 {metrics['dev_ndcg10']:.4f} "
@@ -486,6 +517,7 @@ def fit(
     adapter = out.adapter_dir  # published by rank 0 at each new best
     with result.checkpoint.as_directory() as ckpt:
         state = TrainState.load(Path(ckpt))
+    diverged_at = (result.metrics or {}).get("diverged_at_step")
     summary = {
         "adapter": adapter,
         "best_dev_ndcg10": state.best_ndcg10,
@@ -493,6 +525,9 @@ def fit(
         "steps": state.step,
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
+        # The loss turned NaN (or infinite) at this step; training stopped before it, and
+        # the run's last checkpoint is the last good one (at `steps`).
+        "diverged_at_step": diverged_at,
         "resumed_at": state.resumed_at or [],
         "train_queries": len(query_ids),
         # This invocation's wall time (a resumed run's earlier sessions are not in it).
@@ -512,6 +547,14 @@ def fit(
 def main(argv: list[str] | None = None) -> None:
     cfg = step_config(TrainRunConfig, __doc__.splitlines()[0], argv)
     summary = train(cfg)
+    if summary.get("diverged_at_step"):
+        raise SystemExit(
+            f"[train] the training loss turned NaN at step {summary['diverged_at_step']}: "
+            f"stopped there; the last good checkpoint is step {summary['steps']} and the "
+            f"best adapter (dev NDCG@10 {summary['best_dev_ndcg10']:.4f}, epoch "
+            f"{summary['best_epoch']}) is in {summary['adapter']}. Lower train.lr, or set "
+            "train.grad_clip, and start again with run.overwrite: true"
+        )
     print(
         f"[train] best dev NDCG@10 {summary['best_dev_ndcg10']:.4f} at epoch "
         f"{summary['best_epoch']} ({summary['steps']} steps); adapter: {summary['adapter']}"

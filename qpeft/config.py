@@ -38,6 +38,9 @@ class ModelConfig:
     num_threads: int | None = None
 
 
+# The pairwise hinge's margin when `loss.margin` is null: the authors tuned it per dataset
+# between 0 and 1.1.
+DEFAULT_MARGIN = 1.0
 HINT_PROMPT = "given the hints, please generate a question for the input passage"
 PLAIN_PROMPT = "please generate a question for the input passage"
 
@@ -100,6 +103,12 @@ class AdapterConfig:
     # as zero-shot and training opens the gate as far as the hints help; false: the paper's
     # plain hint tokens. Adapters saved before this option load with false.
     hint_gate: bool = True
+    # Q-PEFT-R/-A's starting weights. identity: hints start as real word embeddings (the
+    # MLP is residual with a zero output layer; Q-PEFT-A's attention starts as a sharp
+    # token match), so an untrained adapter reads as text. paper: the authors' code,
+    # PyTorch's default init and hints = MLP(block) with no residual (random vectors at
+    # the start). Adapters saved before this option load with identity.
+    init: Literal["identity", "paper"] = "identity"
 
     def validate(self) -> None:
         check_choice(self.method, METHODS, "adapter.method")
@@ -123,13 +132,25 @@ class LossConfig:
     """Training objective over each query's group (positive first, then negatives)."""
 
     kind: str = "pairwise"  # a name in qpeft.losses.LOSSES
-    margin: float = 1.0
+    # The pairwise hinge's margin; null: DEFAULT_MARGIN. Only `pairwise` has one: a margin
+    # set with another loss is refused, since it would silently do nothing.
+    margin: float | None = None
     pointwise_weight: float = 1.0
     in_batch_negatives: int = 1
 
+    @property
+    def hinge_margin(self) -> float:
+        return DEFAULT_MARGIN if self.margin is None else self.margin
+
     def validate(self) -> None:
         check_choice(self.kind, LOSSES, "loss.kind")
-        _require(self.margin >= 0, "loss.margin", "must be >= 0")
+        _require(self.margin is None or self.margin >= 0, "loss.margin", "must be >= 0")
+        conflict(
+            self.margin is not None and self.kind != "pairwise",
+            ("loss.margin", self.margin),
+            ("loss.kind", self.kind),
+            "only the pairwise hinge has a margin",
+        )
         _require(self.in_batch_negatives >= 0, "loss.in_batch_negatives", "must be >= 0")
 
 
@@ -180,6 +201,15 @@ def check_choice(value: str, registry: typing.Iterable[str], key: str) -> None:
     """`value` must name an entry of a registry (methods, losses)."""
     if value not in registry:
         raise ConfigError(f"{key}: {value!r} is not one of {list(registry)}")
+
+
+def conflict(clash: bool, first: tuple[str, Any], second: tuple[str, Any], why: str) -> None:
+    """Refuse two settings that contradict each other, in one line naming both keys."""
+    if clash:
+        raise ConfigError(
+            f"{first[0]}: {first[1]!r} contradicts {second[0]}: {second[1]!r} ({why}); "
+            "remove one of them"
+        )
 
 
 def _require(ok: bool, key: str, why: str) -> None:

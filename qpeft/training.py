@@ -29,12 +29,16 @@ from qpeft import storage
 from qpeft.artifacts import PreparedData, TrainingRun
 from qpeft.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, save_adapter
 from qpeft.config import LossConfig, ScoringConfig
+from qpeft.diagnostics import adapter_diagnostics
 from qpeft.fusion import choose_weight
 from qpeft.losses import GroupedPairs, LossScale, TrainingGroup, group_pairs, ranking_loss
 from qpeft.metrics import Qrels, mean_ndcg10
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_with
 from qpeft.template import PairLayout
+
+# The hint gate's learning rate when `train.gate_lr` is null.
+DEFAULT_GATE_LR = 1.0e-2
 
 
 @dataclass
@@ -51,16 +55,20 @@ class TrainSettings:
     # E' (the query-token and hint-word rows); null: train.lr. Embedding rows enter the
     # LM as tokens, so they get a smaller rate than the module that builds hints from them.
     embedding_lr: float | None = 1.0e-4
-    # The hint gate g (`adapter.hint_gate`); null: train.lr. One number per layer and head
-    # that starts at 0. On Cranfield dev, 1e-3 and 1e-2 tied (NDCG@10 within 0.002); at
-    # 1e-3 an epoch left tanh(g) near 0.003, so the hints were barely read.
-    gate_lr: float | None = 1.0e-2
+    # The hint gate g (`adapter.hint_gate`); null: DEFAULT_GATE_LR. One number per layer
+    # and head that starts at 0. On Cranfield dev, 1e-3 and 1e-2 tied (NDCG@10 within
+    # 0.002); at 1e-3 an epoch left tanh(g) near 0.003, so the hints were barely read.
+    # Set with `adapter.hint_gate: false` it is refused: there is no gate to train.
+    gate_lr: float | None = None
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     # Linear warmup over this share of the run's optimiser steps, then `decay`.
     warmup_ratio: float = 0.1
     decay: Literal["none", "linear", "cosine"] = "linear"
     patience: int = 2
+    # What the dev check keeps the best adapter by and counts patience on: dev NDCG@10
+    # (higher is better) or the dev loss (lower is better; the authors' choice).
+    select_on: Literal["dev_ndcg10", "dev_loss"] = "dev_ndcg10"
     checkpoint_every: int = 25
     gradient_checkpointing: bool = False
     seed: int = 13
@@ -100,7 +108,7 @@ class TrainSettings:
             raise ConfigError("train.max_train_queries: must be positive (or null: all)")
         for key in ("embedding_lr", "gate_lr"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ConfigError(f"train.{key}: must be positive (or null: train.lr)")
+                raise ConfigError(f"train.{key}: must be positive (or null: its default)")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("train.warmup_ratio: must be in [0, 1)")
 
@@ -341,7 +349,7 @@ def parameter_groups(adapter: torch.nn.Module, settings: TrainSettings) -> list[
     rates = {
         "module": settings.lr,
         "embedding": settings.embedding_lr if settings.embedding_lr is not None else settings.lr,
-        "gate": settings.gate_lr if settings.gate_lr is not None else settings.lr,
+        "gate": settings.gate_lr if settings.gate_lr is not None else DEFAULT_GATE_LR,
     }
     params: dict[str, list] = {name: [] for name in rates}
     for name, param in adapter.named_parameters():
@@ -388,10 +396,12 @@ class TrainState:
 
     step: int = 0
     epoch: int = 0
-    best_ndcg10: float = -1.0
+    best_ndcg10: float = -1.0  # dev NDCG@10 of the kept adapter
+    best_score: float | None = None  # what `train.select_on` compares (higher is better)
     best_epoch: int = -1
     bad_epochs: int = 0
     stopped_early: bool = False
+    diverged_at_step: int | None = None  # the step whose loss was not finite
     history: list | None = None
     resumed_at: list | None = None  # steps at which a run picked up from a checkpoint
 
@@ -400,7 +410,10 @@ class TrainState:
 
     @classmethod
     def load(cls, directory: Path) -> TrainState:
-        return cls(**json.loads((directory / "train_state.json").read_text()))
+        state = cls(**json.loads((directory / "train_state.json").read_text()))
+        if state.best_score is None and state.best_epoch >= 0:  # saved before select_on
+            state.best_score = state.best_ndcg10
+        return state
 
 
 def save_optimizer(directory: Path, optimizer, scheduler) -> None:
@@ -461,6 +474,10 @@ def all_gather(obj, world: int) -> list:
     return out
 
 
+# Dev positives whose hint vectors the dev check measures (`adapter_diagnostics`).
+DIAGNOSTIC_PAIRS = 16
+
+
 def evaluate_dev(
     qpeft: QPeftModel,
     dev: DevSet,
@@ -488,7 +505,12 @@ def evaluate_dev(
     for row in dev.candidates:
         first_stage.setdefault(row["query_id"], {})[row["doc_id"]] = row["first_stage_score"]
     weight, curve = choose_weight(merged, first_stage, dev.qrels)
+    sample = dev.groups[:DIAGNOSTIC_PAIRS]
+    diagnostics = adapter_diagnostics(
+        qpeft, [g.query for g in sample], [g.positive[1] for g in sample]
+    )
     return {
+        **diagnostics,
         "dev_ndcg10": mean_ndcg10(dev.qrels, merged),
         "dev_loss": sum(losses) / max(1, len(losses)),
         "dev_queries": len(merged),
@@ -496,6 +518,11 @@ def evaluate_dev(
         "fusion_weight": weight,
         "dev_ndcg10_fused": curve[weight],
     }
+
+
+def selection_score(metrics: dict, select_on: str) -> float:
+    """The dev check's figure that `train.select_on` keeps adapters by, higher is better."""
+    return metrics["dev_ndcg10"] if select_on == "dev_ndcg10" else -metrics["dev_loss"]
 
 
 def publish_if_best(
@@ -506,13 +533,16 @@ def publish_if_best(
     destination: str,
     rank: int,
     training: dict,
+    select_on: str = "dev_ndcg10",
 ) -> bool:
-    """Publish the adapter to `destination` (the run's `adapter/`) if its dev NDCG@10 beats
-    the best so far, and say whether. Step 0 is a candidate like any epoch, so training can
-    only keep or improve the dev ranking it started from."""
-    if metrics["dev_ndcg10"] <= state.best_ndcg10:
+    """Publish the adapter to `destination` (the run's `adapter/`) if it beats the best so
+    far on `select_on` (dev NDCG@10 or dev loss), and say whether. Step 0 is a candidate
+    like any epoch, so training can only keep or improve the dev figure it started from."""
+    score = selection_score(metrics, select_on)
+    if state.best_score is not None and score <= state.best_score:
         return False
-    state.best_ndcg10, state.best_epoch, state.bad_epochs = (
+    state.best_score, state.best_ndcg10, state.best_epoch, state.bad_epochs = (
+        score,
         metrics["dev_ndcg10"],
         state.epoch,
         0,
@@ -526,6 +556,9 @@ def publish_if_best(
                 extra={
                     "training": training,
                     "dev_ndcg10": metrics["dev_ndcg10"],
+                    "dev_loss": metrics["dev_loss"],
+                    "selected_on": select_on,
+                    "selection_score": score,
                     "epoch": state.epoch,
                     "fusion": {
                         "weight": metrics["fusion_weight"],
@@ -548,13 +581,15 @@ def end_epoch(
     destination: str,
     rank: int,
     training: dict,
-    patience: int,
+    settings: TrainSettings,
 ) -> None:
-    """Keep the epoch's adapter if it is the best; otherwise count a bad epoch and stop
-    after `patience` of them."""
-    if not publish_if_best(engine, qpeft, state, metrics, destination, rank, training):
+    """Keep the epoch's adapter if it is the best on `train.select_on`; otherwise count a
+    bad epoch and stop after `train.patience` of them."""
+    if not publish_if_best(
+        engine, qpeft, state, metrics, destination, rank, training, settings.select_on
+    ):
         state.bad_epochs += 1
-        state.stopped_early = state.bad_epochs >= patience
+        state.stopped_early = state.bad_epochs >= settings.patience
     state.history.append(metrics)
 
 
@@ -582,6 +617,8 @@ def restore_checkpoint(directory: Path, engine, qpeft: QPeftModel, run: Training
     state.resumed_at = [*(state.resumed_at or []), state.step]
     if run.has_adapter():
         saved = read_adapter_config(run.adapter_dir)
-        if saved.get("dev_ndcg10", float("-inf")) > state.best_ndcg10:
-            state.best_ndcg10, state.best_epoch = saved["dev_ndcg10"], saved["epoch"]
+        score = saved.get("selection_score", saved.get("dev_ndcg10"))
+        if score is not None and (state.best_score is None or score > state.best_score):
+            state.best_score, state.best_ndcg10 = score, saved["dev_ndcg10"]
+            state.best_epoch = saved["epoch"]
     return state

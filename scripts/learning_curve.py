@@ -130,7 +130,13 @@ def plot(points: list[dict], method: str, path: Path) -> None:
     xs = [p["train_queries"] for p in points]
     ax.plot(xs, [p["best_dev_ndcg10"] for p in points], marker="o", label=method)
     ax.axhline(points[0]["best_dev_ndcg10"], color="grey", linestyle="--", label="step 0")
+    # Linear up to 100 queries, logarithmic beyond: the 0 point (step 0) fits on the axis.
+    # The axis starts at 0 and its ticks are the sizes trained, so none is impossible
+    # (matplotlib's own symlog ticks ran to -10^2 training queries).
     ax.set_xscale("symlog", linthresh=100)
+    ax.set_xlim(left=0, right=max(xs) * 1.15)
+    ax.set_xticks(sorted(set(xs)), [f"{x:,}" for x in sorted(set(xs))])
+    ax.minorticks_off()
     ax.set_xlabel("training queries")
     ax.set_ylabel("dev NDCG@10")
     ax.legend()

@@ -9,7 +9,14 @@ import pytest
 from pipelines.train import TrainRunConfig, train
 from qpeft.backbone import load_backbone
 from qpeft.checkpoint import load_adapter
-from qpeft.config import AdapterConfig, ConfigError, ModelConfig, TemplateConfig, from_dict
+from qpeft.config import (
+    AdapterConfig,
+    ConfigError,
+    ModelConfig,
+    TemplateConfig,
+    from_dict,
+    to_dict,
+)
 from qpeft.metrics import mean_ndcg10
 from qpeft.model import QPeftModel
 from qpeft.scoring import score_pairs
@@ -195,3 +202,34 @@ def test_lora_trains_with_ddp_and_exports_a_peft_folder(ray_session, setup, tmp_
     peft_dir = tmp_path / "storage" / "tiny" / "adapter" / "peft"
     assert (peft_dir / "adapter_model.safetensors").exists()
     assert json.loads((peft_dir / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+
+def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(
+    ray_session, setup, tmp_path, capsys
+):
+    """An absurd learning rate (AdamW moves each weight by about lr per step) overflows the
+    adapter within a few steps. Training stops before the update of the step whose loss is
+    not finite, its last checkpoint is the step before, and the command says which step."""
+    from pipelines.train import main
+
+    settings = dict(epochs=2, lr=1e30, grad_clip=0.0, checkpoint_every=1)
+    summary = train(run_config(setup, tmp_path, **settings))
+    diverged = summary["diverged_at_step"]
+    assert diverged is not None and diverged == summary["steps"] + 1
+    assert diverged < 2 * (32 // (4 * 2))  # it stopped before the end
+    run_dir = tmp_path / "storage" / "tiny"
+    steps = []
+    for checkpoint in run_dir.glob("checkpoint_*"):
+        state = json.loads((checkpoint / "train_state.json").read_text())
+        steps.append(state["step"])
+    assert max(steps) == summary["steps"]
+    # The published adapter is the best dev check's, from before the overflow.
+    backbone = load_backbone(ModelConfig(name=setup["model"]))
+    kept = load_adapter(summary["adapter"], backbone)
+    assert all(p.isfinite().all() for p in kept.adapter.parameters())
+    # The command line fails, naming the step (the finished run is not trained again).
+    config = tmp_path / "nan.yaml"
+    config.write_text(json.dumps(to_dict(run_config(setup, tmp_path, **settings))))
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", str(config)])
+    assert f"NaN at step {diverged}" in str(stop.value)

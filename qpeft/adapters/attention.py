@@ -45,6 +45,8 @@ class QueryAttention(QueryDependentAdapter):
         self.attention = nn.MultiheadAttention(
             dim, config.heads, dropout=config.dropout, batch_first=True
         )
+        if config.init == "paper":  # PyTorch's default init, as the authors' code has it
+            return
         with torch.no_grad():
             eye = torch.eye(dim)
             scale = match_scale(backbone, config.heads)
@@ -65,6 +67,7 @@ class QueryAttention(QueryDependentAdapter):
             "heads": c.heads,
             "dropout": c.dropout,
             "max_hints": c.max_hints,
+            "init": c.init,
         }
 
     def query_dependent(self, batch: Batch, frozen_embeds: torch.Tensor):

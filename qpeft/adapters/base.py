@@ -107,11 +107,13 @@ def key_mask(batch: Batch) -> torch.Tensor:
 class QueryDependentAdapter(Adapter):
     """Shared part of Q-PEFT-R and -A: the trainable embedding copy E' and the hint MLP.
 
-    The block is x + MLP(x) for x = [E'("hints: "); QD(q, d); E'("\\n")]; subclasses
-    provide QD(q, d). The MLP's output layer starts at zero (as LoRA's B does), so an
-    untrained block is its inputs: real word embeddings for the hint words and Q-PEFT-R's
-    chosen tokens, which the LM reads as text. Training then starts from a ranking close to
-    zero-shot instead of from random vectors in the input.
+    With `adapter.init: identity` the block is x + MLP(x) for
+    x = [E'("hints: "); QD(q, d); E'("\\n")]; subclasses provide QD(q, d). The MLP's output
+    layer starts at zero (as LoRA's B does), so an untrained block is its inputs: real word
+    embeddings for the hint words and Q-PEFT-R's chosen tokens, which the LM reads as text.
+    Training then starts from a ranking close to zero-shot instead of from random vectors in
+    the input. With `init: paper` the block is MLP(x) with PyTorch's default init, as in
+    the authors' code (`docspec_layer_num` linear layers with ReLU between them).
     """
 
     def __init__(
@@ -127,8 +129,10 @@ class QueryDependentAdapter(Adapter):
         # (every row when `trainable_ids` is None).
         self.embed = DeltaEmbedding(backbone.input_embeddings, trainable_ids)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        self.residual = config.init == "identity"
+        if self.residual:
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
         self.gate = None
         if config.hint_gate:
             lm = backbone.decoder.config
@@ -195,7 +199,7 @@ class QueryDependentAdapter(Adapter):
         prefix = self.embed(self.hint_prefix_ids).unsqueeze(0).expand(n, -1, -1)
         suffix = self.embed(self.hint_suffix_ids).unsqueeze(0).expand(n, -1, -1)
         block = torch.cat([prefix, qd, suffix], dim=1)
-        vectors = block + self.mlp(block)
+        vectors = block + self.mlp(block) if self.residual else self.mlp(block)
         ones_p = torch.ones(n, prefix.shape[1], dtype=torch.bool, device=qd.device)
         ones_s = torch.ones(n, suffix.shape[1], dtype=torch.bool, device=qd.device)
         present = torch.cat([ones_p, qd_present, ones_s], dim=1)

@@ -70,6 +70,7 @@ class TopKTokens(QueryDependentAdapter):
             "similarity": c.similarity,
             "drop_query_tokens": c.drop_query_tokens,
             "stopwords": list(c.stopwords),
+            "init": c.init,
         }
 
     @torch.no_grad()

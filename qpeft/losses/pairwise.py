@@ -18,5 +18,5 @@ def pairwise_hinge(
 ) -> torch.Tensor:
     """Sum over (pos, neg) pairs of relu(L_pos - L_neg + margin), over the batch's pairs
     (`scale.pairs`, so a micro-batch's value is its exact share of the batch mean)."""
-    hinge = F.relu(nll[:, :1] - nll[:, 1:] + config.margin)
+    hinge = F.relu(nll[:, :1] - nll[:, 1:] + config.hinge_margin)
     return (hinge * valid[:, 1:]).sum() / scale.pairs

@@ -1,0 +1,180 @@
+"""The recipe study's report: each finished `qpeft train` run against the study's base run.
+
+Every run folder under `--runs` with a `metrics.json` is one row. What a run changed is read
+from its own config, as the dotted keys whose values differ from the base run's (paths and
+the run's name left out), with the authors' value of each key beside it, read from the
+paper recipe's config (`--paper`). Each row gives the dev check at step 0 and at the kept
+adapter, the fused dev figure, the dev loss, steps, wall time, training pairs/s, and what
+the dev checks measured of the adapter (tanh(g), E' delta against E, hint norm against word
+norm). Writes study.md, study.json and study.png into `--out`.
+
+    python scripts/recipe_study.py --runs results/nfcorpus/recipe/train \\
+        --paper results/nfcorpus/recipe/paper.yaml --out results/nfcorpus/recipe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+# Where a run lives and what it is called: not part of the recipe.
+NOT_RECIPE = ("run.", "data.", "ray.", "model.cache_dir", "train.engine")
+DIAGNOSTICS = ("gate_tanh_mean", "embed_delta_rel_mean", "hint_to_word_norm")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def recipe(config: dict) -> dict:
+    return {k: v for k, v in flatten(config).items() if not k.startswith(NOT_RECIPE)}
+
+
+def changes(config: dict, base: dict) -> dict:
+    """The recipe keys whose values differ from the base run's."""
+    ours, theirs = recipe(config), recipe(base)
+    return {k: ours[k] for k in sorted(ours) if ours[k] != theirs.get(k)}
+
+
+def run_row(metrics: dict, base: dict, paper: dict) -> dict:
+    history = metrics["history"]
+    start = history[0]
+    kept = next((h for h in history if h["epoch"] == metrics["best_epoch"]), start)
+    trained = [h for h in history if h["step"] > 0]
+    last = history[-1]
+    changed = changes(metrics["config"], base)
+    return {
+        "method": metrics["config"]["adapter"]["method"],
+        "changes": changed,
+        "paper_values": {k: paper.get(k) for k in changed},
+        "step0_dev_ndcg10": start["dev_ndcg10"],
+        "best_dev_ndcg10": metrics["best_dev_ndcg10"],
+        "last_dev_ndcg10": last["dev_ndcg10"],
+        "best_dev_ndcg10_fused": kept["dev_ndcg10_fused"],
+        "best_epoch": metrics["best_epoch"],
+        "dev_loss": [round(h["dev_loss"], 4) for h in history],
+        "steps": metrics["steps"],
+        "epochs_run": metrics["epochs_run"],
+        "wall_seconds": metrics["wall_seconds"],
+        "train_pairs_per_s": (
+            sum(h["train_pairs_per_s"] for h in trained) / len(trained) if trained else None
+        ),
+        "diverged_at_step": metrics.get("diverged_at_step"),
+        **{name: last.get(name) for name in DIAGNOSTICS},
+    }
+
+
+def study_rows(runs: Path, base_name: str, paper: dict) -> list[dict]:
+    """One row per finished run, the base run first, the rest by best dev NDCG@10."""
+    found = {p.parent.name: json.loads(p.read_text()) for p in runs.glob("*/metrics.json")}
+    if base_name not in found:
+        raise SystemExit(f"{runs}/{base_name}/metrics.json: the base run is not finished")
+    base = found[base_name]["config"]
+    rows = [{"run": name, **run_row(m, base, paper)} for name, m in found.items()]
+    return sorted(rows, key=lambda r: (r["run"] != base_name, -r["best_dev_ndcg10"]))
+
+
+def cell(value, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def describe(changed: dict) -> str:
+    return "; ".join(f"`{k}` {json.dumps(v)}" for k, v in changed.items()) or "(base recipe)"
+
+
+def markdown(rows: list[dict]) -> str:
+    base = rows[0]["best_dev_ndcg10"]
+    lines = [
+        "| run | method | change (ours) | paper's value | step 0 | best dev NDCG@10 | vs base "
+        "| fused | dev loss (each check) | steps | wall s | train pairs/s | tanh(g) "
+        "| E' delta / E | hint / word norm |",
+        "|" + "---|" * 15,
+    ]
+    for r in rows:
+        paper = "; ".join(f"{json.dumps(v)}" for v in r["paper_values"].values())
+        best = cell(r["best_dev_ndcg10"])
+        if r["diverged_at_step"]:
+            best += f" (NaN at step {r['diverged_at_step']})"
+        cells = [
+            r["run"],
+            r["method"],
+            describe(r["changes"]),
+            paper,
+            cell(r["step0_dev_ndcg10"]),
+            best,
+            f"{r['best_dev_ndcg10'] - base:+.4f}",
+            cell(r["best_dev_ndcg10_fused"]),
+            " -> ".join(f"{x:.3f}" for x in r["dev_loss"]),
+            str(r["steps"]),
+            f"{r['wall_seconds']:.0f}",
+            cell(r["train_pairs_per_s"], 1),
+            cell(r["gate_tanh_mean"], 3),
+            cell(r["embed_delta_rel_mean"], 4),
+            cell(r["hint_to_word_norm"], 2),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Best dev NDCG@10 per run as bars, the base run and step 0 as lines; each bar
+    labelled with its figure, the axis around the data (no ticks outside it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["run"] for r in rows][::-1]
+    values = [r["best_dev_ndcg10"] for r in rows][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.5))
+    ax.barh(names, values, color="tab:blue")
+    step0 = rows[0]["step0_dev_ndcg10"]
+    ax.axvline(rows[0]["best_dev_ndcg10"], color="black", linestyle="--", label="base run")
+    ax.axvline(step0, color="grey", linestyle=":", label="step 0 (zero-shot)")
+    low = min([*values, step0]) - 0.01
+    high = max([*values, step0]) + 0.01
+    ax.set_xlim(low, high)
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:.4f}", va="center", fontsize=8)
+    ax.set_xlabel("dev NDCG@10 (80 NFCorpus dev queries, BM25 top 20)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, required=True, help="folder of `qpeft train` runs")
+    parser.add_argument("--base", default="base", help="the run the others are compared to")
+    parser.add_argument("--paper", type=Path, required=True, help="the authors' recipe (YAML)")
+    parser.add_argument("--out", type=Path, required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    paper = flatten(yaml.safe_load(args.paper.read_text()))
+    rows = study_rows(args.runs, args.base, paper)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows)
+    (args.out / "study.md").write_text(table)
+    (args.out / "study.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, args.out / "study.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
