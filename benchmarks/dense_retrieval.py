@@ -33,7 +33,7 @@ from qpeft.data.dense_index import (
     shard_table,
 )
 from qpeft.embedding import DenseConfig, Encoder, model_path
-from qpeft.hardware import detect
+from qpeft.lm.hardware import detect
 
 DIM = 384
 SHARD = 2000

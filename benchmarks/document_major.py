@@ -1,6 +1,6 @@
 """Document-major against query-major scoring, measured side by side in one process.
 
-Both run `qpeft.scoring.score_layouts` on the same pairs and must agree on every score:
+Both run `qpeft.scoring.scorer.score_layouts` on the same pairs and must agree on every score:
 
 * **query-major** (the scorer before document-major scoring): batches of pairs sorted by
   length, the common prefix `<bos> P "Passage: "` computed once per batch, every pair's
@@ -36,12 +36,12 @@ import torch
 from scoring import PeakMemory, matmul_peak, non_embedding_params  # benchmarks/ is sys.path[0]
 
 from qpeft.artifacts import PreparedData
-from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig
-from qpeft.hardware import detect
-from qpeft.model import QPeftModel, describe_prefix_budget
-from qpeft.scoring import document_batches, score_layouts
-from qpeft.template import PairLayout
+from qpeft.lm.backbone import load_backbone
+from qpeft.lm.hardware import detect
+from qpeft.lm.template import PairLayout
+from qpeft.scoring.model import QPeftModel, describe_prefix_budget
+from qpeft.scoring.scorer import document_batches, score_layouts
 
 
 def sampled_pairs(

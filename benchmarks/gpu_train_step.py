@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from scoring import SHAPES, random_backbone  # benchmarks/ is sys.path[0] when run as a script
 
-from qpeft.checkpoint import load_adapter, save_adapter
 from qpeft.config import AdapterConfig, LossConfig, TemplateConfig
-from qpeft.engines import DeepSpeedEngine
-from qpeft.hardware import detect
-from qpeft.losses import TrainingGroup
-from qpeft.model import QPeftModel
-from qpeft.training import TrainSettings, backward_step
+from qpeft.lm.hardware import detect
+from qpeft.loading.checkpoint import load_adapter, save_adapter
+from qpeft.scoring.model import QPeftModel
+from qpeft.training.engines import DeepSpeedEngine
+from qpeft.training.loop import TrainSettings, backward_step
+from qpeft.training.losses import TrainingGroup
 
 
 def groups_from_pairs(path: str, per_query: int, n_queries: int) -> list[TrainingGroup]:

@@ -14,11 +14,11 @@ import time
 import torch
 from scoring import cranfield_pairs
 
-from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig
-from qpeft.hardware import detect
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_layouts
+from qpeft.lm.backbone import load_backbone
+from qpeft.lm.hardware import detect
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import score_layouts
 
 SYSTEMS = {
     "zero_shot": AdapterConfig(method="zero_shot"),

@@ -16,12 +16,12 @@ import warnings
 import torch
 
 from qpeft.artifacts import PreparedData
-from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, ScoringConfig, TemplateConfig
-from qpeft.hardware import detect
+from qpeft.lm.backbone import load_backbone
+from qpeft.lm.hardware import detect
 from qpeft.metrics import mean_ndcg10
-from qpeft.model import QPeftModel
-from qpeft.training import TrainSettings, dev_run, load_dev
+from qpeft.scoring.model import QPeftModel
+from qpeft.training.loop import TrainSettings, dev_run, load_dev
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

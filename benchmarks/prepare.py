@@ -28,7 +28,7 @@ from pipelines.prepare import read_source
 from pipelines.ray_setup import RaySection, init_ray
 from qpeft.data import irds, schemas
 from qpeft.data.sources import SourceConfig, parts
-from qpeft.hardware import detect
+from qpeft.lm.hardware import detect
 
 
 class DriverPeak:

@@ -23,12 +23,12 @@ import torch
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.rerank import RerankConfig, rerank
 from qpeft import storage
-from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
 from qpeft.data.runs import read_run
-from qpeft.hardware import detect
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
+from qpeft.lm.backbone import load_backbone
+from qpeft.lm.hardware import detect
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import score_pairs
 
 
 def candidates(args) -> list[dict]:

@@ -24,12 +24,12 @@ import psutil
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from qpeft.backbone import DTYPES, Backbone, freeze, load_backbone, resolve_model_path
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig
-from qpeft.hardware import detect
-from qpeft.model import QPeftModel
-from qpeft.scoring import length_sorted_batches, score_layouts
-from qpeft.template import PairLayout
+from qpeft.lm.backbone import DTYPES, Backbone, freeze, load_backbone, resolve_model_path
+from qpeft.lm.hardware import detect
+from qpeft.lm.template import PairLayout
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import length_sorted_batches, score_layouts
 
 SHAPES = {  # LLaMA-2-7B dimensions, for random-weight GPU throughput runs
     "7b": dict(

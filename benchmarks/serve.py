@@ -25,10 +25,10 @@ from ray import serve
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.serve import ServeConfig, application
 from qpeft import storage
-from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
-from qpeft.hardware import detect
-from qpeft.model import QPeftModel
+from qpeft.lm.backbone import load_backbone
+from qpeft.lm.hardware import detect
+from qpeft.scoring.model import QPeftModel
 
 PORT = 8437
 

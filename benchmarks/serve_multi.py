@@ -24,14 +24,14 @@ from serve import load, requests_from  # benchmarks/serve.py, beside this script
 
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.serve import ServeConfig, application
-from qpeft.adapter_cache import AdapterCache
 from qpeft.adapters.attention import QueryAttention
-from qpeft.backbone import load_backbone
-from qpeft.checkpoint import WEIGHTS_NAME, save_adapter
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
-from qpeft.hardware import detect
-from qpeft.model import QPeftModel
-from qpeft.template import Template
+from qpeft.lm.backbone import load_backbone
+from qpeft.lm.hardware import detect
+from qpeft.lm.template import Template
+from qpeft.loading.adapter_cache import AdapterCache
+from qpeft.loading.checkpoint import WEIGHTS_NAME, save_adapter
+from qpeft.scoring.model import QPeftModel
 
 PORT = 8438
 

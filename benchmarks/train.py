@@ -27,7 +27,7 @@ import torch
 import pipelines.train
 from pipelines.train import TrainRunConfig, train
 from qpeft.config import from_dict
-from qpeft.hardware import detect
+from qpeft.lm.hardware import detect
 
 
 def run(

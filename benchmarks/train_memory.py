@@ -24,8 +24,8 @@ import torch
 from pipelines.prepare import PrepareConfig, prepare
 from pipelines.train import TrainRunConfig, train
 from qpeft.config import from_dict, load_config
-from qpeft.hardware import detect
-from qpeft.training import TrainSettings
+from qpeft.lm.hardware import detect
+from qpeft.training.loop import TrainSettings
 
 ONE_PASS = 10**9
 

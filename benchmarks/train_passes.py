@@ -3,10 +3,10 @@
 With hints as a suffix, no trained weight of Q-PEFT-R or Q-PEFT-A reaches the document
 prefix `<bos> P "Passage: " d " \\n"`: training computes it without autograd and
 back-propagates through the hint block, "Question:" and the label only
-(`qpeft.model.run_decoder`). This script runs `qpeft.training.backward_step` on the same
-training groups both ways in one process (the full pass by collating without the prefix
-split, as training did before) and prints training pairs/s, peak RSS growth, their ratio
-and the largest gradient difference (they must agree).
+(`qpeft.scoring.model.run_decoder`). This script runs `qpeft.training.loop.backward_step`
+on the same training groups both ways in one process (the full pass by collating without
+the prefix split, as training did before) and prints training pairs/s, peak RSS growth,
+their ratio and the largest gradient difference (they must agree).
 
     python benchmarks/train_passes.py --prepared runs/prepare/nfcorpus-hybrid
     python benchmarks/train_passes.py --prepared runs/prepare/nfcorpus-hybrid --method qpeft_r
@@ -25,13 +25,13 @@ import torch
 from scoring import PeakMemory  # benchmarks/ is sys.path[0] when run as a script
 
 from qpeft.artifacts import PreparedData
-from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, LossConfig, ModelConfig, TemplateConfig
-from qpeft.engines import TorchEngine
-from qpeft.hardware import detect
-from qpeft.model import QPeftModel
-from qpeft.template import Template
-from qpeft.training import TrainSettings, backward_step, groups_from_rows
+from qpeft.lm.backbone import load_backbone
+from qpeft.lm.hardware import detect
+from qpeft.lm.template import Template
+from qpeft.scoring.model import QPeftModel
+from qpeft.training.engines import TorchEngine
+from qpeft.training.loop import TrainSettings, backward_step, groups_from_rows
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ from qpeft.config import (
 from qpeft.data.first_stage import FirstStageConfig
 from qpeft.data.sources import SourceConfig
 from qpeft.methods import trainable_methods
-from qpeft.training import TrainSettings
+from qpeft.training.loop import TrainSettings
 
 
 @dataclass

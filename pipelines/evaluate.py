@@ -26,6 +26,7 @@ from qpeft.config import ConfigError, to_dict
 from qpeft.data.readers import DataError, read_trec_qrels
 from qpeft.data.runs import Run, read_run
 from qpeft.data.sources import full_text
+from qpeft.loading.model_card import CONFIG_NAME, record_evaluation
 from qpeft.metrics import (
     DEFAULT_MEASURES,
     Qrels,
@@ -35,7 +36,6 @@ from qpeft.metrics import (
     ranked,
 )
 from qpeft.metrics import evaluate as measure_run
-from qpeft.model_card import CONFIG_NAME, record_evaluation
 
 
 @dataclass

@@ -48,8 +48,8 @@ from qpeft.data.readers import DataError
 from qpeft.data.sources import Part, SourceConfig, parts
 from qpeft.data.splits import SPLITS, split_of
 from qpeft.input_check import check_queries
-from qpeft.packaged import PACKAGED_EMBEDDERS
-from qpeft.template import Template
+from qpeft.lm.packaged import PACKAGED_EMBEDDERS
+from qpeft.lm.template import Template
 
 
 @dataclass
@@ -85,7 +85,7 @@ class PrepareConfig:
 
 def query_lengths(cfg: PrepareConfig, root: str) -> dict:
     """Queries over the template's limit, by split, for the configured tokenizer."""
-    from qpeft.backbone import load_tokenizer
+    from qpeft.lm.backbone import load_tokenizer
 
     prepared = PreparedData(root)
     where = prepared.path(prepared.QUERIES)

@@ -54,13 +54,6 @@ from pipelines.rerank_shards import (
 from pipelines.step import claimed
 from qpeft import storage
 from qpeft.artifacts import PreparedData, RerankRun
-from qpeft.checkpoint import (
-    WEIGHTS_NAME,
-    adapter_location,
-    adapter_reference,
-    read_adapter_config,
-    reranker_configs,
-)
 from qpeft.config import (
     ConfigError,
     ModelConfig,
@@ -72,8 +65,15 @@ from qpeft.config import (
 from qpeft.data.readers import DataError
 from qpeft.data.runs import write_trec_run
 from qpeft.input_check import QueryCheck, check_queries
+from qpeft.lm.template import Template
+from qpeft.loading.checkpoint import (
+    WEIGHTS_NAME,
+    adapter_location,
+    adapter_reference,
+    read_adapter_config,
+    reranker_configs,
+)
 from qpeft.methods import METHODS, trainable_methods
-from qpeft.template import Template
 
 
 @dataclass
@@ -250,7 +250,7 @@ def check_rerank_queries(
 ) -> QueryCheck:
     """The plan's queries against the template (the adapter's own, for a trained method)
     and its long-query policy, in the driver, before any actor loads the model."""
-    from qpeft.backbone import load_tokenizer
+    from qpeft.lm.backbone import load_tokenizer
 
     template_cfg, adapter_cfg = reranker_configs(cfg.template, cfg.rerank.adapter_dir)
     where = prepared.path(prepared.QUERIES)
@@ -428,7 +428,7 @@ def score_missing_shards(
     results = [already_complete(job, prepared, start) for job in jobs]
     pending = [job for job, counts in zip(jobs, results, strict=True) if counts is None]
     if any(job.section.method != FIRST_STAGE for job in pending):
-        from qpeft.backbone import pin_model
+        from qpeft.lm.backbone import pin_model
 
         # The actors only read the model cache; the driver fills it once.
         cfg = replace(cfg, model=pin_model(cfg.model))

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from qpeft import storage
 from qpeft.artifacts import PreparedData, RerankRun
-from qpeft.checkpoint import read_adapter_config
 from qpeft.config import ConfigError
 from qpeft.data.runs import write_trec_run
-from qpeft.fusion import choose_weight, fuse
+from qpeft.loading.checkpoint import read_adapter_config
 from qpeft.metrics import Run, ranked
+from qpeft.scoring.fusion import choose_weight, fuse
 
 CHOOSE = "choose"
 

@@ -1,7 +1,7 @@
 """The Ray Data UDF of `qpeft rerank`: every system of a job scores a batch of candidates.
 
 One actor holds one frozen LM and every system's adapter on it. A batch's pairs are
-scored for all systems in one mixed pass (`qpeft.mixed`): each document's prefix is
+scored for all systems in one mixed pass (`qpeft.scoring.mixed`): each document's prefix is
 computed once for every system that reads it alike (zero-shot, Q-PEFT-R, Q-PEFT-A), so a
 job of several systems costs little more than one. A lone LoRA system scores on its own
 LM; the first stage passes its own scores through.
@@ -79,10 +79,10 @@ class SystemsScorer:
         import torch
 
         from pipelines.rerank import RerankConfig
-        from qpeft.backbone import load_backbone
-        from qpeft.checkpoint import load_reranker
         from qpeft.config import from_dict
-        from qpeft.model import describe_prefix_budget
+        from qpeft.lm.backbone import load_backbone
+        from qpeft.loading.checkpoint import load_reranker
+        from qpeft.scoring.model import describe_prefix_budget
 
         cfg = from_dict(RerankConfig, config)
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // cfg.rerank.num_actors))
@@ -100,8 +100,8 @@ class SystemsScorer:
         print(describe_prefix_budget(backbone, cfg.scoring.prefix_token_budget), flush=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from qpeft.mixed import score_mixed
-        from qpeft.scoring import score_with
+        from qpeft.scoring.mixed import score_mixed
+        from qpeft.scoring.scorer import score_with
 
         queries = batch.column("query").to_pylist()
         docs = batch.column("text").to_pylist()

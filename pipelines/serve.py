@@ -2,12 +2,12 @@
 
 A Ray Serve deployment holds the frozen backbone once, a default adapter (or none:
 zero-shot) and, with `serve.adapter_root`, any adapter under that root that a request names
-in `model` (`qpeft.adapter_cache`: loaded on first use, an LRU bounded by bytes and count).
+in `model` (`qpeft.loading.adapter_cache`: loaded on first use, an LRU bounded by bytes and count).
 It answers `POST /v1/rerank` in the Cohere/Jina shape. Every (query, document) pair of
 every request is tokenized by its adapter and checked in the request's own handler, then
 queued for `@serve.batch`, which groups pairs across concurrent requests, whatever their
 adapters, up to a token budget; the batch runs the frozen LM once for all of them
-(`qpeft.mixed`) in a worker thread, and each request gathers its pairs' scores back in
+(`qpeft.scoring.mixed`) in a worker thread, and each request gathers its pairs' scores back in
 order. Bad input is answered with a 4xx naming the field before anything is queued, so it
 never touches another request's batch.
 """
@@ -40,8 +40,6 @@ from pipelines.serve_api import (
     set_request_byte_limit,
 )
 from qpeft import __version__, storage
-from qpeft.adapter_cache import ZERO_SHOT, AdapterNotFoundError, AdapterUnusableError
-from qpeft.checkpoint import adapter_reference
 from qpeft.config import (
     ConfigError,
     ModelConfig,
@@ -51,9 +49,11 @@ from qpeft.config import (
     load_config,
     to_dict,
 )
-from qpeft.fusion import fuse
-from qpeft.model import QPeftModel
-from qpeft.template import PairLayout, QueryTooLongError
+from qpeft.lm.template import PairLayout, QueryTooLongError
+from qpeft.loading.adapter_cache import ZERO_SHOT, AdapterNotFoundError, AdapterUnusableError
+from qpeft.loading.checkpoint import adapter_reference
+from qpeft.scoring.fusion import fuse
+from qpeft.scoring.model import QPeftModel
 
 
 @dataclass
@@ -154,7 +154,7 @@ api.add_middleware(BodySizeLimit, limit=request_byte_limit)
 
 def fused_scores(lm: list[float], first_stage: list[float], weight: float) -> list[float]:
     """One request's documents are one query's candidate list: min-max per system over
-    them, then the weighted sum (qpeft/fusion.py). Defined above `Reranker`: Serve copies
+    them, then the weighted sum (qpeft/scoring/fusion.py). Defined above `Reranker`: Serve copies
     the class with the globals that exist when it is decorated."""
     keys = [str(i) for i in range(len(lm))]
     fused = fuse(
@@ -171,9 +171,9 @@ class Reranker:
     def __init__(self, config: dict):
         import torch
 
-        from qpeft.adapter_cache import AdapterCache
-        from qpeft.backbone import load_backbone
-        from qpeft.model import describe_prefix_budget
+        from qpeft.lm.backbone import load_backbone
+        from qpeft.loading.adapter_cache import AdapterCache
+        from qpeft.scoring.model import describe_prefix_budget
 
         cfg = from_dict(ServeConfig, config)
         if cfg.serve.threads_per_replica:
@@ -215,10 +215,10 @@ class Reranker:
         return await asyncio.to_thread(self.score_items, items)
 
     def score_items(self, items: list[tuple[QPeftModel, PairLayout]]) -> list[float]:
-        """One frozen-LM pass for the adapters that leave the LM alone (`qpeft.mixed`), and
+        """One frozen-LM pass for the adapters that leave the LM alone (`qpeft.scoring.mixed`), and
         one per LoRA adapter, which carries its own LM."""
-        from qpeft.mixed import score_mixed_layouts
-        from qpeft.scoring import score_layouts
+        from qpeft.scoring.mixed import score_mixed_layouts
+        from qpeft.scoring.scorer import score_layouts
 
         # One LM pass per group: the shared LM (key None), or a LoRA adapter's own LM.
         groups: dict[int | None, list[int]] = {}
@@ -388,7 +388,7 @@ def application(cfg: ServeConfig):
         section = replace(section, fusion=fusion_weight(section.fusion, None))
     if section.adapter_root and not storage.is_uri(section.adapter_root):
         section = replace(section, adapter_root=storage.absolute(section.adapter_root))
-    from qpeft.backbone import pin_model
+    from qpeft.lm.backbone import pin_model
 
     # Replicas only read the model cache; the driver fills it once.
     cfg = replace(cfg, model=pin_model(cfg.model), serve=section)

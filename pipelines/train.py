@@ -42,15 +42,15 @@ from pipelines.step import claimed
 from qpeft import storage
 from qpeft.adapters import adapter_class
 from qpeft.artifacts import PreparedData, TrainingRun, without
-from qpeft.backbone import load_backbone, load_tokenizer, pin_model
 from qpeft.config import ConfigError, ModelConfig, QPeftConfig, conflict, from_dict, to_dict
 from qpeft.data.splits import nested_subset
-from qpeft.engines import DeepSpeedEngine, TorchEngine
 from qpeft.input_check import QueryCheck, check_queries
+from qpeft.lm.backbone import load_backbone, load_tokenizer, pin_model
+from qpeft.lm.template import Template
 from qpeft.methods import METHODS
-from qpeft.model import QPeftModel
-from qpeft.template import Template
-from qpeft.training import (
+from qpeft.scoring.model import QPeftModel
+from qpeft.training.engines import DeepSpeedEngine, TorchEngine
+from qpeft.training.loop import (
     TrainSettings,
     TrainState,
     all_gather,

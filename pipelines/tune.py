@@ -32,7 +32,6 @@ from pipelines.train import (
 )
 from qpeft import storage
 from qpeft.artifacts import TrainingRun
-from qpeft.backbone import pin_model
 from qpeft.config import (
     ConfigError,
     ModelConfig,
@@ -42,6 +41,7 @@ from qpeft.config import (
     set_dotted,
     to_dict,
 )
+from qpeft.lm.backbone import pin_model
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
-from qpeft.losses import LOSSES
 from qpeft.methods import METHODS
+from qpeft.training.losses import LOSSES
 
 
 class ConfigError(ValueError):
@@ -30,7 +30,7 @@ class ModelConfig:
 
     name: str = "smollm2-135m"
     # auto: bfloat16 where the device multiplies in it natively (GPUs; CPUs with AMX or
-    # AVX-512-BF16), float32 elsewhere (qpeft/hardware.py); decided where the model loads.
+    # AVX-512-BF16), float32 elsewhere (qpeft/lm/hardware.py); decided where the model loads.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "cpu"
     trust_remote_code: bool = False
@@ -47,7 +47,7 @@ PLAIN_PROMPT = "please generate a question for the input passage"
 
 @dataclass
 class TemplateConfig:
-    """Text pieces of the (q, d) layout (`qpeft/template.py` draws the default)."""
+    """Text pieces of the (q, d) layout (`qpeft/lm/template.py` draws the default)."""
 
     # P. null: the method's default, `HINT_PROMPT` (the paper's) for the methods that add
     # hints and `PLAIN_PROMPT` for zero-shot and the soft prompt, which have none.
@@ -131,7 +131,7 @@ class AdapterConfig:
 class LossConfig:
     """Training objective over each query's group (positive first, then negatives)."""
 
-    kind: str = "pairwise"  # a name in qpeft.losses.LOSSES
+    kind: str = "pairwise"  # a name in qpeft.training.losses.LOSSES
     # The pairwise hinge's margin; null: DEFAULT_MARGIN. Only `pairwise` has one: a margin
     # set with another loss is refused, since it would silently do nothing.
     margin: float | None = None
@@ -168,7 +168,7 @@ class ScoringConfig:
     share_prefix: bool | None = None
     # Document-major scoring holds the keys and values of at most this many prefix tokens
     # at once (a batch's rows x its longest document prefix); the bytes are layers x 2 x
-    # kv_heads x head_dim x tokens x dtype bytes (`qpeft.model.prefix_bytes_per_token`).
+    # kv_heads x head_dim x tokens x dtype bytes (`qpeft.scoring.model.prefix_bytes_per_token`).
     # It must hold one pair's prefix: at least template.max_length.
     prefix_token_budget: int = 8192
 

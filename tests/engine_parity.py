@@ -13,15 +13,15 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from qpeft import engines
-from qpeft.backbone import load_backbone
-from qpeft.checkpoint import load_adapter, save_adapter
 from qpeft.config import AdapterConfig, LossConfig, ModelConfig, TemplateConfig
-from qpeft.engines import DeepSpeedEngine, TorchEngine
-from qpeft.losses import TrainingGroup
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
-from qpeft.training import TrainSettings, backward_step
+from qpeft.lm.backbone import load_backbone
+from qpeft.loading.checkpoint import load_adapter, save_adapter
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import score_pairs
+from qpeft.training import engines
+from qpeft.training.engines import DeepSpeedEngine, TorchEngine
+from qpeft.training.loop import TrainSettings, backward_step
+from qpeft.training.losses import TrainingGroup
 from tests.conftest import TINY_TEMPLATE
 from tests.synthetic import CONTENT
 

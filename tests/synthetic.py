@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from qpeft.backbone import tiny_backbone
 from qpeft.data import schemas
+from qpeft.lm.backbone import tiny_backbone
 from tests.conftest import TEMPLATE_WORDS
 
 CONTENT = [f"w{i}" for i in range(40)]

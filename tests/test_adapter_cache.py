@@ -1,4 +1,4 @@
-"""Adapters by name on one frozen LM (`qpeft.adapter_cache`): loaded on first use, an LRU
+"""Adapters by name on one frozen LM (`qpeft.loading.adapter_cache`): loaded on first use, an LRU
 bounded by count and bytes, new folders found without a restart, bad ones refused by name
 while the others keep serving."""
 
@@ -11,18 +11,18 @@ import torch
 from conftest import TINY_TEMPLATE, WORDS, build_model, moved_off_start
 from safetensors.torch import save_file
 
-from qpeft.adapter_cache import (
+from qpeft.config import TemplateConfig
+from qpeft.lm.backbone import tiny_backbone
+from qpeft.loading.adapter_cache import (
     ZERO_SHOT,
     AdapterCache,
     AdapterNotFoundError,
     AdapterUnusableError,
     resident_bytes,
 )
-from qpeft.backbone import tiny_backbone
-from qpeft.checkpoint import CONFIG_NAME, FORMAT, WEIGHTS_NAME, save_adapter
-from qpeft.config import TemplateConfig
-from qpeft.mixed import score_mixed
-from qpeft.scoring import score_pairs
+from qpeft.loading.checkpoint import CONFIG_NAME, FORMAT, WEIGHTS_NAME, save_adapter
+from qpeft.scoring.mixed import score_mixed
+from qpeft.scoring.scorer import score_pairs
 
 QUERIES = ["what is flow", "heat wing"]
 DOCS = ["wing flow heat boundary layer", "the wing"]

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from qpeft.config import LossConfig
-from qpeft.losses import TrainingGroup, group_pairs, ranking_loss
+from qpeft.lm.template import Segment
 from qpeft.methods import METHODS
-from qpeft.model import assemble_inputs, log_likelihood
-from qpeft.template import Segment
+from qpeft.scoring.model import assemble_inputs, log_likelihood
+from qpeft.training.losses import TrainingGroup, group_pairs, ranking_loss
 from tests.conftest import build_model
 
 

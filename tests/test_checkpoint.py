@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qpeft.backbone import tiny_backbone
-from qpeft.checkpoint import (
+from qpeft.lm.backbone import tiny_backbone
+from qpeft.loading.checkpoint import (
     CARD_NAME,
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -18,7 +18,7 @@ from qpeft.checkpoint import (
     save_adapter,
 )
 from qpeft.methods import METHODS
-from qpeft.scoring import score_pairs
+from qpeft.scoring.scorer import score_pairs
 from tests.conftest import WORDS, build_model
 
 QUERIES = ["what is flow", "heat", "alpha"]

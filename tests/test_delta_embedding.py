@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from qpeft.adapters import adapter_class
-from qpeft.checkpoint import WEIGHTS_NAME, load_adapter, save_adapter
-from qpeft.scoring import score_pairs
+from qpeft.loading.checkpoint import WEIGHTS_NAME, load_adapter, save_adapter
+from qpeft.scoring.scorer import score_pairs
 from tests.conftest import build_model
 
 QUERIES = ["what is flow", "heat of wing", "boundary layer"]
@@ -25,7 +25,7 @@ def ids_of(tiny, words: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", ["qpeft_a", "qpeft_r"])
 def test_sparse_delta_scores_equal_a_dense_table_with_the_same_weights(tiny, method):
-    from qpeft.model import QPeftModel
+    from qpeft.scoring.model import QPeftModel
 
     rows = ids_of(tiny, " ".join(QUERIES) + " hints:")
     base = build_model(tiny, method, **({"dropout": 0.0} if method == "qpeft_a" else {}))
@@ -46,7 +46,7 @@ def test_sparse_delta_scores_equal_a_dense_table_with_the_same_weights(tiny, met
 
 
 def test_only_reached_rows_get_gradients_and_are_saved(tiny, tmp_path):
-    from qpeft.model import QPeftModel
+    from qpeft.scoring.model import QPeftModel
 
     rows = ids_of(tiny, "what is flow heat of wing boundary layer hints:")
     base = build_model(tiny, "qpeft_a", dropout=0.0)

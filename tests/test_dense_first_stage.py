@@ -161,7 +161,7 @@ def test_a_missing_model_package_names_the_pip_line(monkeypatch):
 
     from pipelines.prepare import check_first_stage
     from qpeft.data.first_stage import FirstStageConfig
-    from qpeft.packaged import ModelSetupError
+    from qpeft.lm.packaged import ModelSetupError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from qpeft.config import ConfigError, LossConfig, ScoringConfig, TemplateConfig, validate
-from qpeft.losses import ranking_loss
-from qpeft.losses.groups import TrainingGroup, group_pairs
-from qpeft.mixed import score_mixed
-from qpeft.model import log_likelihood, prefix_bytes_per_token
-from qpeft.scoring import document_batches, score_pairs
-from qpeft.template import Segment
+from qpeft.lm.template import Segment
+from qpeft.scoring.mixed import score_mixed
+from qpeft.scoring.model import log_likelihood, prefix_bytes_per_token
+from qpeft.scoring.scorer import document_batches, score_pairs
+from qpeft.training.losses import ranking_loss
+from qpeft.training.losses.groups import TrainingGroup, group_pairs
 from tests.conftest import build_model, moved_off_start
 
 # Documents shared by queries of different lengths, documents of mixed lengths, an empty
@@ -177,7 +177,7 @@ def test_the_loss_over_document_major_batches_is_the_same_number(tiny):
 def test_micro_batches_count_the_tokens_back_propagated_through(tiny):
     """Q-PEFT back-propagates through the part after the document only, so a token budget
     packs more of its pairs; the soft prompt's prefix is trained, so it counts them all."""
-    from qpeft.training import plan_micro_batches
+    from qpeft.training.loop import plan_micro_batches
 
     groups = [
         TrainingGroup(f"q{i}", QUERIES[i], (f"p{i}", DOCS[i]), [("n", DOCS[(i + 1) % 5])])

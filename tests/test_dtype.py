@@ -6,11 +6,11 @@ import copy
 import pytest
 import torch
 
-from qpeft.backbone import tiny_backbone
 from qpeft.config import AdapterConfig, ConfigError, ModelConfig, TemplateConfig, from_dict
-from qpeft.hardware import Hardware, resolve_dtype
+from qpeft.lm.backbone import tiny_backbone
+from qpeft.lm.hardware import Hardware, resolve_dtype
 from qpeft.methods import trainable_methods
-from qpeft.model import QPeftModel, log_likelihood
+from qpeft.scoring.model import QPeftModel, log_likelihood
 from tests.conftest import TINY_TEMPLATE, WORDS
 
 AVX2 = Hardware("AMD EPYC", frozenset({"avx2", "fma"}), None)

@@ -188,8 +188,8 @@ def test_evaluate_errors_name_the_field(tmp_path, capsys):
 def test_evaluate_records_an_adapters_figures_in_its_model_card(tiny, tmp_path, capsys):
     import yaml
 
-    from qpeft.checkpoint import CARD_NAME, save_adapter
-    from qpeft.model_card import EVALUATIONS_NAME
+    from qpeft.loading.checkpoint import CARD_NAME, save_adapter
+    from qpeft.loading.model_card import EVALUATIONS_NAME
     from tests.conftest import build_model
 
     write_prepared_qa(tmp_path / "prepared")

@@ -1,7 +1,7 @@
 """Interpolation with the first stage: rank-safe per query, weight chosen on dev."""
 
-from qpeft.fusion import choose_weight, fuse, normalised
 from qpeft.metrics import ranked
+from qpeft.scoring.fusion import choose_weight, fuse, normalised
 
 LM = {"q1": {"a": -2.0, "b": -1.0, "c": -3.0}, "q2": {"x": -0.5, "y": -0.7}}
 BM25 = {"q1": {"a": 12.0, "b": 3.0, "c": 7.0}, "q2": {"x": 1.0, "y": 9.0}}

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import build_model
 
-from qpeft.checkpoint import CONFIG_NAME, load_adapter, save_adapter
 from qpeft.config import HINT_PROMPT, PLAIN_PROMPT, ConfigError, TemplateConfig
-from qpeft.gated_attention import GATED_ATTENTION
-from qpeft.model import log_likelihood
-from qpeft.scoring import score_layouts, score_pairs
+from qpeft.lm.gated_attention import GATED_ATTENTION
+from qpeft.loading.checkpoint import CONFIG_NAME, load_adapter, save_adapter
+from qpeft.scoring.model import log_likelihood
+from qpeft.scoring.scorer import score_layouts, score_pairs
 
 QUERIES = ["what is flow", "heat wing", "boundary layer flow"]
 DOCS = ["wing flow heat boundary layer", "the wing", "flow of heat in a boundary layer"]
@@ -125,7 +125,7 @@ def test_a_gated_adapter_round_trips_with_its_gate(tiny, tmp_path):
 
 
 def test_the_gate_trains_at_its_own_rate(tiny):
-    from qpeft.training import DEFAULT_GATE_LR, TrainSettings, parameter_groups
+    from qpeft.training.loop import DEFAULT_GATE_LR, TrainSettings, parameter_groups
 
     model = build_model(tiny, "qpeft_a")
     groups = parameter_groups(model.adapter, TrainSettings(lr=1e-3, gate_lr=1e-2))

@@ -5,11 +5,11 @@ GGUF once, about 40 s)."""
 import pytest
 import torch
 
-from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
-from qpeft.template import Segment
+from qpeft.lm.backbone import load_backbone
+from qpeft.lm.template import Segment
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import score_pairs
 from tests.test_smollm2 import PASSAGES, QUERIES
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from peft import PeftModel
 
-from qpeft.checkpoint import load_adapter, save_adapter
 from qpeft.config import AdapterConfig, TemplateConfig
-from qpeft.model import QPeftModel, log_likelihood
-from qpeft.scoring import score_pairs
+from qpeft.loading.checkpoint import load_adapter, save_adapter
+from qpeft.scoring.model import QPeftModel, log_likelihood
+from qpeft.scoring.scorer import score_pairs
 from tests.conftest import TINY_TEMPLATE, build_model
 
 QUERIES = ["what is flow", "heat", "boundary layer of flow"]

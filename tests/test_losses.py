@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from qpeft.config import ConfigError, LossConfig, from_dict
-from qpeft.losses import LOSSES, LossScale, TrainingGroup, group_pairs, ranking_loss
-from qpeft.losses.listwise import listwise_softmax
-from qpeft.losses.pairwise import pairwise_hinge
+from qpeft.training.losses import LOSSES, LossScale, TrainingGroup, group_pairs, ranking_loss
+from qpeft.training.losses.listwise import listwise_softmax
+from qpeft.training.losses.pairwise import pairwise_hinge
 
 
 def test_pairwise_hinge_matches_hand_computation():

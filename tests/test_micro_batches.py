@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from qpeft.config import LossConfig
-from qpeft.engines import TorchEngine
-from qpeft.losses import TrainingGroup, group_pairs, ranking_loss
-from qpeft.training import (
+from qpeft.training.engines import TorchEngine
+from qpeft.training.loop import (
     TrainSettings,
     backward_step,
     batch_loss,
     plan_micro_batches,
     token_micro_batches,
 )
+from qpeft.training.losses import TrainingGroup, group_pairs, ranking_loss
 from tests.conftest import WORDS, build_model
 
 CONTENT = WORDS[13:]
@@ -128,7 +128,7 @@ def ddp_rank(rank: int, world: int, out: str) -> None:
 
     import torch.distributed as dist
 
-    from qpeft.backbone import tiny_backbone
+    from qpeft.lm.backbone import tiny_backbone
 
     faulthandler.dump_traceback_later(80)  # a hang shows where each rank stands
     if os.path.exists("/sys/class/net/lo"):  # loopback only: the host name may not route

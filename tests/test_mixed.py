@@ -1,4 +1,4 @@
-"""Pairs of several adapters in one forward pass of the frozen LM (`qpeft.mixed`): each
+"""Pairs of several adapters in one forward pass of the frozen LM (`qpeft.scoring.mixed`): each
 adapter's scores equal its scores alone, zero-shot rows included, and LoRA is refused."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from conftest import build_model, moved_off_start
 
-from qpeft.mixed import UnmixableAdapterError, common_prefix, score_mixed
-from qpeft.scoring import score_pairs
+from qpeft.scoring.mixed import UnmixableAdapterError, common_prefix, score_mixed
+from qpeft.scoring.scorer import score_pairs
 
 QUERIES = ["what is flow", "heat wing", "boundary layer flow", "wing", "flow of heat"]
 DOCS = [

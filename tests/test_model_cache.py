@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from qpeft import backbone as backbone_module
-from qpeft.backbone import (
+from qpeft.config import ModelConfig
+from qpeft.lm import backbone as backbone_module
+from qpeft.lm.backbone import (
     COMPLETION_MARKER,
     ModelSetupError,
     convert_packaged,
@@ -22,8 +23,7 @@ from qpeft.backbone import (
     load_backbone,
     pin_model,
 )
-from qpeft.config import ModelConfig
-from qpeft.packaged import PackagedModel
+from qpeft.lm.packaged import PackagedModel
 from tests.synthetic import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ RACER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from qpeft.backbone import load_backbone
+    from qpeft.lm.backbone import load_backbone
     from qpeft.config import ModelConfig
     go = Path(sys.argv[1])
     while not go.exists():  # imports done: start together
@@ -192,7 +192,7 @@ KILLED_CONVERTER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from qpeft import backbone
+    from qpeft.lm import backbone
 
     def dequantize(alias, folder):
         (folder / "model.safetensors").write_bytes(b"half")  # then killed mid-write

@@ -3,7 +3,7 @@
 import pytest
 
 from qpeft.config import ConfigError
-from qpeft.training import TrainSettings, groups_from_rows, make_optimizer
+from qpeft.training.loop import TrainSettings, groups_from_rows, make_optimizer
 from tests.conftest import build_model
 
 ROWS = [

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from pipelines.train import TrainRunConfig
-from qpeft.checkpoint import load_adapter, save_adapter
 from qpeft.config import ConfigError, LossConfig, from_dict
-from qpeft.diagnostics import adapter_diagnostics
-from qpeft.model import assemble_inputs
-from qpeft.training import TrainState, publish_if_best
+from qpeft.loading.checkpoint import load_adapter, save_adapter
+from qpeft.scoring.model import assemble_inputs
+from qpeft.training.diagnostics import adapter_diagnostics
+from qpeft.training.loop import TrainState, publish_if_best
 from tests.conftest import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,11 +8,11 @@ from pipelines.demo import DemoSection
 from pipelines.rerank import RerankSection
 from pipelines.train import TrainRunConfig
 from qpeft.adapters import Adapter, adapter_class
-from qpeft.checkpoint import save_adapter
 from qpeft.config import AdapterConfig, ConfigError, TemplateConfig, from_dict
+from qpeft.loading.checkpoint import save_adapter
 from qpeft.methods import METHODS, Method, trainable_methods
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import score_pairs
 
 
 class ScaledPrompt(Adapter):

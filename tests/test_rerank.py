@@ -18,14 +18,14 @@ from pipelines.rerank_shards import (
     verify,
     write_shard,
 )
-from qpeft.backbone import load_backbone
-from qpeft.checkpoint import load_adapter, save_adapter
 from qpeft.config import AdapterConfig, ConfigError, ModelConfig, TemplateConfig, from_dict
 from qpeft.data.readers import read_trec_run
 from qpeft.data.runs import read_run
-from qpeft.fusion import fuse
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
+from qpeft.lm.backbone import load_backbone
+from qpeft.loading.checkpoint import load_adapter, save_adapter
+from qpeft.scoring.fusion import fuse
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import score_pairs
 from tests.conftest import TINY_TEMPLATE
 from tests.synthetic import save_tiny_model, write_prepared
 

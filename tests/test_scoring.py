@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from qpeft.methods import METHODS
-from qpeft.model import log_likelihood
-from qpeft.scoring import score_batch, score_pairs
+from qpeft.scoring.model import log_likelihood
+from qpeft.scoring.scorer import score_batch, score_pairs
 from tests.conftest import build_model
 
 QUERIES = ["what is wing flow", "heat", "boundary layer of flow and heat", "alpha beta"]

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from pipelines.serve import ServeConfig, application
-from qpeft.backbone import load_backbone
-from qpeft.checkpoint import save_adapter
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig, from_dict
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
+from qpeft.lm.backbone import load_backbone
+from qpeft.loading.checkpoint import save_adapter
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import score_pairs
 from tests.conftest import TINY_TEMPLATE, moved_off_start
 from tests.synthetic import CONTENT, save_tiny_model
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, TemplateConfig
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
+from qpeft.lm.backbone import load_backbone
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import score_pairs
 
 PASSAGES = {
     "aero": "Boundary layer separation on a wing happens when the flow near the surface meets "

@@ -10,11 +10,11 @@ import pytest
 from pipelines.cli import main
 from qpeft import storage
 from qpeft.artifacts import RerankRun
-from qpeft.checkpoint import WEIGHTS_NAME, load_adapter, read_adapter_config, save_adapter
 from qpeft.config import ConfigError
 from qpeft.data.readers import DataError
 from qpeft.data.runs import read_run
-from qpeft.scoring import score_pairs
+from qpeft.loading.checkpoint import WEIGHTS_NAME, load_adapter, read_adapter_config, save_adapter
+from qpeft.scoring.scorer import score_pairs
 from tests.conftest import build_model
 from tests.test_evaluate import QRELS, RUN, write_prepared_qa, write_trec
 

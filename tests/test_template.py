@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qpeft.config import ConfigError, TemplateConfig
-from qpeft.template import QueryTooLongError, Segment, Template
+from qpeft.lm.template import QueryTooLongError, Segment, Template
 from tests.conftest import TINY_TEMPLATE
 
 

@@ -9,10 +9,10 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from qpeft.backbone import load_tokenizer
 from qpeft.config import ModelConfig, TemplateConfig
 from qpeft.data import irds
-from qpeft.template import Segment, Template
+from qpeft.lm.backbone import load_tokenizer
+from qpeft.lm.template import Segment, Template
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipelines.train import TrainRunConfig, train
-from qpeft.backbone import load_backbone
-from qpeft.checkpoint import load_adapter
 from qpeft.config import (
     AdapterConfig,
     ConfigError,
@@ -17,9 +15,11 @@ from qpeft.config import (
     from_dict,
     to_dict,
 )
+from qpeft.lm.backbone import load_backbone
+from qpeft.loading.checkpoint import load_adapter
 from qpeft.metrics import mean_ndcg10
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_pairs
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import score_pairs
 from tests.conftest import TINY_TEMPLATE
 from tests.synthetic import save_tiny_model, write_prepared
 
@@ -164,8 +164,8 @@ def test_skipped_long_queries_are_left_out_of_the_sparse_e_prime(setup, tmp_path
     """With long_queries: skip the driver's check leaves q3 out, and so does the set of
     E' rows training can reach (clipping q3 there would raise)."""
     from pipelines.train import check_training_queries, training_query_ids, training_token_ids
-    from qpeft.backbone import load_tokenizer
-    from qpeft.template import Template
+    from qpeft.lm.backbone import load_tokenizer
+    from qpeft.lm.template import Template
 
     data = write_prepared(tmp_path / "prepared", long_queries=("q3",))
     cfg = run_config({**setup, "data": data}, tmp_path)

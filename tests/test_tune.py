@@ -10,10 +10,10 @@ import yaml
 
 from pipelines.search_space import check_distribution, to_domain
 from pipelines.tune import ResourcesSection, TuneRunConfig, concurrency, sweep
-from qpeft.backbone import load_backbone
-from qpeft.checkpoint import load_adapter
 from qpeft.config import ConfigError, ModelConfig, from_dict, load_config
-from qpeft.scoring import score_pairs
+from qpeft.lm.backbone import load_backbone
+from qpeft.loading.checkpoint import load_adapter
+from qpeft.scoring.scorer import score_pairs
 from tests.conftest import TINY_TEMPLATE
 from tests.synthetic import save_tiny_model, write_prepared
 

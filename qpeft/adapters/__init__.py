@@ -7,10 +7,10 @@ import importlib
 import torch
 
 from qpeft.adapters.base import Adapter, HintBlock
-from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig
+from qpeft.lm.backbone import Backbone
+from qpeft.lm.template import Template
 from qpeft.methods import METHODS
-from qpeft.template import Template
 
 
 def adapter_class(method: str) -> type[Adapter]:

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from qpeft.adapters.base import QueryDependentAdapter, key_mask
-from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig
-from qpeft.template import Batch, Template
+from qpeft.lm.backbone import Backbone
+from qpeft.lm.template import Batch, Template
 
 # The logit of an average-norm token attending to itself (an unrelated token's is near 0):
 # large enough that a hint is about one token. Chosen on Cranfield dev with SmolLM2 (BM25

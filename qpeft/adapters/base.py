@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from qpeft.adapters.delta_embedding import DeltaEmbedding
-from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig
-from qpeft.gated_attention import HintGate, use_gated_attention
-from qpeft.template import Batch, Segment, Template
+from qpeft.lm.backbone import Backbone
+from qpeft.lm.gated_attention import HintGate, use_gated_attention
+from qpeft.lm.template import Batch, Segment, Template
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Adapter(nn.Module):
     # is only reused when no gradients are wanted.
     trains_prefix: ClassVar[bool] = False
     # True where the method puts weights inside the LM (LoRA): its pairs need an LM of their
-    # own, so they are never scored in one pass with other adapters' (`qpeft.mixed`).
+    # own, so they are never scored in one pass with other adapters' (`qpeft.scoring.mixed`).
     changes_lm_weights: ClassVar[bool] = False
 
     def __init__(

@@ -22,9 +22,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from qpeft.adapters.base import Adapter
-from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig
-from qpeft.template import Template
+from qpeft.lm.backbone import Backbone
+from qpeft.lm.template import Template
 
 PEFT_FOLDER = "peft"
 ADAPTER_NAME = "default"

@@ -13,9 +13,9 @@ from peft import PromptTuningConfig, PromptTuningInit, TaskType
 from peft.tuners.prompt_tuning import PromptEmbedding
 
 from qpeft.adapters.base import Adapter
-from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig
-from qpeft.template import Template
+from qpeft.lm.backbone import Backbone
+from qpeft.lm.template import Template
 
 
 class SoftPrompt(Adapter):

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from qpeft.adapters.base import QueryDependentAdapter, key_mask
-from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig
-from qpeft.template import Batch, Template
+from qpeft.lm.backbone import Backbone
+from qpeft.lm.template import Batch, Template
 
 
 def stopword_ids(tokenizer, words: list[str]) -> list[int]:

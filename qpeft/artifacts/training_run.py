@@ -6,7 +6,7 @@ import json
 
 from qpeft import storage
 from qpeft.artifacts.folder import OutputFolder
-from qpeft.model_card import CONFIG_NAME
+from qpeft.loading.model_card import CONFIG_NAME
 
 
 class TrainingRun(OutputFolder):

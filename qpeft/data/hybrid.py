@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qpeft.fusion import WEIGHTS
 from qpeft.metrics import Qrels, Run, mean_ndcg10
+from qpeft.scoring.fusion import WEIGHTS
 
 
 @dataclass(frozen=True)

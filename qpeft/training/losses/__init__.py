@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from qpeft.losses.groups import GroupedPairs, LossScale, TrainingGroup, group_pairs
-from qpeft.losses.listwise import listwise_softmax
-from qpeft.losses.pairwise import pairwise_hinge
+from qpeft.training.losses.groups import GroupedPairs, LossScale, TrainingGroup, group_pairs
+from qpeft.training.losses.listwise import listwise_softmax
+from qpeft.training.losses.pairwise import pairwise_hinge
 
 if TYPE_CHECKING:  # config validates loss.kind against LOSSES
     from qpeft.config import LossConfig

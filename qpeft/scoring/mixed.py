@@ -21,15 +21,15 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from qpeft.model import QPeftModel, assemble_inputs, decode, label_log_likelihood
-from qpeft.scoring import (
+from qpeft.lm.template import Batch, PairLayout, collate_layouts
+from qpeft.scoring.model import QPeftModel, assemble_inputs, decode, label_log_likelihood
+from qpeft.scoring.scorer import (
     BATCH_SIZE,
     PREFIX_TOKEN_BUDGET,
     eval_mode,
     resolve_share_prefix,
     scoring_batches,
 )
-from qpeft.template import Batch, PairLayout, collate_layouts
 
 
 class UnmixableAdapterError(ValueError):
@@ -181,7 +181,7 @@ def score_mixed_layouts(
 
 @contextmanager
 def all_in_eval_mode(models: Sequence[QPeftModel]) -> Iterator[None]:
-    """Every adapter in eval mode for the duration (`qpeft.scoring.eval_mode` for each)."""
+    """Every adapter in eval mode for the duration (`qpeft.scoring.scorer.eval_mode` for each)."""
     with ExitStack() as stack:
         for model in models:
             stack.enter_context(eval_mode(model))

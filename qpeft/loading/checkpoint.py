@@ -19,11 +19,11 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from qpeft import __version__, storage
-from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig, TemplateConfig, from_dict, to_dict
-from qpeft.model import QPeftModel
-from qpeft.model_card import CARD_NAME, CONFIG_NAME, model_card
-from qpeft.packaged import PACKAGED_MODELS
+from qpeft.lm.backbone import Backbone
+from qpeft.lm.packaged import PACKAGED_MODELS
+from qpeft.loading.model_card import CARD_NAME, CONFIG_NAME, model_card
+from qpeft.scoring.model import QPeftModel
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 # 2: E' is saved as the rows it changed (`embed.ids`, `embed.delta`), not a dense table.

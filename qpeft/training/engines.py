@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from qpeft.model import QPeftModel
-from qpeft.training import TrainSettings, load_optimizer, make_optimizer, save_optimizer
+from qpeft.scoring.model import QPeftModel
+from qpeft.training.loop import TrainSettings, load_optimizer, make_optimizer, save_optimizer
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Load the frozen causal LM and its tokenizer.
 
-Three sources: a hub id, a local directory, or a packaged GGUF (`qpeft.packaged`: aliases
+Three sources: a hub id, a local directory, or a packaged GGUF (`qpeft.lm.packaged`: aliases
 `smollm2-135m` and `gemma3-270m`). GGUF loading de-quantizes for ~20-40 s and the result
 cannot be `save_pretrained`-ed, so we copy its state dict into a plain model built from its
 config and cache that as safetensors: later loads take about a second.
@@ -34,8 +34,8 @@ from transformers import (
 )
 
 from qpeft.config import ModelConfig
-from qpeft.hardware import detect, resolve_dtype
-from qpeft.packaged import PACKAGED, PACKAGED_MODELS, ModelSetupError
+from qpeft.lm.hardware import detect, resolve_dtype
+from qpeft.lm.packaged import PACKAGED, PACKAGED_MODELS, ModelSetupError
 
 # Config fields that decide whether an adapter's tensors fit a model (dtype, paths and the
 # transformers version do not).

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from qpeft.model import QPeftModel
-from qpeft.template import Segment
+from qpeft.lm.template import Segment
+from qpeft.scoring.model import QPeftModel
 
 
 @torch.no_grad()

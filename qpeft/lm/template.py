@@ -272,7 +272,7 @@ def collate_layouts(
     prefix_owners: list[int] | None = None,
 ) -> Batch:
     """`Template.collate` for layouts whose first `shared` tokens are the same in every row
-    (layouts of several templates, as in `qpeft.mixed`, pass the length they share).
+    (layouts of several templates, as in `qpeft.scoring.mixed`, pass the length they share).
     `prefix_owners` tells rows whose prefix tokens are equal but embedded differently (a
     soft prompt of each adapter) apart: only rows with equal tokens and owner share."""
     if not share_prefix:

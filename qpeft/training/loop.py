@@ -27,15 +27,15 @@ from safetensors.torch import load_file
 
 from qpeft import storage
 from qpeft.artifacts import PreparedData, TrainingRun
-from qpeft.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, save_adapter
 from qpeft.config import LossConfig, ScoringConfig
-from qpeft.diagnostics import adapter_diagnostics
-from qpeft.fusion import choose_weight
-from qpeft.losses import GroupedPairs, LossScale, TrainingGroup, group_pairs, ranking_loss
+from qpeft.lm.template import PairLayout
+from qpeft.loading.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, save_adapter
 from qpeft.metrics import Qrels, mean_ndcg10
-from qpeft.model import QPeftModel
-from qpeft.scoring import score_with
-from qpeft.template import PairLayout
+from qpeft.scoring.fusion import choose_weight
+from qpeft.scoring.model import QPeftModel
+from qpeft.scoring.scorer import score_with
+from qpeft.training.diagnostics import adapter_diagnostics
+from qpeft.training.losses import GroupedPairs, LossScale, TrainingGroup, group_pairs, ranking_loss
 
 # The hint gate's learning rate when `train.gate_lr` is null.
 DEFAULT_GATE_LR = 1.0e-2
@@ -260,7 +260,7 @@ def backward_step(
     def nll_of(rows: list[int]) -> torch.Tensor:
         # Prefixes in columns of their own: where no trained weight shapes them (Q-PEFT-R
         # and -A with suffix hints) they run without gradients and the backward pass covers
-        # the hint block, the question and the label only (`qpeft.model.run_decoder`).
+        # the hint block, the question and the label only (`qpeft.scoring.model.run_decoder`).
         batch = qpeft.template.collate([layouts[i] for i in rows])
         return -engine.module(batch.to(device)).float()
 

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from qpeft.adapters import Adapter, build_adapter
-from qpeft.backbone import Backbone
 from qpeft.config import AdapterConfig, TemplateConfig
-from qpeft.template import Batch, PairLayout, Segment, Template
+from qpeft.lm.backbone import Backbone
+from qpeft.lm.template import Batch, PairLayout, Segment, Template
 
 
 class QPeftModel(nn.Module):
@@ -107,7 +107,7 @@ def run_decoder(
     numbers equal a full pass, with fewer FLOPs), except when training a method whose
     weights shape them (soft prompt, LoRA): the prefix runs without gradients, so training
     back-propagates through the hint block, the question and the label only.
-    A gated adapter's hint block is read through its gate (`qpeft.gated_attention`).
+    A gated adapter's hint block is read through its gate (`qpeft.lm.gated_attention`).
     """
     gate = model.adapter.hint_gate()
     reuse_prefix = not (model.adapter.trains_prefix and torch.is_grad_enabled())
@@ -124,7 +124,7 @@ def decode(
     reuse_prefix: bool = True,
 ) -> torch.Tensor:
     """The decoder pass behind `run_decoder`, for rows that may belong to several adapters
-    (`qpeft.mixed`): `gate` is (layers, heads) for every row or (B, layers, heads) per row,
+    (`qpeft.scoring.mixed`): `gate` is (layers, heads) for every row or (B, layers, heads) per row,
     and only the hint slots of `gated_rows` ((B,) bool; None: every row) are read through
     it; other rows' hint slots, if any, are plain input tokens (the paper's layout)."""
     decoder = backbone.decoder
