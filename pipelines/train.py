@@ -351,9 +351,16 @@ def train_loop(loop_config: dict) -> None:
             result = backward_step(engine, qpeft, groups, cfg.loss, settings.micro_batch_tokens)
             if not all(math.isfinite(loss) for loss in all_gather(result.loss, world)):
                 # Every rank sees every rank's loss, so all of them stop here together,
-                # before a NaN update: the last checkpoint reported stays the last good one.
+                # before a NaN update: the weights are still those of the last good step,
+                # and the checkpoint taken of them says where training stopped.
                 state.diverged_at_step = state.step + 1
-                ray.train.report({"diverged_at_step": state.diverged_at_step})
+                save_checkpoint(
+                    engine,
+                    qpeft,
+                    state,
+                    rank,
+                    {"step": state.step, "diverged_at_step": state.diverged_at_step},
+                )
                 if rank == 0:
                     print(
                         f"[train] the loss is not finite at step {state.diverged_at_step} "
@@ -517,7 +524,6 @@ def fit(
     adapter = out.adapter_dir  # published by rank 0 at each new best
     with result.checkpoint.as_directory() as ckpt:
         state = TrainState.load(Path(ckpt))
-    diverged_at = (result.metrics or {}).get("diverged_at_step")
     summary = {
         "adapter": adapter,
         "best_dev_ndcg10": state.best_ndcg10,
@@ -527,7 +533,7 @@ def fit(
         "stopped_early": state.stopped_early,
         # The loss turned NaN (or infinite) at this step; training stopped before it, and
         # the run's last checkpoint is the last good one (at `steps`).
-        "diverged_at_step": diverged_at,
+        "diverged_at_step": state.diverged_at_step,
         "resumed_at": state.resumed_at or [],
         "train_queries": len(query_ids),
         # This invocation's wall time (a resumed run's earlier sessions are not in it).

@@ -5,6 +5,7 @@ import json
 
 import pyarrow.dataset as pads
 import pytest
+from safetensors.torch import load_file
 
 from pipelines.train import TrainRunConfig, train
 from qpeft.config import (
@@ -16,7 +17,7 @@ from qpeft.config import (
     to_dict,
 )
 from qpeft.lm.backbone import load_backbone
-from qpeft.loading.checkpoint import load_adapter
+from qpeft.loading.checkpoint import WEIGHTS_NAME, load_adapter
 from qpeft.metrics import mean_ndcg10
 from qpeft.scoring.model import QPeftModel
 from qpeft.scoring.scorer import score_pairs
@@ -217,12 +218,14 @@ def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(
     diverged = summary["diverged_at_step"]
     assert diverged is not None and diverged == summary["steps"] + 1
     assert diverged < 2 * (32 // (4 * 2))  # it stopped before the end
+    # The last checkpoint holds the weights of the last good step (the NaN update was never
+    # taken) and says where training stopped.
     run_dir = tmp_path / "storage" / "tiny"
-    steps = []
-    for checkpoint in run_dir.glob("checkpoint_*"):
-        state = json.loads((checkpoint / "train_state.json").read_text())
-        steps.append(state["step"])
-    assert max(steps) == summary["steps"]
+    latest = max(p for p in run_dir.glob("checkpoint_*") if p.is_dir())  # named by time
+    last = json.loads((latest / "train_state.json").read_text())
+    assert last["step"] == summary["steps"] and last["diverged_at_step"] == diverged
+    weights = load_file(str(latest / "adapter" / WEIGHTS_NAME))
+    assert all(w.isfinite().all() for w in weights.values())
     # The published adapter is the best dev check's, from before the overflow.
     backbone = load_backbone(ModelConfig(name=setup["model"]))
     kept = load_adapter(summary["adapter"], backbone)
