@@ -100,11 +100,15 @@ def evaluate(
     return results
 
 
+def ndcg10_by_query(qrels: Qrels, run: Run) -> dict[str, float]:
+    """NDCG@10 of each judged query the run ranks."""
+    ranked_judged = {q: docs for q, docs in qrels.items() if run.get(q)}
+    return {q: v["ndcg@10"] for q, v in evaluate(ranked_judged, run, ("ndcg@10",)).items()}
+
+
 def mean_ndcg10(qrels: Qrels, run: Run) -> float:
     """Mean NDCG@10 over the judged queries the run ranks (dev selection during training)."""
-    ranked_judged = {q: docs for q, docs in qrels.items() if run.get(q)}
-    values = evaluate(ranked_judged, run, ("ndcg@10",))
-    return mean([v["ndcg@10"] for v in values.values()])
+    return mean(list(ndcg10_by_query(qrels, run).values()))
 
 
 def mean(values: list[float]) -> float:

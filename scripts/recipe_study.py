@@ -6,7 +6,8 @@ the run's name left out), with the authors' value of each key beside it, read fr
 paper recipe's config (`--paper`). Each row gives the dev check at step 0 and at the kept
 adapter, the fused dev figure, the dev loss, steps, wall time, training pairs/s, and what
 the dev checks measured of the adapter (tanh(g), E' delta against E, hint norm against word
-norm). Writes study.md, study.json and study.png into `--out`.
+norm), and the paired t-test of its kept adapter's per-query dev NDCG@10 against the base
+run's, where both recorded them. Writes study.md, study.json and study.png into `--out`.
 
     python scripts/recipe_study.py --runs results/nfcorpus/recipe/train \\
         --paper results/nfcorpus/recipe/paper.yaml --out results/nfcorpus/recipe
@@ -19,6 +20,8 @@ import json
 from pathlib import Path
 
 import yaml
+
+from qpeft.metrics import paired_t_test
 
 # Where a run lives and what it is called: not part of the recipe.
 NOT_RECIPE = ("run.", "data.", "ray.", "model.cache_dir", "train.engine")
@@ -49,7 +52,7 @@ def changes(config: dict, base: dict) -> dict:
 def run_row(metrics: dict, base: dict, paper: dict) -> dict:
     history = metrics["history"]
     start = history[0]
-    kept = next((h for h in history if h["epoch"] == metrics["best_epoch"]), start)
+    kept = kept_check(metrics)
     trained = [h for h in history if h["step"] > 0]
     last = history[-1]
     changed = changes(metrics["config"], base)
@@ -74,13 +77,32 @@ def run_row(metrics: dict, base: dict, paper: dict) -> dict:
     }
 
 
+def kept_check(metrics: dict) -> dict:
+    """The dev check of the adapter the run kept."""
+    history = metrics["history"]
+    return next((h for h in history if h["epoch"] == metrics["best_epoch"]), history[0])
+
+
+def p_against(metrics: dict, base: dict) -> float | None:
+    """Paired t-test of the kept adapters' per-query dev NDCG@10 (runs that recorded it)."""
+    ours = kept_check(metrics).get("dev_ndcg10_by_query")
+    theirs = kept_check(base).get("dev_ndcg10_by_query")
+    if not ours or not theirs or metrics is base:
+        return None
+    queries = sorted(set(ours) & set(theirs))
+    return paired_t_test([ours[q] for q in queries], [theirs[q] for q in queries])
+
+
 def study_rows(runs: Path, base_name: str, paper: dict) -> list[dict]:
     """One row per finished run, the base run first, the rest by best dev NDCG@10."""
     found = {p.parent.name: json.loads(p.read_text()) for p in runs.glob("*/metrics.json")}
     if base_name not in found:
         raise SystemExit(f"{runs}/{base_name}/metrics.json: the base run is not finished")
-    base = found[base_name]["config"]
-    rows = [{"run": name, **run_row(m, base, paper)} for name, m in found.items()]
+    base = found[base_name]
+    rows = [
+        {"run": name, **run_row(m, base["config"], paper), "p_vs_base": p_against(m, base)}
+        for name, m in found.items()
+    ]
     return sorted(rows, key=lambda r: (r["run"] != base_name, -r["best_dev_ndcg10"]))
 
 
@@ -98,9 +120,9 @@ def markdown(rows: list[dict]) -> str:
     base = rows[0]["best_dev_ndcg10"]
     lines = [
         "| run | method | change (ours) | paper's value | step 0 | best dev NDCG@10 | vs base "
-        "| fused | dev loss (each check) | steps | wall s | train pairs/s | tanh(g) "
+        "| p | fused | dev loss (each check) | steps | wall s | train pairs/s | tanh(g) "
         "| E' delta / E | hint / word norm |",
-        "|" + "---|" * 15,
+        "|" + "---|" * 16,
     ]
     for r in rows:
         paper = "; ".join(f"{json.dumps(v)}" for v in r["paper_values"].values())
@@ -115,6 +137,7 @@ def markdown(rows: list[dict]) -> str:
             cell(r["step0_dev_ndcg10"]),
             best,
             f"{r['best_dev_ndcg10'] - base:+.4f}",
+            cell(r["p_vs_base"], 3),
             cell(r["best_dev_ndcg10_fused"]),
             " -> ".join(f"{x:.3f}" for x in r["dev_loss"]),
             str(r["steps"]),

@@ -155,7 +155,7 @@ def test_diagnostics_see_the_gate_e_prime_and_hint_norms(tiny):
     assert adapter_diagnostics(build_model(tiny, "zero_shot"), QUERIES, DOCS) == {}
 
 
-def metrics(name, dev, config_changes=None, **extra):
+def metrics(name, dev, config_changes=None, by_query=None, **extra):
     config = {
         "adapter": {"method": "qpeft_a", "hint_gate": True},
         "loss": {"kind": "listwise", "margin": None},
@@ -175,6 +175,7 @@ def metrics(name, dev, config_changes=None, **extra):
             "dev_ndcg10_fused": dev + 0.01,
             "train_pairs_per_s": 8.0,
             "gate_tanh_mean": 0.2,
+            **({"dev_ndcg10_by_query": by_query} if by_query else {}),
         },
     ]
     return {
@@ -192,8 +193,10 @@ def metrics(name, dev, config_changes=None, **extra):
 def test_the_study_report_reads_each_runs_change_from_its_config(tmp_path):
     runs = tmp_path / "train"
     for name, m in {
-        "base": metrics("base", 0.31),
-        "gate_off": metrics("gate_off", 0.33, {"adapter.hint_gate": False}),
+        "base": metrics("base", 0.31, by_query={"a": 0.3, "b": 0.3, "c": 0.33}),
+        "gate_off": metrics(
+            "gate_off", 0.33, {"adapter.hint_gate": False}, {"a": 0.4, "b": 0.2, "c": 0.39}
+        ),
         "worse": metrics("worse", 0.25, {"train.lr": 3e-2}, diverged_at_step=40),
     }.items():
         (runs / name).mkdir(parents=True)
@@ -206,6 +209,8 @@ def test_the_study_report_reads_each_runs_change_from_its_config(tmp_path):
     assert rows[1]["changes"] == {"adapter.hint_gate": False}
     assert rows[1]["paper_values"] == {"adapter.hint_gate": False}
     assert rows[2]["changes"] == {"train.lr": 0.03} and rows[2]["best_epoch"] == 0
+    # A paired test where both runs recorded per-query dev figures, none where one did not.
+    assert 0 < rows[1]["p_vs_base"] < 1 and rows[2]["p_vs_base"] is None
     table = (tmp_path / "out" / "study.md").read_text()
     assert "+0.0200" in table and "NaN at step 40" in table
     assert (tmp_path / "out" / "study.png").read_bytes()[:4] == b"\x89PNG"

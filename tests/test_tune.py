@@ -100,9 +100,9 @@ def test_four_trial_asha_sweep_stops_weak_trials_and_exports_the_best(ray_sessio
         "adapter": {"method": "qpeft_r", "k": 3, "hint_gate": False},
         # One rate for E' and the MLP, so the weak trials' 1e-9 really freezes everything.
         "train": {
-            "epochs": 3,
+            "epochs": 2,  # ASHA's rungs at 1 and 2: enough to stop a weak trial early
             "queries_per_batch": 4,
-            "patience": 3,
+            "patience": 2,
             "dev_depth": 5,
             "embedding_lr": None,
         },
@@ -128,7 +128,7 @@ def test_four_trial_asha_sweep_stops_weak_trials_and_exports_the_best(ray_sessio
     trials = result["trials"]
     assert len(trials) == 4
     assert all(not t["status"].startswith("error") for t in trials), trials
-    assert any(t["status"] == "stopped early" and t["epochs"] < 3 for t in trials), trials
+    assert any(t["status"] == "stopped early" and t["epochs"] < 2 for t in trials), trials
     best = result["best"]
     assert best["train.lr"] == 0.03 and best["status"] == "completed"
     weak = [t["best_dev_ndcg10"] for t in trials if t["train.lr"] < 1e-6]

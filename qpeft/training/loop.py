@@ -30,7 +30,7 @@ from qpeft.artifacts import PreparedData, TrainingRun
 from qpeft.config import LossConfig, ScoringConfig
 from qpeft.lm.template import PairLayout
 from qpeft.loading.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, save_adapter
-from qpeft.metrics import Qrels, mean_ndcg10
+from qpeft.metrics import Qrels, mean, ndcg10_by_query
 from qpeft.scoring.fusion import choose_weight
 from qpeft.scoring.model import QPeftModel
 from qpeft.scoring.scorer import score_with
@@ -509,9 +509,12 @@ def evaluate_dev(
     diagnostics = adapter_diagnostics(
         qpeft, [g.query for g in sample], [g.positive[1] for g in sample]
     )
+    by_query = ndcg10_by_query(dev.qrels, merged)
     return {
         **diagnostics,
-        "dev_ndcg10": mean_ndcg10(dev.qrels, merged),
+        "dev_ndcg10": mean(list(by_query.values())),
+        # Per query, rounded: what a paired test between two runs' dev checks reads.
+        "dev_ndcg10_by_query": {q: round(v, 5) for q, v in sorted(by_query.items())},
         "dev_loss": sum(losses) / max(1, len(losses)),
         "dev_queries": len(merged),
         # Interpolation with the first stage, its weight chosen on these dev queries.
