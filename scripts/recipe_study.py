@@ -19,8 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
+from pipelines.train import TrainRunConfig
+from qpeft.config import load_config, to_dict
 from qpeft.metrics import paired_t_test
 
 # Where a run lives and what it is called: not part of the recipe.
@@ -148,6 +148,14 @@ def markdown(rows: list[dict]) -> str:
             cell(r["hint_to_word_norm"], 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Dev NDCG@10 on the dev check's queries; p: paired t-test of the kept adapter's "
+        "per-query dev NDCG@10 against the base run's (blank where a run did not record "
+        "them). The dev loss is each run's own loss (listwise cross-entropy, or hinge plus "
+        "likelihood): compare it between runs of one loss only. tanh(g), E' delta / E and "
+        "hint / word norm are read at the last dev check.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -189,7 +197,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    paper = flatten(yaml.safe_load(args.paper.read_text()))
+    # Through the train config, so keys the paper's file leaves out read as their defaults.
+    paper = flatten(to_dict(load_config(TrainRunConfig, args.paper)))
     rows = study_rows(args.runs, args.base, paper)
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows)

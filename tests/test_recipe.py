@@ -202,7 +202,7 @@ def test_the_study_report_reads_each_runs_change_from_its_config(tmp_path):
         (runs / name).mkdir(parents=True)
         (runs / name / "metrics.json").write_text(json.dumps(m))
     paper = tmp_path / "paper.yaml"
-    paper.write_text("adapter:\n  hint_gate: false\ntrain:\n  lr: 3.0e-2\n")
+    paper.write_text("adapter:\n  hint_gate: false\ntrain:\n  lr: 3.0e-2\n")  # rest: defaults
     load_script().main(["--runs", str(runs), "--paper", str(paper), "--out", str(tmp_path / "out")])
     rows = json.loads((tmp_path / "out" / "study.json").read_text())
     assert [r["run"] for r in rows] == ["base", "gate_off", "worse"]
