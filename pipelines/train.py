@@ -230,9 +230,12 @@ def describe_query_check(check: QueryCheck, template) -> str:
 def save_checkpoint(engine, qpeft: QPeftModel, state: TrainState, rank: int, metrics: dict) -> None:
     """Report metrics to Ray Train with a checkpoint of the current adapter, optimiser and
     training state."""
+    # Ray gets the scalar figures: it would spread a per-query mapping over one column per
+    # query of Tune's tables (the state's history keeps it).
+    scalars = {key: value for key, value in metrics.items() if not isinstance(value, dict)}
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint(Path(tmp), engine, qpeft, state, rank)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        ray.train.report(scalars, checkpoint=Checkpoint.from_directory(tmp))
 
 
 def allreduced_bytes(engine) -> int | None:
