@@ -62,7 +62,7 @@ class PrepareSection:
     )
     split_seed: int = 13
     missing_docs: Literal["fail", "warn"] = "fail"
-    block_rows: int = 2000
+    block_rows: int = 2000  # rows per block read and per file written (embedding resumes by file)
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -151,8 +151,15 @@ class PartsDatasource(Datasource):
 
 
 def read_source(source: SourceConfig, kind: str, schema: pa.Schema, block_rows: int):
-    """A Ray Dataset streaming `kind` records of `source`, one read task per file."""
-    return ray.data.read_datasource(PartsDatasource(parts(source, kind), schema, block_rows))
+    """A Ray Dataset streaming `kind` records of `source`, one read task per file, in blocks
+    of `block_rows`. Asked for no block count, Ray Data splits each block to reach 200:
+    Cranfield's 1,400 documents became 200 files of 7, and every later step paid a task
+    per file (20 s against 1 s to write the corpus alone)."""
+    source_parts = parts(source, kind)
+    return ray.data.read_datasource(
+        PartsDatasource(source_parts, schema, block_rows),
+        override_num_blocks=max(1, len(source_parts)),
+    )
 
 
 def assign_splits(
@@ -323,14 +330,18 @@ def resolved_first_stage(
     return first_stage, record
 
 
-def write_table(out: PreparedData, name: str, dataset, schema: pa.Schema) -> None:
+def write_table(
+    out: PreparedData, name: str, dataset, schema: pa.Schema, rows_per_file: int
+) -> None:
     """A local table appears whole (written under a temporary name, then renamed); an
-    object store cannot rename a folder, so there its `_SUCCESS` alone says it is whole."""
+    object store cannot rename a folder, so there its `_SUCCESS` alone says it is whole.
+    Files hold at most `rows_per_file` rows: the corpus's files are the units that dense
+    embedding resumes by, so a one-file corpus must not become one file."""
     folder = out.path(name)
     target = folder if storage.is_uri(folder) else f"{folder}.partial"
     for stale in {folder, target}:  # what an interrupted attempt left
         storage.remove(stale)
-    dataset.write_parquet(target)
+    dataset.write_parquet(target, max_rows_per_file=rows_per_file)
     if not storage.exists(target):  # no rows: still a readable, empty table of the schema
         fs, inner = storage.resolve(target)
         fs.create_dir(inner)
@@ -371,10 +382,13 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     def read(kind: str, schema: pa.Schema):
         return read_source(source, kind, schema, section.block_rows)
 
+    def write(name: str, dataset, schema: pa.Schema) -> None:
+        write_table(out, name, dataset, schema, section.block_rows)
+
     skipped: dict[str, dict[str, int]] = {}
 
     if not out.table_done(out.CORPUS):
-        write_table(out, out.CORPUS, read("corpus", schemas.CORPUS), schemas.CORPUS)
+        write(out.CORPUS, read("corpus", schemas.CORPUS), schemas.CORPUS)
         log("corpus written", start)
     if not out.table_done(out.QUERIES):
         own = split_assignment(source)
@@ -396,8 +410,7 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
         # The reasons first: a table marked done always has its skip counts beside it.
         reasons = {"empty_query": 0, **skip_reasons(raw)}
         storage.write_text(out.path(out.skipped_name(out.QUERIES)), json.dumps(reasons))
-        write_table(
-            out,
+        write(
             out.QUERIES,
             raw.filter(expr=col("skipped") == "").drop_columns(["skipped"]),
             schemas.QUERIES,
@@ -411,10 +424,10 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
             )
     skipped["queries"] = json.loads(storage.read_text(out.path(out.skipped_name(out.QUERIES))))
     if not out.table_done(out.QRELS):
-        write_table(out, out.QRELS, read("qrels", schemas.QRELS), schemas.QRELS)
+        write(out.QRELS, read("qrels", schemas.QRELS), schemas.QRELS)
         log("qrels written", start)
     if has_run and not out.table_done(out.RUN):
-        write_table(out, out.RUN, read("run", schemas.RUN), schemas.RUN)
+        write(out.RUN, read("run", schemas.RUN), schemas.RUN)
         log("first-stage run written", start)
 
     if source.has_own_splits:
@@ -451,8 +464,7 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
         resources = dense_resources(first_stage.dense)
     actors = {"compute": ActorPoolStrategy(size=1), "batch_format": "pyarrow", **resources}
     if not out.table_done(out.CANDIDATES):
-        write_table(
-            out,
+        write(
             out.CANDIDATES,
             queries.map_batches(
                 Candidates, fn_constructor_kwargs=udf_args, batch_size=512, **actors
@@ -468,7 +480,7 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
         )
         ok = rows.filter(expr=col("skipped") == "").drop_columns(["skipped"])
         storage.write_text(out.path(out.skipped_name(out.GROUPS)), json.dumps(skip_reasons(rows)))
-        write_table(out, out.GROUPS, ok, schemas.GROUPS)
+        write(out.GROUPS, ok, schemas.GROUPS)
         log("training groups written", start)
     skipped["groups"] = json.loads(storage.read_text(out.path(out.skipped_name(out.GROUPS))))
 

@@ -148,8 +148,9 @@ def embedded_shards(first_stage: FirstStageConfig, paths: list[str], expected: d
         ray.data.read_parquet(
             paths,
             include_paths=True,
-            # Corpus shards can be a few documents each (Ray Data's default 200 blocks): one
-            # read task per ~2,000 documents instead of one per file.
+            # Corpus shards can be a few documents each (folders prepared before the read
+            # asked for its block count hold Ray Data's default 200): one read task per
+            # ~2,000 documents instead of one per file.
             override_num_blocks=max(1, min(len(paths), total // READ_ROWS)),
         )
         .select_columns(["doc_id", "title", "text", "path"])

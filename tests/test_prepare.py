@@ -50,6 +50,9 @@ def test_cranfield_offline(ray_session, tmp_path):
         assert qrels[(g["query_id"], g["positive_id"])] >= 1
         assert all(qrels.get((g["query_id"], d), 0) < 1 for d in g["negative_ids"])
     assert json.loads((out / "counts.json").read_text())["documents"] == 1400
+    # One file per block of prepare.block_rows (2,000) documents, not Ray Data's 200 splits.
+    assert len(list((out / "corpus").glob("*.parquet"))) == 1
+    assert len(list((out / "queries").glob("*.parquet"))) == 1
     assert (out / "_SUCCESS").exists()
 
     # Resume: a complete directory is left alone; a missing step is redone alone.
