@@ -31,6 +31,7 @@ from qpeft.scoring.fusion import choose_weight, fuse
 
 FIRST_STAGE = "first_stage"
 MEASURES = ("ndcg@10", "recall@20")
+LABELS = {FIRST_STAGE: "first stage", "zero_shot": "zero-shot"}
 TIE = 0.001  # dev NDCG@10 differences below this do not pay for a deeper rerank
 
 
@@ -66,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", nargs="+", required=True, help="name=rerank run folder")
     parser.add_argument("--depths", nargs="+", type=int, required=True)
     parser.add_argument("--fusion-from", help="the dev study.json whose weights test uses")
+    parser.add_argument(
+        "--against",
+        nargs="*",
+        default=[],
+        help="more systems (raw runs' names) to test every other against, beside the "
+        "first stage and zero-shot",
+    )
     parser.add_argument("--out", required=True)
     return parser.parse_args(argv)
 
@@ -82,7 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
         dev_weights = json.loads(Path(args.fusion_from).read_text())["weights"]
     systems = dict(item.split("=", 1) for item in args.runs)
     rows = {name: read_rows(folder) for name, folder in systems.items()}
-    study: dict = {"split": args.split, "queries": len(qrels), "systems": {}, "weights": {}}
+    against = [FIRST_STAGE, "zero_shot", *args.against]
+    study: dict = {
+        "split": args.split,
+        "queries": len(qrels),
+        "against": against,
+        "systems": {},
+        "weights": {},
+    }
     per_query: dict[tuple[str, int], dict[str, dict[str, float]]] = {}
     for name, folder in systems.items():
         for depth in args.depths:
@@ -107,11 +122,11 @@ def main(argv: list[str] | None = None) -> dict:
         for measure in MEASURES:
             row[measure] = mean([v[measure] for v in values.values()])
         ndcg = [values[q]["ndcg@10"] for q in sorted(values)]
-        for against in (FIRST_STAGE, "zero_shot"):
-            base = per_query.get((against, depth))
-            if base is not None and label != against:
+        for other in against:
+            base = per_query.get((other, depth))
+            if base is not None and label != other:
                 baseline = [base[q]["ndcg@10"] for q in sorted(base)]
-                row[f"p_vs_{against}"] = paired_t_test(ndcg, baseline)
+                row[f"p_vs_{other}"] = paired_t_test(ndcg, baseline)
         table.append(row)
     study["table"] = table
     if args.split != "test":
@@ -131,12 +146,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def markdown(study: dict) -> str:
+    against = study.get("against", [FIRST_STAGE, "zero_shot"])
     lines = [
         f"Rerank depth, split {study['split']}, {study['queries']} judged queries "
         "(p: paired t-test on NDCG@10 at the same depth)",
         "",
-        "| system | depth | NDCG@10 | recall@20 | p vs first stage | p vs zero-shot | weight |",
-        "|---|---|---|---|---|---|---|",
+        "| system | depth | NDCG@10 | recall@20 | "
+        + "".join(f"p vs {LABELS.get(name, name)} | " for name in against)
+        + "weight |",
+        "|---|---|---|---|" + "---|" * len(against) + "---|",
     ]
     for row in study["table"]:
         fused = row["system"].endswith("_fused")
@@ -144,8 +162,9 @@ def markdown(study: dict) -> str:
         weight = study["weights"][key] if fused else ""
         lines.append(
             f"| {row['system']} | {row['depth']} | {row['ndcg@10']:.4f} | "
-            f"{row['recall@20']:.4f} | {_p(row.get('p_vs_first_stage'))} | "
-            f"{_p(row.get('p_vs_zero_shot'))} | {weight} |"
+            f"{row['recall@20']:.4f} | "
+            + "".join(f"{_p(row.get(f'p_vs_{name}'))} | " for name in against)
+            + f"{weight} |"
         )
     lines.append("")
     for name, cost in study["systems"].items():

@@ -71,3 +71,20 @@ def test_depths_are_read_off_one_deep_rerank_and_test_reuses_dev_weights(tmp_pat
     out = ["--out", str(tmp_path / "t"), "--fusion-from", dev_study]
     tested = script.main([*common, "--split", "test", "--runs", f"lm={test}", *out])
     assert tested["weights"] == study["weights"] and "chosen_depth" not in tested
+
+
+def test_against_adds_a_paired_test_against_another_system(tmp_path):
+    script = load_script()
+    prepared = write_prepared(tmp_path / "prepared", n_dev=6, n_test=6, n_candidates=5)
+    strong = write_rerank(prepared, tmp_path / "strong", "dev", perfect_below=5)
+    weak = write_rerank(prepared, tmp_path / "weak", "dev", perfect_below=1)
+    runs = ["--runs", f"first_stage={strong}", f"strong={strong}", f"weak={weak}"]
+    out = ["--against", "weak", "--out", str(tmp_path / "study")]
+    study = script.main(
+        ["--prepared", str(prepared), "--depths", "5", "--split", "dev", *runs, *out]
+    )
+    by = {r["system"]: r for r in study["table"]}
+    assert "p_vs_weak" in by["strong"] and "p_vs_weak" not in by["weak"]
+    assert by["strong"]["ndcg@10"] > by["weak"]["ndcg@10"]
+    header = (tmp_path / "study" / "study.md").read_text().splitlines()[2]
+    assert header.endswith("| p vs first stage | p vs zero-shot | p vs weak | weight |")
