@@ -37,17 +37,79 @@ flags() {
       --set train.epochs=3 --set train.patience=2 ;;
     lora) echo --set adapter.method=lora ;;  # the baseline at the same budget
     lora_3e-3) echo --set adapter.method=lora --set train.lr=3e-3 ;;
+    # The winners, each with "Query:" (set in `one`), the one change dev preferred:
+    best_qpeft_a) ;;  # = query_label: no other step toward the paper beat the base recipe
+    best_qpeft_r) echo --set adapter.method=qpeft_r ;;  # k 10: k 20 tied it (0.3098 vs 0.3097)
+    best_lora) echo --set adapter.method=lora ;;
     *) echo "run.sh: no run named $1" >&2; return 1 ;;
   esac
 }
 
+# one NAME [--set ...]: the run NAME of the table above; further flags come last and win.
 one() {
   local name=$1 config=base args=()
+  shift
   [ "$name" = paper ] && config=paper
   [ "$name" = paper ] || read -r -a args <<<"$(flags "$name")"
   # "Query:" for title-like queries, in place of the template's "Question:" (YAML reads \n)
-  [ "$name" = query_label ] && args=(--set 'template.question="Query: \n"')
-  qpeft train --config $D/$config.yaml --set run.name="$name" "${args[@]}"
+  case $name in query_label | best_*) args+=(--set 'template.question="Query: \n"') ;; esac
+  qpeft train --config $D/$config.yaml --set run.name="$name" "${args[@]}" "$@"
+}
+
+# The winners at full scale: full NAME trains run NAME's recipe on every training query
+# (2,385 groups) into train/NAME-all; nothing else changes.
+full() {
+  one "$1" --set train.max_train_queries=null --set run.name="$1-all"
+}
+
+# Test once, over the hybrid first stage's top 20 (the depth NFCorpus dev chose for the
+# rerankers in results/nfcorpus/depth): each full-scale adapter reranks every dev query
+# (fusion weight chosen there) and every test query; scripts/depth_study.py then reports
+# raw and fused systems with paired t-tests, zero-shot's depth-100 dev rerank and depth-20
+# test rerank coming from results/nfcorpus/depth.
+H=runs/prepare/nfcorpus-hybrid
+Z=results/nfcorpus/depth/runs
+rerank_full() {
+  local name=$1 split=$2 method
+  method=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['method'])" \
+    $D/train/$name-all/adapter/adapter_config.json)
+  qpeft rerank --config results/nfcorpus/depth/rerank.yaml --set rerank.split="$split" \
+    --set rerank.depth=20 --set rerank.method="$method" --set rerank.output_dir=$D/runs \
+    --set rerank.adapter_dir=$D/train/$name-all/adapter --set rerank.name="$split-$name-all"
+}
+
+# "Query:" against "Question:" for zero-shot on every dev query of NFCorpus and of Cranfield
+# (each one's hybrid top 20): is the label a default, or NFCorpus's? The "Question:" runs
+# are results/nfcorpus/depth's and results/cranfield/first_stage's.
+label() {
+  local query=(--set 'template.question="Query: \n"' --set rerank.output_dir=$D/label/runs)
+  local cranfield=results/cranfield/first_stage/runs/dev-zero_shot-hybrid
+  qpeft rerank --config results/nfcorpus/depth/rerank.yaml --set rerank.depth=20 \
+    --set rerank.name=dev-nfcorpus-query "${query[@]}"
+  qpeft rerank --config configs/rerank-cranfield.yaml --set rerank.method=zero_shot \
+    --set rerank.adapter_dir=null --set rerank.prepared_dir=runs/prepare/cranfield-hybrid \
+    --set rerank.split=dev --set rerank.name=dev-cranfield-query "${query[@]}"
+  python scripts/depth_study.py --prepared $H --split dev --depths 20 --out $D/label/nfcorpus \
+    --runs first_stage=$Z/dev-zero_shot zero_shot=$Z/dev-zero_shot \
+    query_label=$D/label/runs/dev-nfcorpus-query
+  python scripts/depth_study.py --prepared runs/prepare/cranfield-hybrid --split dev \
+    --depths 20 --out $D/label/cranfield --runs first_stage=$cranfield zero_shot=$cranfield \
+    query_label=$D/label/runs/dev-cranfield-query
+}
+
+# final NAME...: the named full-scale runs on dev, then on test, then the two reports.
+final() {
+  local name split dev=() test=()
+  for name in "$@"; do
+    for split in dev test; do rerank_full "$name" $split; done
+    dev+=("$name=$D/runs/dev-$name-all")
+    test+=("$name=$D/runs/test-$name-all")
+  done
+  python scripts/depth_study.py --prepared $H --split dev --depths 20 --out $D/final/dev \
+    --runs first_stage=$Z/dev-zero_shot zero_shot=$Z/dev-zero_shot "${dev[@]}"
+  python scripts/depth_study.py --prepared $H --split test --depths 20 --out $D/final/test \
+    --fusion-from $D/final/dev/study.json \
+    --runs first_stage=$Z/test-zero_shot-d20 zero_shot=$Z/test-zero_shot-d20 "${test[@]}"
 }
 
 report() {
