@@ -5,6 +5,9 @@
 # is NDCG@10 on the first 80 dev queries' BM25 top 20. No test query is read here.
 #   bash results/nfcorpus/recipe/run.sh           # every run in order, then the report
 #   bash results/nfcorpus/recipe/run.sh one NAME  # one run of the table below
+#   bash results/nfcorpus/recipe/run.sh full best_qpeft_a     # a winner on all queries
+#   bash results/nfcorpus/recipe/run.sh final best_qpeft_a best_qpeft_r best_lora  # test once
+#   bash results/nfcorpus/recipe/run.sh label     # "Query:" zero-shot on two collections' dev
 # Runs resume from their last checkpoint when re-run; a finished one is skipped.
 # NFCorpus is free for academic use (NutritionFacts.org's terms otherwise): only metrics
 # and adapter configs are committed.
@@ -97,18 +100,20 @@ label() {
     query_label=$D/label/runs/dev-cranfield-query
 }
 
-# final NAME...: the named full-scale runs on dev, then on test, then the two reports.
+# final NAME...: the named full-scale runs on dev, then on test, then the two reports,
+# each system also tested against LoRA's when best_lora is among them.
 final() {
-  local name split dev=() test=()
+  local name split dev=() test=() against=()
   for name in "$@"; do
     for split in dev test; do rerank_full "$name" $split; done
     dev+=("$name=$D/runs/dev-$name-all")
     test+=("$name=$D/runs/test-$name-all")
+    [ "$name" = best_lora ] && against=(--against best_lora)
   done
   python scripts/depth_study.py --prepared $H --split dev --depths 20 --out $D/final/dev \
-    --runs first_stage=$Z/dev-zero_shot zero_shot=$Z/dev-zero_shot "${dev[@]}"
+    --runs first_stage=$Z/dev-zero_shot zero_shot=$Z/dev-zero_shot "${dev[@]}" "${against[@]}"
   python scripts/depth_study.py --prepared $H --split test --depths 20 --out $D/final/test \
-    --fusion-from $D/final/dev/study.json \
+    --fusion-from $D/final/dev/study.json "${against[@]}" \
     --runs first_stage=$Z/test-zero_shot-d20 zero_shot=$Z/test-zero_shot-d20 "${test[@]}"
 }
 
