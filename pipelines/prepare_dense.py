@@ -132,7 +132,7 @@ def embed_corpus(first_stage: FirstStageConfig, out: PreparedData, log) -> dict:
             write_shard(folder, shard_of[name], rows)
             embedded += rows.num_rows
     seconds = time.perf_counter() - start
-    shards = {shard_name(shard_of[name]): count for name, count in expected.items()}
+    shards = {shard_name(shard_of[name]): files[name] for name in files}
     return finish(folder, dense.model, dim, shards, embedded, seconds)
 
 
@@ -180,30 +180,33 @@ def embedded_shards(first_stage: FirstStageConfig, paths: list[str], expected: d
 
 
 def finish(
-    folder: str, model: str, dim: int, expected: dict[str, int], embedded: int, seconds: float
+    folder: str, model: str, dim: int, corpus: dict[str, str], embedded: int, seconds: float
 ) -> dict:
-    """Check every shard holds its corpus shard's documents, each once, one shard at a
-    time; then mark the folder whole."""
+    """Check every shard holds its corpus shard's rows, each once (a corpus may repeat a
+    document id: prepare counts those, and each row keeps its embedding), one shard at a
+    time; then mark the folder whole. `corpus`: embedding shard name -> corpus file."""
     found = {name_of(p): p for p in stored_shards(folder)}
-    if set(found) != set(expected):
+    if set(found) != set(corpus):
         raise DataError(
-            f"{folder}: {len(found)} embedding shards for {len(expected)} corpus shards; "
+            f"{folder}: {len(found)} embedding shards for {len(corpus)} corpus shards; "
             "delete it and re-run"
         )
-    empty = 0
+    empty = documents = 0
     for name, path in found.items():
         table = storage.read_parquet(path, columns=["doc_id", "embedding"])
-        ids = table.column("doc_id")
-        if table.num_rows != expected[name] or pc.count_distinct(ids).as_py() != len(ids):
+        wanted = storage.read_parquet(corpus[name], columns=["doc_id"]).column("doc_id")
+        documents += len(wanted)
+        if sorted(table.column("doc_id").to_pylist()) != sorted(wanted.to_pylist()):
+            distinct = pc.count_distinct(table.column("doc_id")).as_py()
             raise DataError(
-                f"{path}: {table.num_rows} embeddings ({pc.count_distinct(ids).as_py()} "
-                f"distinct ids) for {expected[name]} documents; delete it and re-run"
+                f"{path}: {table.num_rows} embeddings ({distinct} distinct ids) for the "
+                f"{len(wanted)} documents of {corpus[name]}; delete it and re-run"
             )
         empty += table.column("embedding").null_count
     summary = {
         "model": model,
         "dim": dim,
-        "documents": sum(expected.values()),
+        "documents": documents,
         "empty_documents": empty,
         "shards": len(found),
         "embedded_this_run": embedded,

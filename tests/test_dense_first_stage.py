@@ -297,3 +297,31 @@ def test_a_bm25_folder_is_stamped_as_before_dense_keys_existed():
     hybrid = stamp_settings(PrepareSection(first_stage=FirstStageConfig(kind="hybrid")))
     assert hybrid["first_stage"]["dense"]["model"] == "all-minilm-l6-v2"
     assert "actors" not in hybrid["first_stage"]["dense"]  # how to run, not what is made
+
+
+def test_embedding_shards_are_checked_row_for_row_against_the_corpus(tmp_path):
+    """A corpus may repeat a document id (prepare counts it): each row keeps its
+    embedding. A shard holding a row twice, or missing one, is refused by name."""
+    import pyarrow as pa
+
+    from pipelines.prepare_dense import finish
+    from qpeft.data.readers import DataError
+
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"doc_id": ["d1", "d2", "d2"]}), corpus)
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+
+    def store(ids: list[str]) -> None:
+        vectors = [[0.0, 1.0] for _ in ids]
+        pq.write_table(
+            pa.table({"doc_id": ids, "embedding": vectors}), folder / "shard-00000.parquet"
+        )
+
+    store(["d2", "d1", "d2"])
+    summary = finish(str(folder), "m", 2, {"shard-00000.parquet": str(corpus)}, 3, 1.0)
+    assert summary["documents"] == 3 and (folder / "_SUCCESS").exists()
+    for wrong in (["d1", "d1", "d2"], ["d1", "d2"]):
+        store(wrong)
+        with pytest.raises(DataError, match=rf"{len(wrong)} embeddings .* for the 3 documents"):
+            finish(str(folder), "m", 2, {"shard-00000.parquet": str(corpus)}, 3, 1.0)
