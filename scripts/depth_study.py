@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def markdown(study: dict) -> str:
-    against = study.get("against", [FIRST_STAGE, "zero_shot"])
+    against = study["against"]
     lines = [
         f"Rerank depth, split {study['split']}, {study['queries']} judged queries "
         "(p: paired t-test on NDCG@10 at the same depth)",
