@@ -1,20 +1,25 @@
 """The whole pipeline on the embedded default: `qpeft demo --config configs/demo.yaml`.
 
-Cranfield through offline ir_datasets and a packaged LM (Gemma 3 270M in configs/demo.yaml):
-prepare (first-stage candidates: in configs/demo.yaml hybrid BM25 + dense, as Cranfield dev
-chose; splits, training groups), a short training of each method in `demo.methods`,
-reranking of the test queries' candidates with the first stage itself (its run named by its
-kind), zero-shot and every trained adapter, and an evaluation with paired t-tests. Every
-step is the real one (`qpeft prepare`, `train`, `rerank`, `evaluate`) called in one process;
-re-running resumes where it stopped.
+NFCorpus's official splits through offline ir_datasets and a packaged LM (Gemma 3 270M in
+configs/demo.yaml): prepare (first-stage candidates: hybrid BM25 + dense, as NFCorpus dev
+chose; training groups), a training of each method in `demo.methods` on a sample of the
+training queries, a rerank of dev queries by zero-shot and every adapter (fusion weights
+chosen there, and each adapter tested against zero-shot), then of test queries by the same
+systems beside the first stage itself (its run named by its kind) and BM25 alone, and an
+evaluation with paired t-tests. Every step is the real one (`qpeft prepare`, `train`,
+`rerank`, `evaluate`) called in one process; re-running resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.cli import run_as_module, step_config
 from pipelines.demo_summary import summary_lines
@@ -22,7 +27,6 @@ from pipelines.evaluate import EvaluateConfig, EvaluateSection, evaluate
 from pipelines.prepare import PrepareConfig, PrepareSection, prepare, print_counts
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.rerank import FIRST_STAGE, RerankConfig, RerankSection, RerankSystem, rerank
-from pipelines.rerank_fusion import CHOOSE
 from pipelines.step import claimed, sections_for
 from pipelines.train import DataSection, RunSection, ScalingSection, TrainRunConfig, train
 from qpeft import storage
@@ -43,9 +47,12 @@ from qpeft.config import (
     TemplateConfig,
     to_dict,
 )
-from qpeft.data.first_stage import FirstStageConfig
+from qpeft.data.first_stage import FirstStageConfig, bm25_lists
+from qpeft.data.runs import read_run, write_trec_run
 from qpeft.data.sources import SourceConfig
+from qpeft.lm.backbone import pin_model
 from qpeft.methods import trainable_methods
+from qpeft.metrics import mean, paired_t_test
 from qpeft.training.loop import TrainSettings
 
 
@@ -53,10 +60,12 @@ from qpeft.training.loop import TrainSettings
 class DemoSection:
     output_dir: str = "runs/demo"
     methods: list[str] = field(default_factory=lambda: ["qpeft_a"])
-    rerank_queries: int | None = 20  # test queries to rerank (null: all of them)
+    # Test queries each system reranks, the first N ids (null: all of them). On dev the
+    # demo reads the training's dev check (train.dev_max_queries, train.dev_depth).
+    rerank_queries: int | None = 40
     depth: int = 20  # first-stage candidates reranked per query
     # The run every other is tested against: zero_shot, a method, or the first stage's run,
-    # named by its kind (hybrid, bm25, dense).
+    # named by its kind (hybrid, bm25, dense); a hybrid or dense first stage also shows bm25.
     baseline: str = "zero_shot"
     measures: list[str] = field(
         default_factory=lambda: ["ndcg@10", "ndcg@20", "mrr@10", "map", "recall@10", "p@5"]
@@ -65,6 +74,8 @@ class DemoSection:
 
     def validate(self) -> None:
         allowed = trainable_methods()
+        if not self.methods:
+            raise ConfigError(f"demo.methods: name at least one method to train, of {allowed}")
         unknown = [m for m in self.methods if m not in allowed]
         if unknown:
             raise ConfigError(f"demo.methods: {unknown[0]!r} is not one of {list(allowed)}")
@@ -73,11 +84,17 @@ class DemoSection:
 @dataclass
 class DemoConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    template: TemplateConfig = field(default_factory=lambda: TemplateConfig(max_doc_tokens=96))
+    template: TemplateConfig = field(
+        default_factory=lambda: TemplateConfig(max_doc_tokens=96, question="Query: \n")
+    )
     adapter: AdapterConfig = field(default_factory=AdapterConfig)  # method: see demo.methods
     loss: LossConfig = field(default_factory=LossConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    source: SourceConfig = field(default_factory=lambda: SourceConfig(irds="cranfield"))
+    source: SourceConfig = field(
+        default_factory=lambda: SourceConfig(
+            irds_splits={s: f"beir/nfcorpus/{s}" for s in ("train", "dev", "test")}
+        )
+    )
     first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     scaling: ScalingSection = field(default_factory=ScalingSection)
@@ -85,7 +102,13 @@ class DemoConfig:
     ray: RaySection = field(default_factory=RaySection)
 
     def validate(self) -> None:
-        runs = (self.first_stage.kind, "zero_shot", *self.demo.methods)
+        if not self.adapter.hint_gate and {"qpeft_a", "qpeft_r"} & set(self.demo.methods):
+            raise ConfigError(
+                "adapter.hint_gate: the demo reads zero-shot's dev figures from each "
+                "adapter's untrained start, which ranks as zero-shot only with gated hints "
+                "(true)"
+            )
+        runs = (self.first_stage.kind, "bm25", "zero_shot", *self.demo.methods)
         if self.demo.baseline not in runs:
             raise ConfigError(
                 f"demo.baseline: {self.demo.baseline!r} is not a run of the demo ({list(runs)})"
@@ -153,25 +176,31 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
-    progress = Progress(3 + len(cfg.demo.methods))
+    methods = cfg.demo.methods
+    progress = Progress(3 + len(methods))
     init_ray(cfg.ray)
 
     kind = cfg.first_stage.kind  # also the name of the first stage's own run
-    progress.stage(f"prepare {cfg.source.irds or 'the source'} ({kind} candidates, splits, groups)")
+    progress.stage(f"prepare {source_name(cfg.source)} ({kind} candidates, splits, groups)")
     prepared = out.prepared
-    counts = prepare(
-        sections_for(
-            PrepareConfig,
-            cfg,
-            prepare=PrepareSection(
-                output_dir=prepared.root, source=cfg.source, first_stage=cfg.first_stage
-            ),
+    # The LM's one-time conversion from its GGUF (about a minute on a new machine) runs
+    # beside prepare, whose Ray tasks leave a core idle much of the time.
+    with ThreadPoolExecutor(1) as pool:
+        converting = pool.submit(pin_model, cfg.model)
+        counts = prepare(
+            sections_for(
+                PrepareConfig,
+                cfg,
+                prepare=PrepareSection(
+                    output_dir=prepared.root, source=cfg.source, first_stage=cfg.first_stage
+                ),
+            )
         )
-    )
+        converting.result()
     print_counts(counts, str(Path(prepared.root).resolve()))
 
     adapters, trainings = {}, {}
-    for method in cfg.demo.methods:
+    for method in methods:
         progress.stage(f"train {method}")
         summary = train(
             sections_for(
@@ -190,7 +219,27 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
             flush=True,
         )
 
-    def rerank_with(name: str, method: str, adapter_dir: str | None, **section) -> RerankRun:
+    # Dev: every adapter starts as zero-shot exactly (gated hints, LoRA's zero B, the soft
+    # prompt's text), so the training's step-0 dev check is zero-shot's dev rerank: its
+    # per-query NDCG@10 and its fusion weight, chosen on those queries as each adapter's was.
+    zero_shot_dev = trainings[methods[0]]["history"][0]
+    dev_moves = {m: dev_move(trainings[m], zero_shot_dev["dev_ndcg10_by_query"]) for m in methods}
+
+    systems = [
+        (kind, FIRST_STAGE, None, None),
+        ("zero_shot", "zero_shot", None, zero_shot_dev["fusion_weight"]),
+        *((m, m, adapters[m], None) for m in methods),  # the weight training chose
+    ]
+    progress.stage(
+        f"rerank the {kind} top-{cfg.demo.depth} of {cfg.demo.rerank_queries or 'all'} test "
+        f"queries with {len(systems)} systems"
+    )
+    # One job: every system scores the same candidates in the same passes (each
+    # document's prefix computed once for all of them), each into its own run folder; a
+    # LoRA adapter, which changes the LM, in a job of its own.
+    shared = [system for system in systems if system[1] != "lora"]
+    for job in [shared, *([system] for system in systems if system[1] == "lora")]:
+        (name, method, adapter_dir, fusion), *others = job
         rerank(
             sections_for(
                 RerankConfig,
@@ -201,51 +250,20 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
                     adapter_dir=adapter_dir,
                     name=name,
                     output_dir=out.rerank_dir,
-                    **{"depth": cfg.demo.depth, **section},
+                    split="test",
+                    depth=cfg.demo.depth,
+                    max_queries=cfg.demo.rerank_queries,
+                    fusion=fusion,
+                    also=[
+                        RerankSystem(method=m, adapter_dir=a, name=n, fusion=f)
+                        for n, m, a, f in others
+                    ],
                 ),
             )
         )
-        return out.rerank_run(name)
-
-    # Zero-shot's fusion weight, chosen on the dev queries training evaluates on (the
-    # adapters carry the weight training chose on the same queries).
-    zero_shot_dev = rerank_with(
-        "zero_shot_dev",
-        "zero_shot",
-        None,
-        split="dev",
-        max_queries=cfg.train.dev_max_queries,
-        fusion=CHOOSE,
-        depth=cfg.train.dev_depth,  # where training chose the adapters' weights
-    )
-    systems = [
-        (kind, FIRST_STAGE, None, None),
-        ("zero_shot", "zero_shot", None, zero_shot_dev.path(RerankRun.FUSION)),
-    ]
-    systems += [(m, m, adapters[m], None) for m in cfg.demo.methods]
-    progress.stage(
-        f"rerank the {kind} top-{cfg.demo.depth} of "
-        f"{cfg.demo.rerank_queries or 'all'} test queries with {len(systems)} systems"
-    )
-    # One job: every system scores the same candidates in the same passes (each
-    # document's prefix computed once for all of them), each into its own run folder; a
-    # LoRA adapter, which changes the LM, in a job of its own.
-    shared = [system for system in systems if system[1] != "lora"]
-    for job in [shared, *([system] for system in systems if system[1] == "lora")]:
-        (first_name, first_method, first_adapter, first_fusion), *others = job
-        rerank_with(
-            first_name,
-            first_method,
-            first_adapter,
-            split="test",
-            max_queries=cfg.demo.rerank_queries,
-            fusion=first_fusion,
-            also=[
-                RerankSystem(method=method, adapter_dir=adapter_dir, name=name, fusion=fusion)
-                for name, method, adapter_dir, fusion in others
-            ],
-        )
     runs = {}
+    if kind != "bm25":  # the lexical list alone, beside the first stage that fused it
+        runs["bm25"] = write_bm25_run(cfg, out, out.rerank_run(kind))
     for name, *_ in systems:
         run = out.rerank_run(name)
         runs[name] = run.root
@@ -258,7 +276,7 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
             EvaluateSection(
                 runs=runs,
                 baseline=cfg.demo.baseline,
-                also_against=[kind] if cfg.demo.baseline != kind else [],
+                also_against=[n for n in (kind, "bm25") if n in runs and n != cfg.demo.baseline],
                 prepared_dir=prepared.root,
                 split="test",
                 measures=list(cfg.demo.measures),
@@ -267,15 +285,52 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
         )
     )
     print(f"\n{table}\n")
-    print("\n".join(summary_lines(report, trainings, first_stage=kind)) + "\n")
+    print("\n".join(summary_lines(report, dev_moves, trainings, first_stage=kind)) + "\n")
     print(
         f"[demo] done in {progress.seconds:.0f}s. Files under {Path(out.root).resolve()}:\n"
         f"  prepare/   parquet shards and counts.json\n"
         f"  train/     checkpoints; adapters in train/<method>/adapter\n"
         f"  rerank/    one run per system (run/ parquet, run.trec, run_fused.trec, counts.json)\n"
+        f"             and bm25.trec\n"
         f"  evaluate/  report.md, report.json, per_query.tsv, report.png"
     )
     return report
+
+
+def source_name(source: SourceConfig) -> str:
+    if source.irds:
+        return source.irds
+    if source.irds_splits:
+        return ", ".join(sorted(set(source.irds_splits.values())))
+    return "the source"
+
+
+def dev_move(training: dict, zero_shot: dict[str, float]) -> dict:
+    """The kept adapter's dev check against zero-shot's (its step 0) on the same queries:
+    means and a paired t-test on NDCG@10, query by query."""
+    kept = [h for h in training["history"] if h["epoch"] == training["best_epoch"]][-1]
+    queries = sorted(kept["dev_ndcg10_by_query"])
+    values = [kept["dev_ndcg10_by_query"][q] for q in queries]
+    base = [zero_shot[q] for q in queries]
+    return {
+        "queries": len(queries),
+        "trained": mean(values),
+        "zero_shot": mean(base),
+        "p_value": paired_t_test(values, base),
+    }
+
+
+def write_bm25_run(cfg: DemoConfig, out: DemoFolder, first_stage_run: RerankRun) -> str:
+    """BM25's own top `demo.depth` (as deep as the reranked lists) for the test queries the
+    first stage ranked, as a TREC run beside the reranks; written once, atomically."""
+    path = Path(out.rerank_dir) / "bm25.trec"
+    if not path.exists():
+        ranked = set(read_run(first_stage_run.root))
+        queries = out.prepared.table(out.prepared.QUERIES, ["query_id", "text"])
+        queries = queries.filter(pc.field("query_id").isin(pa.array(sorted(ranked))))
+        bm25 = replace(cfg.first_stage, depth=cfg.demo.depth)
+        write_trec_run(path, bm25_lists(out.prepared.root, bm25, queries), "bm25")
+    return str(path)
 
 
 def main(argv: list[str] | None = None) -> None:

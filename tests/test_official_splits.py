@@ -112,3 +112,29 @@ def test_where_splits_come_from():
     assert SourceConfig(irds_splits=ids).splits_from == "irds_splits"
     local = SourceConfig(corpus="c.jsonl", queries="q.tsv", qrels="q.qrels", split_file="s.tsv")
     assert local.splits_from == "split_file" and local.has_own_splits
+
+
+def test_no_offline_copy_names_where_it_is_expected_and_the_variable(tmp_path, monkeypatch):
+    """Without ../shared beside the checkout (or $QPEFT_IRDS_SEED) ir_datasets tries to
+    download and fails; the user gets one line: where the files are expected, and the
+    variable that moves them."""
+    from qpeft.data import irds
+
+    empty = tmp_path / "seed"
+    empty.mkdir()
+    monkeypatch.setenv(irds.SEED_ENV, str(empty))
+    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "home"))
+    with pytest.raises(DataError) as caught:
+        from_irds({"test": "vaswani"}, None)  # in no seed: ir_datasets downloads it
+    message = str(caught.value)
+    assert "\n" not in message and str(tmp_path / "home") in message
+    assert "../shared/datasets/ir_datasets" in message and str(irds.DEFAULT_SEED) in message
+    assert f"$QPEFT_IRDS_SEED names (now {empty})" in message
+    # Any other error of ir_datasets is its own.
+    with pytest.raises(RuntimeError, match="disk full"):
+        list(irds.offline(iter_raising(RuntimeError("disk full"))))
+
+
+def iter_raising(error):
+    raise error
+    yield

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import pyarrow as pa
@@ -192,3 +192,17 @@ class FirstStage:
                 }
             )
         return schemas.table(rows, schemas.with_skipped(schemas.GROUPS))
+
+
+def bm25_lists(root: str, config: FirstStageConfig, queries: pa.Table) -> list[dict]:
+    """BM25's own top `config.depth` for a table of queries (`query_id`, `text`), with the
+    first stage's BM25 settings: the lexical list a hybrid first stage fused, as a run of
+    its own (rows `query_id, doc_id, rank, score`). A hybrid's candidates cannot give it:
+    a BM25 hit the fusion pushed below `depth` is not among them."""
+    stage = FirstStage(root, replace(config, kind="bm25"), has_run=False)
+    qids, texts = queries.column("query_id").to_pylist(), queries.column("text").to_pylist()
+    return [
+        {"query_id": qid, "doc_id": hit.doc_id, "rank": rank, "score": hit.score}
+        for qid, hits in zip(qids, stage.ranked(qids, texts), strict=True)
+        for rank, hit in enumerate(hits, 1)
+    ]

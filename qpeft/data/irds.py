@@ -13,6 +13,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from qpeft.data.readers import DataError
+
 SEED_ENV = "QPEFT_IRDS_SEED"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SEED = REPO_ROOT.parent / "shared" / "datasets" / "ir_datasets"
@@ -63,17 +65,34 @@ def doc_text(doc) -> str:
     return f"{title.strip()}\n{text.strip()}".strip() if title.strip() else text.strip()
 
 
+def offline(records: Iterator) -> Iterator:
+    """`records` of a dataset, with ir_datasets' failed download (its files neither in the
+    home nor seeded from anywhere) turned into one line saying where they are expected."""
+    try:
+        yield from records
+    except RuntimeError as err:
+        if not err.args or err.args[0] != "All download sources failed":
+            raise
+        raise DataError(
+            f"ir_datasets found none of this dataset's files under "
+            f"{os.environ.get('IR_DATASETS_HOME')} and could not download them: the offline "
+            f"copy is expected in {DEFAULT_SEED} (../shared/datasets/ir_datasets beside the "
+            f"checkout), or in the folder ${SEED_ENV} names "
+            f"(now {os.environ.get(SEED_ENV) or 'unset'})"
+        ) from None
+
+
 def iter_docs(dataset) -> Iterator[tuple[str, str]]:
-    for doc in dataset.docs_iter():
+    for doc in offline(dataset.docs_iter()):
         yield doc.doc_id, doc_text(doc)
 
 
 def iter_queries(dataset) -> Iterator[tuple[str, str]]:
-    for query in dataset.queries_iter():
+    for query in offline(dataset.queries_iter()):
         text = getattr(query, "text", None) or query.default_text()
         yield query.query_id, " ".join(text.split())
 
 
 def iter_qrels(dataset) -> Iterator[tuple[str, str, int]]:
-    for qrel in dataset.qrels_iter():
+    for qrel in offline(dataset.qrels_iter()):
         yield qrel.query_id, qrel.doc_id, int(qrel.relevance)

@@ -102,7 +102,7 @@ def _texts(path: str, kind: str) -> Iterator[dict]:
 def _irds(dataset_id: str, seed: str | None, kind: str) -> Iterator[dict]:
     dataset = irds.load(dataset_id, seed)
     if kind == "corpus":
-        for doc in dataset.docs_iter():
+        for doc in irds.offline(dataset.docs_iter()):
             title = getattr(doc, "title", "") or ""
             text = getattr(doc, "text", None)
             text = text if text is not None else doc.default_text()
@@ -115,7 +115,7 @@ def _irds(dataset_id: str, seed: str | None, kind: str) -> Iterator[dict]:
             yield {"query_id": query_id, "doc_id": doc_id, "relevance": relevance}
     elif kind == "run":
         ranks: dict[str, int] = {}
-        for row in dataset.scoreddocs_iter():
+        for row in irds.offline(dataset.scoreddocs_iter()):
             ranks[row.query_id] = ranks.get(row.query_id, 0) + 1
             yield {
                 "query_id": row.query_id,
