@@ -3,10 +3,10 @@
 NFCorpus's official splits through offline ir_datasets and a packaged LM (Gemma 3 270M in
 configs/demo.yaml): prepare (first-stage candidates: hybrid BM25 + dense, as NFCorpus dev
 chose; training groups), a training of each method in `demo.methods` on a sample of the
-training queries, a rerank of dev queries by zero-shot and every adapter (fusion weights
-chosen there, and each adapter tested against zero-shot), then of test queries by the same
-systems beside the first stage itself (its run named by its kind) and BM25 alone, and an
-evaluation with paired t-tests. Every step is the real one (`qpeft prepare`, `train`,
+training queries (its dev check, whose step 0 is zero-shot exactly, gives the fusion weights
+and each adapter's dev test against zero-shot), a rerank of test queries by zero-shot and
+every adapter beside the first stage itself (its run named by its kind) and BM25 alone, and
+an evaluation with paired t-tests. Every step is the real one (`qpeft prepare`, `train`,
 `rerank`, `evaluate`) called in one process; re-running resumes where it stopped.
 """
 
