@@ -14,4 +14,6 @@ gate_fast() { one gate_fast --set train.gate_lr=0.1 --set train.embedding_lr=1.0
 gate_fast_lr3() {
   one gate_fast_lr3 --set train.gate_lr=0.1 --set train.embedding_lr=1.0e-2 --set train.lr=3.0e-3
 }
-if [ $# -gt 0 ]; then "$@"; else base; gate_fast; gate_fast_lr3; fi
+# Half the queries per step, twice the steps for the same pairs.
+qpb2() { one qpb2 --set train.queries_per_batch=2; }
+if [ $# -gt 0 ]; then "$@"; else base; gate_fast; gate_fast_lr3; qpb2; fi
