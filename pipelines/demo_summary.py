@@ -25,12 +25,17 @@ def p_between(report: dict, run: str, other: str, measure: str = MEASURE) -> flo
     return None
 
 
-def _versus(report: dict, best: str, other: str) -> str:
+def _difference(report: dict, run: str, other: str) -> tuple[float, float, str]:
+    """`run`'s NDCG@10 minus `other`'s, `other`'s own, and ", p=..." (empty without a test)."""
     runs = report["runs"]
-    value, base = runs[best]["mean"][MEASURE], runs[other]["mean"][MEASURE]
-    p = p_between(report, best, other)
-    significance = f", p={p:.2g}" if p is not None else ""
-    return f"{value - base:+.4f} over {other} ({base:.4f}{significance})"
+    value, base = runs[run]["mean"][MEASURE], runs[other]["mean"][MEASURE]
+    p = p_between(report, run, other)
+    return value - base, base, f", p={p:.2g}" if p is not None else ""
+
+
+def _versus(report: dict, best: str, other: str) -> str:
+    delta, base, significance = _difference(report, best, other)
+    return f"{delta:+.4f} over {other} ({base:.4f}{significance})"
 
 
 def training_phrase(method: str, training: dict) -> str:
@@ -48,15 +53,12 @@ def training_phrase(method: str, training: dict) -> str:
 
 def on_test(report: dict, method: str) -> str:
     """An adapter's NDCG@10 against zero-shot's in the test report, with its p."""
-    runs = report["runs"]
-    delta = runs[method]["mean"][MEASURE] - runs["zero_shot"]["mean"][MEASURE]
-    p = p_between(report, method, "zero_shot")
-    significance = f", p={p:.2g}" if p is not None else ""
+    delta, _, significance = _difference(report, method, "zero_shot")
     return f"{delta:+.4f} on test ({report['queries']} queries{significance})"
 
 
 def on_dev(move: dict) -> str:
-    """An adapter's dev check against zero-shot's rerank of the same dev queries."""
+    """An adapter's dev check against zero-shot's (the check at its step 0)."""
     delta = move["trained"] - move["zero_shot"]
     return f"{delta:+.4f} on dev ({move['queries']} queries, p={move['p_value']:.2g})"
 
