@@ -138,4 +138,7 @@ def run(rank: int, world: int, port: int, model_dir: str, out: str) -> None:
     if rank == 0:
         merged = {k: v for c in counts for k, v in c.items()}
         (Path(out) / "micro_batches.json").write_text(json.dumps(merged))
+    # Both ranks leave together: a rank that tears gloo down while its peer still holds
+    # the group aborts now and then ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()

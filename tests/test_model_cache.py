@@ -148,7 +148,8 @@ RACER = textwrap.dedent(
     from qpeft.lm.backbone import load_backbone
     from qpeft.config import ModelConfig
     go = Path(sys.argv[1])
-    while not go.exists():  # imports done: start together
+    (go.parent / f"ready-{sys.argv[2]}").write_text("")  # imports done
+    while not go.exists():  # start together
         time.sleep(0.01)
     backbone = load_backbone(ModelConfig(name="smollm2-135m"))
     print("loaded", backbone.vocab_size)
@@ -164,16 +165,18 @@ def test_processes_racing_into_an_empty_cache_convert_once_and_all_load(tmp_path
     go = tmp_path / "go"
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, str(go)],
+            [sys.executable, "-c", RACER, str(go), str(n)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(3)
+        for n in range(3)
     ]
-    time.sleep(15)  # let every racer finish its imports
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)  # every racer has finished its imports
     go.write_text("")
     outputs = [proc.communicate(timeout=540) for proc in racers]
     for proc, (out, err) in zip(racers, outputs, strict=True):
