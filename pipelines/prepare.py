@@ -46,7 +46,7 @@ from qpeft.data.first_stage import FirstStage, FirstStageConfig
 from qpeft.data.official_splits import split_assignment
 from qpeft.data.readers import DataError
 from qpeft.data.sources import Part, SourceConfig, parts
-from qpeft.data.splits import SPLITS, split_of
+from qpeft.data.splits import SPLITS, nested_subset, split_of
 from qpeft.input_check import check_queries
 from qpeft.lm.packaged import PACKAGED_EMBEDDERS
 from qpeft.lm.template import Template
@@ -61,6 +61,11 @@ class PrepareSection:
         default_factory=lambda: {"train": 0.6, "dev": 0.2, "test": 0.2}
     )
     split_seed: int = 13
+    # At most this many queries per split, e.g. {train: 160, test: 40}: a sample of the
+    # split's judged queries, fixed by split_seed and nested (a smaller cap keeps a subset
+    # of a larger one); the others are left out and counted. Candidates and groups cost
+    # time per query, so a run that uses a few queries of a large set prepares only those.
+    max_queries: dict[str, int] = field(default_factory=dict)
     missing_docs: Literal["fail", "warn"] = "fail"
     block_rows: int = 2000  # rows per block read and per file written (embedding resumes by file)
     overwrite: bool = False
@@ -71,6 +76,14 @@ class PrepareSection:
             raise ConfigError(f"prepare.splits: unknown split {sorted(unknown)[0]!r}")
         if abs(sum(self.splits.values()) - 1.0) > 1e-6:
             raise ConfigError(f"prepare.splits: fractions must sum to 1, got {self.splits}")
+        for split, cap in self.max_queries.items():
+            if split not in SPLITS:
+                raise ConfigError(f"prepare.max_queries: unknown split {split!r} (of {SPLITS})")
+            if cap is None or cap <= 0:
+                raise ConfigError(
+                    f"prepare.max_queries.{split}: must be a positive number of queries, "
+                    f"got {cap!r} (leave the split out to keep all of its queries)"
+                )
 
 
 @dataclass
@@ -182,6 +195,30 @@ def assign_splits(
         ],
     }
     return pa.Table.from_pydict(columns, schema=schemas.with_skipped(schemas.QUERIES))
+
+
+def queries_over_caps(
+    rows: list[dict], caps: dict[str, int], judged: set[str], seed: int
+) -> set[str]:
+    """Ids that `prepare.max_queries` leaves out: in a capped split, every query but a
+    nested sample of `caps[split]` judged ones (`rows`: query_id, split, skipped)."""
+    left_out = set()
+    for split, cap in caps.items():
+        ids = [r["query_id"] for r in rows if r["split"] == split and not r["skipped"]]
+        kept = set(nested_subset([q for q in ids if q in judged], cap, seed))
+        left_out.update(q for q in ids if q not in kept)
+    return left_out
+
+
+def mark_left_out(batch: pa.Table, left_out: set[str]) -> pa.Table:
+    """Ray Data UDF: 'beyond_max_queries' as the skip reason of the ids in `left_out`."""
+    ids = batch.column("query_id").to_pylist()
+    reasons = [
+        "beyond_max_queries" if not reason and q in left_out else reason
+        for q, reason in zip(ids, batch.column("skipped").to_pylist(), strict=True)
+    ]
+    index = batch.schema.get_field_index("skipped")
+    return batch.set_column(index, "skipped", pa.array(reasons, pa.string()))
 
 
 class Candidates:
@@ -390,6 +427,9 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     if not out.table_done(out.CORPUS):
         write(out.CORPUS, read("corpus", schemas.CORPUS), schemas.CORPUS)
         log("corpus written", start)
+    if not out.table_done(out.QRELS):
+        write(out.QRELS, read("qrels", schemas.QRELS), schemas.QRELS)
+        log("qrels written", start)
     if not out.table_done(out.QUERIES):
         own = split_assignment(source)
         if own is not None:
@@ -407,6 +447,14 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
             )
             .materialize()
         )
+        if section.max_queries:
+            # Judged queries only: qrels are written first so that a sample can be drawn of them.
+            judged = set(out.table(out.QRELS, ["query_id"]).column("query_id").to_pylist())
+            rows = raw.select_columns(["query_id", "split", "skipped"]).take_all()
+            left_out = queries_over_caps(rows, section.max_queries, judged, section.split_seed)
+            raw = raw.map_batches(
+                mark_left_out, batch_format="pyarrow", fn_kwargs={"left_out": left_out}
+            ).materialize()
         # The reasons first: a table marked done always has its skip counts beside it.
         reasons = {"empty_query": 0, **skip_reasons(raw)}
         storage.write_text(out.path(out.skipped_name(out.QUERIES)), json.dumps(reasons))
@@ -423,9 +471,6 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
                 start,
             )
     skipped["queries"] = json.loads(storage.read_text(out.path(out.skipped_name(out.QUERIES))))
-    if not out.table_done(out.QRELS):
-        write(out.QRELS, read("qrels", schemas.QRELS), schemas.QRELS)
-        log("qrels written", start)
     if has_run and not out.table_done(out.RUN):
         write(out.RUN, read("run", schemas.RUN), schemas.RUN)
         log("first-stage run written", start)

@@ -1,12 +1,20 @@
 """`qpeft prepare` on Ray Data: Cranfield offline, local files, bad references, resume."""
 
 import json
+import re
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.prepare import PrepareConfig, PrepareError, prepare
-from qpeft.config import from_dict
+from pipelines.prepare import (
+    PrepareConfig,
+    PrepareError,
+    mark_left_out,
+    prepare,
+    queries_over_caps,
+)
+from qpeft.config import ConfigError, from_dict
 from qpeft.data import schemas
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -232,3 +240,36 @@ def test_official_splits_from_local_qrels_files_through_the_cli(ray_session, tmp
     assert main(["prepare", *args]) == 2
     assert "split 'dev' of the source's splits has no judged query" in capsys.readouterr().err
     assert not (bad / "_SUCCESS").exists() and not (bad / "counts.json").exists()
+
+
+def test_max_queries_keeps_a_nested_sample_of_judged_queries_per_split():
+    rows = [{"query_id": f"t{i}", "split": "train", "skipped": ""} for i in range(20)]
+    rows += [{"query_id": f"d{i}", "split": "dev", "skipped": ""} for i in range(5)]
+    rows.append({"query_id": "blank", "split": "train", "skipped": "empty_query"})
+    judged = {f"t{i}" for i in range(1, 20)} | {f"d{i}" for i in range(5)}  # t0 unjudged
+    small = queries_over_caps(rows, {"train": 5}, judged, seed=13)
+    large = queries_over_caps(rows, {"train": 10}, judged, seed=13)
+    kept_small = {f"t{i}" for i in range(20)} - small
+    kept_large = {f"t{i}" for i in range(20)} - large
+    assert len(kept_small) == 5 and len(kept_large) == 10
+    assert kept_small < kept_large and "t0" not in kept_large  # nested, judged only
+    assert not any(q.startswith("d") for q in large) and "blank" not in large  # uncapped, skipped
+    batch = pa.table(
+        {"query_id": ["t0", "blank", sorted(kept_small)[0]], "skipped": ["", "empty_query", ""]}
+    )
+    marked = mark_left_out(batch, small).column("skipped").to_pylist()
+    assert marked == ["beyond_max_queries", "empty_query", ""]
+
+
+@pytest.mark.parametrize(
+    ("caps", "message"),
+    [
+        ({"valid": 3}, "prepare.max_queries: unknown split 'valid'"),
+        ({"train": 0}, "prepare.max_queries.train: must be a positive number of queries"),
+    ],
+)
+def test_max_queries_refuses_unknown_splits_and_empty_caps(caps, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        from_dict(
+            PrepareConfig, {"prepare": {"source": {"irds": "cranfield"}, "max_queries": caps}}
+        )
