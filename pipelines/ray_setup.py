@@ -10,11 +10,14 @@ from qpeft.config import ConfigError
 
 # Cut start-up work and noise (usage stats, Train's preemption watcher, metrics and print
 # patch: measured seconds of start-up each on 2 cores); set before ray is imported anywhere.
+# Train's controller polls its workers every 2 s by default and so notices a started or
+# finished group up to 2 s late: every 0.5 s took 2 s off a tiny 2-epoch run (24 -> 22 s).
 for _name, _value in (
     ("RAY_USAGE_STATS_ENABLED", "0"),
     ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
     ("RAY_TRAIN_METRICS_ENABLED", "0"),
     ("RAY_TRAIN_ENABLE_PRINT_PATCH", "0"),
+    ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"),
 ):
     os.environ.setdefault(_name, _value)
 
