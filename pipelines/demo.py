@@ -60,8 +60,9 @@ from qpeft.training.loop import TrainSettings
 class DemoSection:
     output_dir: str = "runs/demo"
     methods: list[str] = field(default_factory=lambda: ["qpeft_a"])
-    # Test queries each system reranks, the first N ids (null: all of them). On dev the
-    # demo reads the training's dev check (train.dev_max_queries, train.dev_depth).
+    # Test queries each system reranks: a seeded sample of N, the only test queries prepare
+    # keeps (prepare.max_queries; null: all of them). On dev the demo reads the training's
+    # dev check (train.dev_max_queries, train.dev_depth).
     rerank_queries: int | None = 40
     depth: int = 20  # first-stage candidates reranked per query
     # The run every other is tested against: zero_shot, a method, or the first stage's run,
