@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy, Datasource, ReadTask
@@ -35,6 +36,8 @@ from pipelines.prepare_dense import (
     dense_resources,
     embed_corpus,
 )
+from pipelines.prepare_pseudo import SUMMARY as PSEUDO_SUMMARY
+from pipelines.prepare_pseudo import make_pseudo_queries
 from pipelines.ray_setup import RaySection, init_ray
 from pipelines.step import claimed
 from qpeft import storage
@@ -44,6 +47,7 @@ from qpeft.data import schemas
 from qpeft.data.dense_index import require_faiss
 from qpeft.data.first_stage import FirstStage, FirstStageConfig
 from qpeft.data.official_splits import split_assignment
+from qpeft.data.pseudo_queries import PSEUDO_DEV, PSEUDO_SPLITS, PseudoQueriesConfig
 from qpeft.data.readers import DataError
 from qpeft.data.sources import Part, SourceConfig, parts
 from qpeft.data.splits import SPLITS, nested_subset, split_of
@@ -66,16 +70,30 @@ class PrepareSection:
     # of a larger one); the others are left out and counted. Candidates and groups cost
     # time per query, so a run that uses a few queries of a large set prepares only those.
     max_queries: dict[str, int] = field(default_factory=dict)
+    # Queries drafted from the corpus itself for training and the dev check, where judged
+    # ones are few or none (qpeft/data/pseudo_queries.py, docs/data.md); null: none.
+    pseudo_queries: PseudoQueriesConfig | None = None
     missing_docs: Literal["fail", "warn"] = "fail"
     block_rows: int = 2000  # rows per block read and per file written (embedding resumes by file)
     overwrite: bool = False
 
     def validate(self) -> None:
+        if self.source.corpus and not self.source.queries and self.pseudo_queries is None:
+            raise ConfigError(
+                "source.queries: required with source.corpus, unless prepare.pseudo_queries "
+                "makes the queries from the corpus"
+            )
         unknown = set(self.splits) - set(SPLITS)
         if unknown:
             raise ConfigError(f"prepare.splits: unknown split {sorted(unknown)[0]!r}")
         if abs(sum(self.splits.values()) - 1.0) > 1e-6:
             raise ConfigError(f"prepare.splits: fractions must sum to 1, got {self.splits}")
+        pseudo = self.pseudo_queries
+        if pseudo is not None and pseudo.keep_top_k > self.first_stage.depth:
+            raise ConfigError(
+                f"prepare.pseudo_queries.keep_top_k: {pseudo.keep_top_k} is deeper than the "
+                f"first stage's list (prepare.first_stage.depth: {self.first_stage.depth})"
+            )
         for split, cap in self.max_queries.items():
             if split not in SPLITS:
                 raise ConfigError(f"prepare.max_queries: unknown split {split!r} (of {SPLITS})")
@@ -94,6 +112,14 @@ class PrepareConfig:
     model: ModelConfig | None = None
     template: TemplateConfig = field(default_factory=TemplateConfig)
     ray: RaySection = field(default_factory=RaySection)
+
+    def validate(self) -> None:
+        pseudo = self.prepare.pseudo_queries
+        if pseudo is not None and pseudo.generates and self.model is None:
+            raise ConfigError(
+                f"model: prepare.pseudo_queries.kind {pseudo.kind} writes queries with an LM; "
+                "name it in model.name (e.g. gemma3-270m)"
+            )
 
 
 def query_lengths(cfg: PrepareConfig, root: str) -> dict:
@@ -284,11 +310,19 @@ def summarize(root: str) -> dict:
     lengths = pa.compute.utf8_length(pa.compute.utf8_trim_whitespace(corpus.column("text")))
     queries = prepared.table(prepared.QUERIES, ["query_id", "split"])
     qrels = prepared.table(prepared.QRELS, ["query_id"])
-    cands = prepared.table(prepared.CANDIDATES, ["query_id"])
+    # Judged queries' candidates: pseudo-queries have counts of their own.
+    cands = prepared.table(
+        prepared.CANDIDATES, ["query_id"], ~pc.field("split").isin(pa.array(PSEUDO_SPLITS))
+    )
     per_query = cands.group_by("query_id").aggregate([("query_id", "count")])
     sizes = per_query.column("query_id_count").to_pylist()
     split_counts = queries.group_by("split").aggregate([("split", "count")]).to_pylist()
-    groups = prepared.table(prepared.GROUPS, ["split"])
+    groups = prepared.table(
+        prepared.GROUPS, ["split"], ~pc.field("split").isin(pa.array(PSEUDO_SPLITS))
+    )
+    pseudo_groups = prepared.table(
+        prepared.GROUPS, ["split"], pc.field("split").isin(pa.array(PSEUDO_SPLITS))
+    )
     return {
         "documents": len(ids),
         "empty_documents": int(pa.compute.sum(pa.compute.equal(lengths, 0)).as_py() or 0),
@@ -307,6 +341,9 @@ def summarize(root: str) -> dict:
             "max": max(sizes, default=0),
         },
         "groups": groups.num_rows,
+        "pseudo_groups": {
+            s: pc.sum(pc.equal(pseudo_groups["split"], s)).as_py() or 0 for s in PSEUDO_SPLITS
+        },
     }
 
 
@@ -324,6 +361,8 @@ def stamp_settings(section: PrepareSection) -> dict:
     ignored = ("overwrite", "missing_docs", *HOW_TO_RUN)
     if section.first_stage.kind == "bm25":
         ignored += DENSE_ONLY
+    if section.pseudo_queries is None:  # folders prepared before there were any
+        ignored += ("pseudo_queries",)
     return without(to_dict(section), ignored)
 
 
@@ -501,7 +540,27 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
         log(f"warning: {message}; those rows are left out of candidates and groups", start)
 
     first_stage, first_stage_record = resolved_first_stage(section.first_stage, out, has_run, start)
-    queries = ray.data.read_parquet(out.path(out.QUERIES))
+    if section.pseudo_queries is not None:
+        pseudo = make_pseudo_queries(
+            out,
+            section.pseudo_queries,
+            first_stage,
+            has_run,
+            cfg.model,
+            cfg.template,
+            write,
+            lambda m: log(m, start),
+        )
+        log(
+            f"pseudo-queries: {pseudo['kept']} kept of {pseudo['drafted']} drafted "
+            f"{pseudo['kept_by_split']} (skipped: {pseudo['skipped']})",
+            start,
+        )
+    queries, pseudo_rows = query_datasets(out)
+    # Pseudo dev queries get candidates (the dev check reranks them); all get groups.
+    pseudo_dev = (
+        None if pseudo_rows is None else pseudo_rows.filter(expr=col("split") == PSEUDO_DEV)
+    )
     udf_args = {"root": root, "config": first_stage, "has_run": has_run}
     # Dense and hybrid embed the queries in these actors: a GPU each with dense.device cuda.
     resources = {"num_cpus": 1}
@@ -511,7 +570,7 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     if not out.table_done(out.CANDIDATES):
         write(
             out.CANDIDATES,
-            queries.map_batches(
+            union(queries, pseudo_dev).map_batches(
                 Candidates, fn_constructor_kwargs=udf_args, batch_size=512, **actors
             ),
             schemas.CANDIDATES,
@@ -519,7 +578,7 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
         log("candidates written", start)
     if not out.table_done(out.GROUPS):
         rows = (
-            queries.filter(expr=col("split") != "test")
+            union(queries.filter(expr=col("split") != "test"), pseudo_rows)
             .map_batches(Groups, fn_constructor_kwargs=udf_args, batch_size=512, **actors)
             .materialize()
         )
@@ -533,6 +592,8 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     counts["splits_from"] = source.splits_from
     counts["first_stage"] = first_stage_record
     counts["skipped"] = skipped
+    if section.pseudo_queries is not None:
+        counts["pseudo_queries"] = json.loads(storage.read_text(out.path(PSEUDO_SUMMARY)))
     counts["references"] = references
     if cfg.model is not None:
         counts["query_lengths"] = query_lengths(cfg, root)
@@ -540,6 +601,30 @@ def prepare_into(cfg: PrepareConfig, out: PreparedData) -> dict:
     storage.write_text(out.path(out.COUNTS), json.dumps(counts, indent=2) + "\n")
     out.mark_complete()
     return counts
+
+
+def query_datasets(out: PreparedData):
+    """The judged queries and the kept pseudo-queries (None without any), each with a `kind`
+    column ("" for judged ones): what candidates and groups are made for."""
+    queries = ray.data.read_parquet(out.path(out.QUERIES))
+    pseudo = out.pseudo_queries()
+    if not pseudo:
+        return queries, None
+    queries = queries.map_batches(with_kind, batch_format="pyarrow")
+    table = pa.Table.from_pylist(
+        [{**r, "answers": []} for r in pseudo],
+        schema=schemas.QUERIES.append(pa.field("kind", pa.string(), nullable=False)),
+    )
+    return queries, ray.data.from_arrow(table)
+
+
+def with_kind(batch: pa.Table) -> pa.Table:
+    """A judged query table with an empty `kind` column, to stand beside pseudo-queries."""
+    return batch.append_column("kind", pa.array([""] * batch.num_rows, pa.string()))
+
+
+def union(queries, pseudo):
+    return queries if pseudo is None else queries.union(pseudo)
 
 
 def first_stage_line(record: dict) -> str:
@@ -556,6 +641,22 @@ def first_stage_line(record: dict) -> str:
     return line + "\n"
 
 
+def pseudo_line(pseudo: dict) -> str:
+    line = (
+        f"pseudo-queries ({pseudo['kind']}): {pseudo['kept']} kept of {pseudo['drafted']} "
+        f"drafted from {pseudo['documents_sampled']} documents {pseudo['kept_by_split']}; "
+        f"filter recall {pseudo['filter_recall']} at top {pseudo['keep_top_k']}; "
+        f"skipped: {pseudo['skipped']}\n"
+    )
+    if cost := pseudo.get("generation"):
+        line += (
+            f"generation: {cost['documents']} documents in {cost['seconds']} s "
+            f"({cost['documents_per_second']} documents/s, {cost['new_tokens_per_second']} "
+            f"tokens/s, peak {cost['peak_rss_mb']} MB)\n"
+        )
+    return line
+
+
 def print_counts(counts: dict, root: str) -> None:
     per = counts["candidates_per_query"]
     print(
@@ -568,6 +669,7 @@ def print_counts(counts: dict, root: str) -> None:
         f"mean {per['mean']:.1f}; {counts['queries_without_candidates']} queries without any)\n"
         f"groups: {counts['groups']} (skipped: {counts['skipped']['groups']})\n"
         + first_stage_line(counts.get("first_stage", {"kind": "bm25"}))
+        + (pseudo_line(pseudo) if (pseudo := counts.get("pseudo_queries")) else "")
         + (
             f"queries over template.max_query_tokens={lengths['max_query_tokens']} "
             f"({lengths['model']} tokens): {lengths['queries_over_limit']}, longest "

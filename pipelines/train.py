@@ -18,7 +18,7 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +43,7 @@ from qpeft import storage
 from qpeft.adapters import adapter_class
 from qpeft.artifacts import PreparedData, TrainingRun, without
 from qpeft.config import ConfigError, ModelConfig, QPeftConfig, conflict, from_dict, to_dict
+from qpeft.data.pseudo_queries import PSEUDO_DEV, PSEUDO_TRAIN
 from qpeft.data.splits import nested_subset
 from qpeft.input_check import QueryCheck, check_queries
 from qpeft.lm.backbone import load_backbone, load_tokenizer, pin_model
@@ -68,6 +69,28 @@ from qpeft.training.loop import (
 @dataclass
 class DataSection:
     prepared_dir: str = "runs/prepare/cranfield"
+    # Which queries train and which the dev check reads: judged (splits train, dev), pseudo
+    # (pseudo_train, pseudo_dev: `prepare.pseudo_queries`), or auto: judged where the data
+    # has them, pseudo where not (each of the two decided on its own).
+    queries: Literal["auto", "judged", "pseudo"] = "auto"
+
+
+@dataclass(frozen=True)
+class QuerySplits:
+    train: str
+    dev: str
+
+
+def query_splits(data: DataSection) -> QuerySplits:
+    """The splits that `data.queries` names in this prepared folder."""
+    if data.queries != "auto":
+        PreparedData(data.prepared_dir).require_complete("data.prepared_dir")
+        judged = data.queries == "judged"
+        return QuerySplits("train" if judged else PSEUDO_TRAIN, "dev" if judged else PSEUDO_DEV)
+    prepared = PreparedData(data.prepared_dir).require_complete("data.prepared_dir")
+    has_train = prepared.table(prepared.GROUPS, ["split"], pc.field("split") == "train").num_rows
+    has_dev = prepared.table(prepared.QUERIES, ["split"], pc.field("split") == "dev").num_rows
+    return QuerySplits("train" if has_train else PSEUDO_TRAIN, "dev" if has_dev else PSEUDO_DEV)
 
 
 @dataclass
@@ -139,11 +162,11 @@ RUN_POLICY_KEYS = (
 )
 
 
-def training_query_ids(cfg: TrainRunConfig, skip: list[str]) -> list[str]:
+def training_query_ids(cfg: TrainRunConfig, split: str, skip: list[str]) -> list[str]:
     """The training queries this run uses: the train split's groups less those the
     long-query policy skips, cut to `train.max_train_queries` (a nested subset)."""
     prepared = PreparedData(cfg.data.prepared_dir)
-    ids = prepared.table(prepared.GROUPS, ["query_id"], pc.field("split") == "train")
+    ids = prepared.table(prepared.GROUPS, ["query_id"], pc.field("split") == split)
     ids = sorted(set(ids.column("query_id").to_pylist()) - set(skip))
     if cfg.train.max_train_queries is not None:
         ids = nested_subset(ids, cfg.train.max_train_queries, cfg.train.seed)
@@ -151,7 +174,7 @@ def training_query_ids(cfg: TrainRunConfig, skip: list[str]) -> list[str]:
 
 
 def training_token_ids(
-    cfg: TrainRunConfig, template: Template, query_ids: list[str]
+    cfg: TrainRunConfig, template: Template, split: str, query_ids: list[str]
 ) -> list[int] | None:
     """The vocabulary rows of E' that training can reach (the method decides which: query
     tokens, hint words, and for Q-PEFT-R the documents' tokens), found once in the driver
@@ -160,7 +183,7 @@ def training_token_ids(
     rows = prepared.table(
         prepared.GROUPS,
         ["query_id", "query", "positive_text", "negative_texts"],
-        pc.field("split") == "train",
+        pc.field("split") == split,
     ).to_pylist()
     used = set(query_ids)
     rows = [r for r in rows if r["query_id"] in used]
@@ -201,16 +224,16 @@ def resolve_engine(cfg: TrainRunConfig) -> TrainRunConfig:
     return replace(cfg, train=replace(settings, engine=engine))
 
 
-def check_training_queries(cfg: TrainRunConfig) -> QueryCheck:
+def check_training_queries(cfg: TrainRunConfig, splits: QuerySplits) -> QueryCheck:
     """Every train and dev query against the template and its long-query policy, in the
     driver, with the tokenizer alone: a data or template error stops the run here, in
     seconds, instead of in Ray workers that Ray Train would restart as if a node died."""
-    prepared = PreparedData(cfg.data.prepared_dir).require_complete("data.prepared_dir")
+    prepared = PreparedData(cfg.data.prepared_dir)
+    wanted = pa.array([splits.train, splits.dev], pa.string())
     rows = prepared.table(
-        prepared.QUERIES,
-        ["query_id", "text"],
-        pc.field("split").isin(pa.array(["train", "dev"], pa.string())),
+        prepared.QUERIES, ["query_id", "text"], pc.field("split").isin(wanted)
     ).to_pylist()
+    rows += [r for r in prepared.pseudo_queries() if r["split"] in (splits.train, splits.dev)]
     template = Template(
         cfg.template, load_tokenizer(cfg.model), cfg.adapter.method, cfg.adapter.hint_gate
     )
@@ -243,12 +266,13 @@ def allreduced_bytes(engine) -> int | None:
     return counter.bytes if counter is not None else None
 
 
-def training_record(cfg: TrainRunConfig) -> dict:
+def training_record(cfg: TrainRunConfig, splits: QuerySplits) -> dict:
     """What the adapter's config and model card say about how it was trained."""
     settings = cfg.train
     return {
         "data": cfg.data.prepared_dir,
-        "split": "train",
+        "split": splits.train,
+        "dev_split": splits.dev,
         "settings": {
             "loss": cfg.loss.kind,
             "epochs": settings.epochs,
@@ -301,8 +325,11 @@ def train_loop(loop_config: dict) -> None:
         if rank == 0:
             print(f"[train] resumed at step {state.step} (epoch {state.epoch})", flush=True)
 
-    dev = load_dev(PreparedData(cfg.data.prepared_dir), settings, loop_config["skip_query_ids"])
-    training = training_record(cfg)
+    splits = QuerySplits(**loop_config["splits"])
+    dev = load_dev(
+        PreparedData(cfg.data.prepared_dir), settings, loop_config["skip_query_ids"], splits.dev
+    )
+    training = training_record(cfg, splits)
     shard = ray.train.get_dataset_shard("train")
     steps_per_epoch = loop_config["steps_per_epoch"]
     start = time.perf_counter()
@@ -433,10 +460,10 @@ def train_loop(loop_config: dict) -> None:
         save_checkpoint(engine, qpeft, state, rank, metrics)
 
 
-def build_datasets(cfg: TrainRunConfig, query_ids: list[str]) -> tuple[dict, int]:
+def build_datasets(cfg: TrainRunConfig, split: str, query_ids: list[str]) -> tuple[dict, int]:
     """The training groups of `query_ids` and the number of optimizer steps per epoch."""
     groups = ray.data.read_parquet(PreparedData(cfg.data.prepared_dir).path(PreparedData.GROUPS))
-    train = groups.filter(expr=(col("split") == "train") & col("query_id").is_in(query_ids))
+    train = groups.filter(expr=(col("split") == split) & col("query_id").is_in(query_ids))
     n_train = train.count()
     per_step = cfg.train.queries_per_batch * cfg.scaling.num_workers
     if n_train < per_step:
@@ -445,6 +472,16 @@ def build_datasets(cfg: TrainRunConfig, query_ids: list[str]) -> tuple[dict, int
             f"{cfg.train.queries_per_batch} queries x {cfg.scaling.num_workers} workers"
         )
     return {"train": train.random_shuffle(seed=cfg.train.seed)}, n_train // per_step
+
+
+def run_stamp(cfg: TrainRunConfig, splits: QuerySplits) -> dict:
+    """What the run's folder is stamped with: the config less how to run it, and the splits
+    it trains and checks on where they are not the judged ones (runs from before pseudo-
+    queries keep their stamps)."""
+    stamp = without(to_dict(cfg), (*RUN_POLICY_KEYS, "data.queries"))
+    if splits != QuerySplits("train", "dev"):
+        stamp["data"]["splits"] = asdict(splits)
+    return stamp
 
 
 def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
@@ -463,14 +500,20 @@ def train(cfg: TrainRunConfig, callbacks: list | None = None) -> dict:
         run=replace(cfg.run, storage_path=storage.absolute(cfg.run.storage_path)),
     )
     cfg = resolve_engine(cfg)
-    query_check = check_training_queries(cfg)
+    splits = query_splits(cfg.data)
+    print(
+        f"[train] training queries: split {splits.train}; dev check: split {splits.dev} "
+        f"(data.queries: {cfg.data.queries})",
+        flush=True,
+    )
+    query_check = check_training_queries(cfg, splits)
     print(f"[train] {describe_query_check(query_check, cfg.template)}", flush=True)
     out = TrainingRun(storage.join(cfg.run.storage_path, cfg.run.name))
-    with claimed(out, without(to_dict(cfg), RUN_POLICY_KEYS), cfg.run.overwrite):
+    with claimed(out, run_stamp(cfg, splits), cfg.run.overwrite):
         if out.is_complete():
             print(f"[train] {out.root} is complete; nothing to do", flush=True)
             return out.metrics()
-        return fit(cfg, pinned, out, query_check, callbacks)
+        return fit(cfg, pinned, out, query_check, splits, callbacks)
 
 
 def fit(
@@ -478,22 +521,23 @@ def fit(
     pinned: ModelConfig,
     out: TrainingRun,
     query_check: QueryCheck,
+    splits: QuerySplits,
     callbacks: list | None,
 ) -> dict:
     """The body of `train` once its inputs are checked and it holds the run's folder."""
     template = Template(
         cfg.template, load_tokenizer(cfg.model), cfg.adapter.method, cfg.adapter.hint_gate
     )
-    query_ids = training_query_ids(cfg, query_check.skipped)
+    query_ids = training_query_ids(cfg, splits.train, query_check.skipped)
     print(f"[train] {len(query_ids)} training queries", flush=True)
-    trainable_ids = training_token_ids(cfg, template, query_ids)
+    trainable_ids = training_token_ids(cfg, template, splits.train, query_ids)
     init_ray(cfg.ray)
     check_cpu_headroom(
         cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
         f"scaling: {cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker} CPUs",
         "lower scaling.cpus_per_worker (e.g. 0.5 on a 2-core machine)",
     )
-    datasets, steps_per_epoch = build_datasets(cfg, query_ids)
+    datasets, steps_per_epoch = build_datasets(cfg, splits.train, query_ids)
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.scaling.num_workers,
         use_gpu=cfg.scaling.use_gpu,
@@ -510,6 +554,7 @@ def fit(
             "steps_per_epoch": steps_per_epoch,
             "skip_query_ids": query_check.skipped,
             "trainable_ids": trainable_ids,
+            "splits": asdict(splits),
         },
         scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
@@ -539,6 +584,8 @@ def fit(
         "diverged_at_step": state.diverged_at_step,
         "resumed_at": state.resumed_at or [],
         "train_queries": len(query_ids),
+        "train_split": splits.train,
+        "dev_split": splits.dev,
         # This invocation's wall time (a resumed run's earlier sessions are not in it).
         "wall_seconds": round(time.perf_counter() - began, 1),
         "history": state.history,

@@ -28,6 +28,7 @@ from pipelines.train import (
     TrainRunConfig,
     check_training_queries,
     describe_query_check,
+    query_splits,
     train,
 )
 from qpeft import storage
@@ -305,7 +306,7 @@ def sweep(cfg: TuneRunConfig) -> dict:
     model = pin_model(base.model)
     # Data and template errors stop the sweep here, not in every trial's workers. (A swept
     # template or adapter key is checked again by each trial's own driver.)
-    check = check_training_queries(base)
+    check = check_training_queries(base, query_splits(base.data))
     print(f"[tune] {describe_query_check(check, base.template)}", flush=True)
     init_ray(cfg.ray)
     storage_path = storage.absolute(section.storage_path)  # a local folder or a cloud URI

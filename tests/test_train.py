@@ -160,7 +160,12 @@ def test_workers_taking_every_cpu_are_refused(ray_session, setup, tmp_path):
 def test_skipped_long_queries_are_left_out_of_the_sparse_e_prime(setup, tmp_path):
     """With long_queries: skip the driver's check leaves q3 out, and so does the set of
     E' rows training can reach (clipping q3 there would raise)."""
-    from pipelines.train import check_training_queries, training_query_ids, training_token_ids
+    from pipelines.train import (
+        QuerySplits,
+        check_training_queries,
+        training_query_ids,
+        training_token_ids,
+    )
     from qpeft.lm.backbone import load_tokenizer
     from qpeft.lm.template import Template
 
@@ -169,14 +174,14 @@ def test_skipped_long_queries_are_left_out_of_the_sparse_e_prime(setup, tmp_path
     cfg.adapter.method = "qpeft_a"
     cfg.template.max_query_tokens = 8
     cfg.template.long_queries = "skip"
-    check = check_training_queries(cfg)
+    check = check_training_queries(cfg, QuerySplits("train", "dev"))
     assert check.skipped == ["q3"]
     template = Template(
         cfg.template, load_tokenizer(cfg.model), cfg.adapter.method, cfg.adapter.hint_gate
     )
-    query_ids = training_query_ids(cfg, check.skipped)
+    query_ids = training_query_ids(cfg, "train", check.skipped)
     assert "q3" not in query_ids
-    ids = training_token_ids(cfg, template, query_ids)  # raised QueryTooLongError before
+    ids = training_token_ids(cfg, template, "train", query_ids)  # raised QueryTooLongError before
     assert ids and set(template.hint_prefix_ids) <= set(ids)
 
 

@@ -5,6 +5,10 @@ stored embeddings and, if the source had one, a first-stage run) and then maps q
 to candidate and group tables. With a run it loads only the documents the run and the
 positives name; with BM25 it indexes the whole corpus in that worker; dense and hybrid
 embed the queries there and search the embeddings `qpeft prepare` stored.
+
+Title pseudo-queries (`prepare.pseudo_queries`) are searched by BM25 over the documents'
+bodies, and every document they rank is read without its title: with it, the source
+document would hold its query word for word (and the stored dense vectors include titles).
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ class FirstStage:
             )
         ]
         self.texts = dict(zip(ids, texts, strict=True))
+        self.root = root
+        self._bodies: tuple[dict[str, str], BM25Index] | None = None
         lexical = not has_run and config.kind != "dense"
         self.index = BM25Index(ids, texts, config.bm25_k1, config.bm25_b) if lexical else None
         dense = not has_run and config.kind != "bm25"
@@ -121,8 +127,43 @@ class FirstStage:
         dense = self.dense.search(queries, depth) if self.dense is not None else none
         return bm25, dense
 
-    def ranked(self, query_ids: list[str], queries: list[str]) -> list[list[Hit]]:
-        """Top-`depth` hits per query, limited to documents with text."""
+    def bodies(self) -> tuple[dict[str, str], BM25Index]:
+        """Documents without their titles and a BM25 index of them, built on first use."""
+        if self._bodies is None:
+            corpus = PreparedData(self.root).table(PreparedData.CORPUS, ["doc_id", "text"])
+            ids = corpus.column("doc_id").to_pylist()
+            texts = [full_text("", x) for x in corpus.column("text").to_pylist()]
+            kept = [(d, t) for d, t in zip(ids, texts, strict=True) if t]
+            index = BM25Index(
+                [d for d, _ in kept], [t for _, t in kept], self.config.bm25_k1, self.config.bm25_b
+            )
+            self._bodies = dict(kept), index
+        return self._bodies
+
+    def texts_for(self, title_query: bool) -> dict[str, str]:
+        return self.bodies()[0] if title_query else self.texts
+
+    def ranked(
+        self, query_ids: list[str], queries: list[str], titles: list[bool] | None = None
+    ) -> list[list[Hit]]:
+        """Top-`depth` hits per query, limited to documents with text; `titles` marks the
+        title pseudo-queries, searched over bodies alone."""
+        if titles and any(titles):
+            title_rows = [i for i, t in enumerate(titles) if t]
+            other_rows = [i for i, t in enumerate(titles) if not t]
+            _, index = self.bodies()
+            found = index.search([queries[i] for i in title_rows], self.config.depth)
+            hits: list[list[Hit] | None] = [None] * len(queries)
+            for i, row in zip(title_rows, found, strict=True):
+                hits[i] = [Hit(d, s, bm25_score=s) for d, s in row]
+            others = self.ranked(
+                [query_ids[i] for i in other_rows], [queries[i] for i in other_rows]
+            )
+            for i, row in zip(other_rows, others, strict=True):
+                hits[i] = row
+            return hits
+        if not query_ids:
+            return []
         if self.run is not None:
             return [
                 [Hit(d, s) for d, s in self.run.get(q, []) if d in self.texts] for q in query_ids
@@ -140,11 +181,13 @@ class FirstStage:
     def candidates(self, batch: pa.Table) -> pa.Table:
         """Candidate rows (schema CANDIDATES) for a table of queries."""
         qids, texts, splits = (batch.column(c).to_pylist() for c in ("query_id", "text", "split"))
+        titles = title_queries(batch)
         rows = []
-        for qid, query, split, hits in zip(
-            qids, texts, splits, self.ranked(qids, texts), strict=True
+        for qid, query, split, hits, title in zip(
+            qids, texts, splits, self.ranked(qids, texts, titles), titles, strict=True
         ):
             judged = self.judgments.get(qid, {})
+            documents = self.texts_for(title)
             rows += [
                 {
                     "query_id": qid,
@@ -155,7 +198,7 @@ class FirstStage:
                     "first_stage_score": hit.score,
                     "bm25_score": hit.bm25_score,
                     "dense_score": hit.dense_score,
-                    "text": self.texts[hit.doc_id],
+                    "text": documents[hit.doc_id],
                     "relevance": judged.get(hit.doc_id),
                 }
                 for r, hit in enumerate(hits, 1)
@@ -165,12 +208,14 @@ class FirstStage:
     def groups(self, batch: pa.Table) -> pa.Table:
         """One row per query: a group, or (`skipped` set) the reason there is none."""
         qids, texts, splits = (batch.column(c).to_pylist() for c in ("query_id", "text", "split"))
+        titles = title_queries(batch)
         rows = []
-        for qid, query, split, hits in zip(
-            qids, texts, splits, self.ranked(qids, texts), strict=True
+        for qid, query, split, hits, title in zip(
+            qids, texts, splits, self.ranked(qids, texts, titles), titles, strict=True
         ):
             rng = random.Random(f"{self.config.seed}:{qid}")
-            judged = {d: g for d, g in self.judgments.get(qid, {}).items() if d in self.texts}
+            documents = self.texts_for(title)
+            judged = {d: g for d, g in self.judgments.get(qid, {}).items() if d in documents}
             choice = choose_group(
                 [hit.doc_id for hit in hits],
                 judged,
@@ -185,13 +230,20 @@ class FirstStage:
                     "query": query,
                     "split": split,
                     "positive_id": choice.positive_id or "",
-                    "positive_text": self.texts.get(choice.positive_id, ""),
+                    "positive_text": documents.get(choice.positive_id, ""),
                     "negative_ids": choice.negative_ids,
-                    "negative_texts": [self.texts[d] for d in choice.negative_ids],
+                    "negative_texts": [documents[d] for d in choice.negative_ids],
                     "skipped": choice.skipped or "",
                 }
             )
         return schemas.table(rows, schemas.with_skipped(schemas.GROUPS))
+
+
+def title_queries(batch: pa.Table) -> list[bool]:
+    """Which rows of a query table are title pseudo-queries (a `kind` column says)."""
+    if "kind" not in batch.column_names:
+        return [False] * batch.num_rows
+    return [kind == "title" for kind in batch.column("kind").to_pylist()]
 
 
 def bm25_lists(root: str, config: FirstStageConfig, queries: pa.Table) -> list[dict]:

@@ -103,6 +103,22 @@ RERANKED = pa.schema(
     ]
 )
 
+# Every pseudo-query draft (`prepare.pseudo_queries`, qpeft/data/pseudo_queries.py): its
+# kind (title or generate), source document, split (pseudo_train / pseudo_dev), the first
+# stage's rank of its source document (null: not ranked, or not in the top `depth`) and why
+# it is left out ("" for a kept query, which is judged relevant to its source alone).
+PSEUDO_QUERIES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("source_rank", pa.int32(), nullable=True),
+        pa.field("skipped", pa.string(), nullable=False),
+    ]
+)
+
 # Queries as read, before splits are assigned and blank ones are skipped.
 RAW_QUERIES = pa.schema(
     [

@@ -50,8 +50,6 @@ class SourceConfig:
                 "source: give exactly one of source.irds, source.irds_splits, source.corpus "
                 f"(with source.queries) or source.dpr, got {kinds or 'none'}"
             )
-        if self.corpus and not self.queries:
-            raise ConfigError("source.queries: required with source.corpus")
         if (self.qrels_splits or self.split_file) and not self.corpus:
             raise ConfigError(
                 "source.qrels_splits / source.split_file: only with local files (source.corpus)"

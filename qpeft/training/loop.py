@@ -440,11 +440,14 @@ class DevSet:
     qrels: Qrels
 
 
-def load_dev(prepared: PreparedData, settings: TrainSettings, skip: Sequence[str] = ()) -> DevSet:
-    """The dev split, read with pyarrow in each worker: every rank needs all of it and it is
-    small (capped by `train.dev_max_queries`); three Ray Data executions per worker took
-    about a minute on a 2-core machine."""
-    queries = [q for q in prepared.query_ids("dev") if q not in set(skip)]
+def load_dev(
+    prepared: PreparedData, settings: TrainSettings, skip: Sequence[str] = (), split: str = "dev"
+) -> DevSet:
+    """The dev split (`pseudo_dev` where the data has no judged dev query), read with pyarrow
+    in each worker: every rank needs all of it and it is small (capped by
+    `train.dev_max_queries`); three Ray Data executions per worker took about a minute on a
+    2-core machine."""
+    queries = [q for q in prepared.query_ids(split) if q not in set(skip)]
     if settings.dev_max_queries:
         queries = queries[: settings.dev_max_queries]
     chosen = pc.field("query_id").isin(pa.array(queries, pa.string()))
