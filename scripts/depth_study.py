@@ -68,6 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depths", nargs="+", type=int, required=True)
     parser.add_argument("--fusion-from", help="the dev study.json whose weights test uses")
     parser.add_argument(
+        "--weights",
+        nargs="*",
+        default=[],
+        help="name=weight: fusion weights chosen elsewhere (a training's dev check), for "
+        "every depth; they take precedence over --fusion-from",
+    )
+    parser.add_argument(
         "--against",
         nargs="*",
         default=[],
@@ -80,8 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.split == "test" and not args.fusion_from:
-        raise SystemExit("depth_study: on test the fusion weights come from dev: --fusion-from")
+    given = {name: float(w) for name, w in (item.split("=", 1) for item in args.weights)}
+    if args.split == "test" and not args.fusion_from and not given:
+        raise SystemExit(
+            "depth_study: on test the fusion weights come from dev: --fusion-from or --weights"
+        )
     prepared = PreparedData(args.prepared)
     qrels = prepared.qrels(prepared.query_ids(args.split))
     qrels = {q: docs for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
@@ -106,7 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
                 entries = {name: first}
             else:
                 key = f"{name}@{depth}"
-                if args.fusion_from:
+                if name in given:
+                    weight = given[name]
+                elif args.fusion_from:
                     weight = dev_weights[key]
                 else:
                     weight, _ = choose_weight(system, first, qrels)

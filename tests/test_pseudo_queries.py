@@ -116,13 +116,18 @@ def test_config_errors_name_the_keys(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_title_queries_from_a_corpus_without_judgments_train_and_check(ray_session, tmp_path):
+def test_title_queries_from_a_corpus_without_judgments_train_and_check(
+    ray_session, tmp_path, capsys
+):
     from pipelines.train import DataSection, QuerySplits, query_splits
     from qpeft.training.loop import TrainSettings, load_dev
 
     out = tmp_path / "prepared"
     counts = prepare(prepare_config(out, corpus_file(tmp_path), dev_fraction=0.3))
     pseudo = counts["pseudo_queries"]
+    assert "docs is 100, the corpus has 15 documents: all of them are used" in (
+        capsys.readouterr().out
+    )
     assert counts["queries"] == 0 and counts["judged_queries"] == 0
     assert pseudo["drafted"] == 15
     assert pseudo["skipped"]["no_title"] == 1 and pseudo["skipped"]["duplicate"] == 2
@@ -164,7 +169,7 @@ def test_title_kind_is_refused_when_no_document_has_a_title(ray_session, tmp_pat
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_generated_queries_resume_by_shard_without_writing_one_twice(ray_session, tmp_path):
-    """The packaged SmolLM2 writes queries for 15 documents in 3 shards. After a "kill"
+    """The packaged SmolLM2 writes queries for 6 documents in 3 shards. After a "kill"
     (shard 1 and everything after generation gone), re-running writes shard 1 alone: the
     marker left in shard 0 survives, and shard 1 comes back as it was (greedy decoding)."""
     import shutil
@@ -173,18 +178,24 @@ def test_generated_queries_resume_by_shard_without_writing_one_twice(ray_session
 
     out = tmp_path / "prepared"
     cfg = prepare_config(
-        out, corpus_file(tmp_path), "smollm2-135m", kind="both", shard_docs=5, max_new_tokens=8
+        out,
+        corpus_file(tmp_path),
+        "smollm2-135m",
+        kind="both",
+        docs=6,
+        shard_docs=2,
+        max_new_tokens=6,
     )
     counts = prepare(cfg)
     generation = counts["pseudo_queries"]["generation"]
     assert (generation["documents"], generation["shards"], generation["shards_this_run"]) == (
-        15,
+        6,
         3,
         3,
     )
     assert generation["new_tokens"] > 0 and generation["documents_per_second"] > 0
     by_kind = counts["pseudo_queries"]["by_kind"]
-    assert by_kind["generate"]["drafted"] == 15 and by_kind["title"]["drafted"] == 15
+    assert by_kind["generate"]["drafted"] == 6 and by_kind["title"]["drafted"] == 6
     shards = out / "pseudo_generated"
     before = pq.read_table(shards / "shard-00001.parquet").to_pylist()[0]["queries"]
 
@@ -206,7 +217,7 @@ def test_generated_queries_resume_by_shard_without_writing_one_twice(ray_session
     marked_ids = set(marked["doc_ids"])
     texts = {d["doc_id"]: d["text"] for d in drafts if d["kind"] == "generate"}
     assert all(texts[d] == "marker query" for d in marked_ids)
-    # One text for the five documents of shard 0: none has a positive of its own.
+    # One text for the two documents of shard 0: neither has a positive of its own.
     assert all(
         d["skipped"] == "duplicate"
         for d in drafts

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 39 on Cranfield: Q-PEFT-A trained on title pseudo-queries alone (500 of them,
+# configs/cpu-gemma3.yaml's recipe untouched, dev check on 80 pseudo_dev queries), against
+# zero-shot and the adapter trained with the same recipe on the judged training queries
+# (all 135, dev check on the 45 judged dev queries), on the 45 test queries.
+#   bash results/cranfield/zero_label/run.sh            # prepare, train, report
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
+D=results/cranfield/zero_label
+P=runs/prepare/cranfield-zero-label
+W=results/nfcorpus/zero_label/run.sh
+
+prepare() {
+  qpeft prepare --config $D/prepare.yaml
+  cp $P/counts.json $D/counts-title.json
+}
+
+# train QUERIES NAME: on pseudo-queries (500 of them) or on the judged ones (all of them).
+train() {
+  qpeft train --config configs/cpu-gemma3.yaml --set data.prepared_dir=$P \
+    --set data.queries="$1" --set run.name="$2" --set run.storage_path=$D/train \
+    --set train.max_train_queries=500 --set train.dev_max_queries=80 \
+    --set train.dev_depth=20 --set train.checkpoint_every=50
+}
+
+report() {
+  qpeft rerank --config $D/rerank-test.yaml
+  python scripts/depth_study.py --prepared $P --split test --depths 20 --out $D/test \
+    --weights "zero_shot=$(bash $W weight $D/train/title 0)" \
+    "supervised=$(bash $W weight $D/train/supervised)" \
+    "title=$(bash $W weight $D/train/title)" --against supervised \
+    --runs first_stage=$D/runs/zero_shot zero_shot=$D/runs/zero_shot \
+    supervised=$D/runs/supervised title=$D/runs/title
+}
+
+all() { prepare; train pseudo title; train judged supervised; report; }
+
+"${@:-all}"
