@@ -115,66 +115,20 @@ def test_config_errors_name_the_keys(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_title_queries_from_a_corpus_without_judgments_train_and_check(
+@pytest.mark.timeout(600)
+def test_pseudo_queries_from_a_corpus_without_judgments_resume_and_feed_training(
     ray_session, tmp_path, capsys
 ):
-    from pipelines.train import DataSection, QuerySplits, query_splits
-    from qpeft.training.loop import TrainSettings, load_dev
-
-    out = tmp_path / "prepared"
-    counts = prepare(prepare_config(out, corpus_file(tmp_path), dev_fraction=0.3))
-    pseudo = counts["pseudo_queries"]
-    assert "docs is 100, the corpus has 15 documents: all of them are used" in (
-        capsys.readouterr().out
-    )
-    assert counts["queries"] == 0 and counts["judged_queries"] == 0
-    assert pseudo["drafted"] == 15
-    assert pseudo["skipped"]["no_title"] == 1 and pseudo["skipped"]["duplicate"] == 2
-    assert pseudo["kept"] + pseudo["skipped"]["beyond_top_k"] == 12
-    assert pseudo["kept"] == sum(pseudo["kept_by_split"].values()) > 0
-    assert counts["pseudo_groups"][PSEUDO_TRAIN] + counts["pseudo_groups"][PSEUDO_DEV] > 0
-
-    prepared = PreparedData(str(out))
-    kept = {r["query_id"]: r for r in prepared.pseudo_queries()}
-    # A title query's documents are read without their titles, wherever they are scored.
-    groups = pads.dataset(str(out / "groups")).to_table().to_pylist()
-    for group in groups:
-        source = kept[group["query_id"]]
-        assert group["positive_id"] == source["doc_id"]
-        assert group["query"] not in group["positive_text"]
-        assert group["positive_text"].endswith(f"study number {source['doc_id'][1:]}")
-    dev_ids = prepared.query_ids(PSEUDO_DEV)
-    candidates = prepared.table(prepared.CANDIDATES, filter=pc.field("split") == PSEUDO_DEV)
-    assert set(candidates.column("query_id").to_pylist()) == set(dev_ids)
-    assert not any("\n" in t for t in candidates.column("text").to_pylist())
-
-    # Training picks the pseudo splits by itself: the folder has no judged query.
-    splits = query_splits(DataSection(prepared_dir=str(out)))
-    assert splits == QuerySplits(PSEUDO_TRAIN, PSEUDO_DEV)
-    dev = load_dev(prepared, TrainSettings(dev_depth=10), split=splits.dev)
-    assert set(dev.qrels) == set(dev_ids)
-    assert all(dev.qrels[q] == {kept[q]["doc_id"]: 1} for q in dev_ids)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_title_kind_is_refused_when_no_document_has_a_title(ray_session, tmp_path):
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text('{"id": "a", "text": "one"}\n{"id": "b", "text": "two"}\n')
-    with pytest.raises(ConfigError, match=r"no document of .*corpus has a title"):
-        prepare(prepare_config(tmp_path / "out", str(corpus)))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_generated_queries_resume_by_shard_without_writing_one_twice(ray_session, tmp_path):
-    """The packaged SmolLM2 writes queries for 6 documents in 3 shards. After a "kill"
-    (shard 1 and everything after generation gone), re-running writes shard 1 alone: the
-    marker left in shard 0 survives, and shard 1 comes back as it was (greedy decoding)."""
+    """Titles and SmolLM2's queries for a corpus with no query file: checked, filtered,
+    split, and read by training's dev check. Then a "kill" (generation shard 1 and
+    everything after generation gone): re-running writes shard 1 alone (greedy decoding
+    gives it back as it was), and a marker left in shard 0 survives."""
     import shutil
 
     import pyarrow.parquet as pq
+
+    from pipelines.train import DataSection, QuerySplits, query_splits
+    from qpeft.training.loop import TrainSettings, load_dev
 
     out = tmp_path / "prepared"
     cfg = prepare_config(
@@ -182,23 +136,51 @@ def test_generated_queries_resume_by_shard_without_writing_one_twice(ray_session
         corpus_file(tmp_path),
         "smollm2-135m",
         kind="both",
-        docs=6,
-        shard_docs=2,
+        dev_fraction=0.3,
+        shard_docs=5,
         max_new_tokens=6,
     )
     counts = prepare(cfg)
-    generation = counts["pseudo_queries"]["generation"]
+    assert "docs is 100, the corpus has 15 documents: all of them are used" in (
+        capsys.readouterr().out
+    )
+    assert counts["queries"] == 0 and counts["judged_queries"] == 0
+    pseudo = counts["pseudo_queries"]
+    generation = pseudo["generation"]
     assert (generation["documents"], generation["shards"], generation["shards_this_run"]) == (
-        6,
+        15,
         3,
         3,
     )
     assert generation["new_tokens"] > 0 and generation["documents_per_second"] > 0
-    by_kind = counts["pseudo_queries"]["by_kind"]
-    assert by_kind["generate"]["drafted"] == 6 and by_kind["title"]["drafted"] == 6
+    titles = pseudo["by_kind"]["title"]
+    assert titles["drafted"] == 15 and pseudo["by_kind"]["generate"]["drafted"] == 15
+    assert titles["skipped"]["no_title"] == 1 and titles["skipped"]["duplicate"] == 2
+    assert titles["kept"] + titles["skipped"]["beyond_top_k"] == 12
+    assert pseudo["kept"] == sum(pseudo["kept_by_split"].values()) > 0
+    assert counts["pseudo_groups"][PSEUDO_TRAIN] + counts["pseudo_groups"][PSEUDO_DEV] > 0
+
+    prepared = PreparedData(str(out))
+    kept = {r["query_id"]: r for r in prepared.pseudo_queries()}
+    # A title query's documents are read without their titles, wherever they are scored.
+    for group in pads.dataset(str(out / "groups")).to_table().to_pylist():
+        source = kept[group["query_id"]]
+        assert group["positive_id"] == source["doc_id"]
+        if source["kind"] == "title":
+            assert group["query"] not in group["positive_text"]
+            assert not any("\n" in t for t in group["negative_texts"])
+    dev_ids = prepared.query_ids(PSEUDO_DEV)
+    candidates = prepared.table(prepared.CANDIDATES, filter=pc.field("split") == PSEUDO_DEV)
+    assert set(candidates.column("query_id").to_pylist()) == set(dev_ids)
+    # Training picks the pseudo splits by itself: the folder has no judged query.
+    splits = query_splits(DataSection(prepared_dir=str(out)))
+    assert splits == QuerySplits(PSEUDO_TRAIN, PSEUDO_DEV)
+    dev = load_dev(prepared, TrainSettings(dev_depth=10), split=splits.dev)
+    assert set(dev.qrels) == set(dev_ids)
+    assert all(dev.qrels[q] == {kept[q]["doc_id"]: 1} for q in dev_ids)
+
     shards = out / "pseudo_generated"
     before = pq.read_table(shards / "shard-00001.parquet").to_pylist()[0]["queries"]
-
     marked = pq.read_table(shards / "shard-00000.parquet").to_pylist()[0]
     marked["queries"] = [["marker query"] for _ in marked["queries"]]
     pq.write_table(
@@ -214,12 +196,17 @@ def test_generated_queries_resume_by_shard_without_writing_one_twice(ray_session
     assert again["generation"]["shards_this_run"] == 1
     assert pq.read_table(shards / "shard-00001.parquet").to_pylist()[0]["queries"] == before
     drafts = pads.dataset(str(out / "pseudo_queries")).to_table().to_pylist()
-    marked_ids = set(marked["doc_ids"])
-    texts = {d["doc_id"]: d["text"] for d in drafts if d["kind"] == "generate"}
-    assert all(texts[d] == "marker query" for d in marked_ids)
-    # One text for the two documents of shard 0: neither has a positive of its own.
-    assert all(
-        d["skipped"] == "duplicate"
-        for d in drafts
-        if d["doc_id"] in marked_ids and d["kind"] == "generate"
-    )
+    generated = {d["doc_id"]: d for d in drafts if d["kind"] == "generate"}
+    # One text for the five documents of shard 0: none has a positive of its own.
+    for doc_id in marked["doc_ids"]:
+        assert generated[doc_id]["text"] == "marker query"
+        assert generated[doc_id]["skipped"] == "duplicate"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_title_kind_is_refused_when_no_document_has_a_title(ray_session, tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "a", "text": "one"}\n{"id": "b", "text": "two"}\n')
+    with pytest.raises(ConfigError, match=r"no document of .*corpus has a title"):
+        prepare(prepare_config(tmp_path / "out", str(corpus)))
