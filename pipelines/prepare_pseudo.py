@@ -266,7 +266,9 @@ def drafts_of(
         for row, doc in zip(rows, documents, strict=True):
             if not row["skipped"] and not doc["text"].strip():
                 row["skipped"] = "no_body"
-    for doc in documents if generated else []:
+    for doc in documents:
+        if doc["doc_id"] not in generated:  # kind title: nothing generated
+            continue
         text = full_text(doc["title"], doc["text"], separator)
         for index, query in enumerate(generated[doc["doc_id"]]):
             reason = first_check(query, text)
@@ -335,7 +337,7 @@ def make_pseudo_queries(
         .take_all()
     )
     rows = [d for d in drafts if d["skipped"]] + ranked
-    summary = summarize(rows, config, len(documents), cost)
+    summary = pseudo_summary(rows, config, len(documents), cost)
     storage.write_text(summary_path, json.dumps(summary, indent=2) + "\n")  # before _SUCCESS
     write_table(
         out.PSEUDO_QUERIES,
@@ -345,7 +347,7 @@ def make_pseudo_queries(
     return summary
 
 
-def summarize(rows: list[dict], config: PseudoQueriesConfig, documents: int, cost) -> dict:
+def pseudo_summary(rows: list[dict], config: PseudoQueriesConfig, documents: int, cost) -> dict:
     """Drafted, kept and dropped queries (by kind, split and reason) and the filter's recall:
     of the drafts the first stage ranked, the share whose source document it put in the
     top `keep_top_k`."""
