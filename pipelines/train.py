@@ -82,15 +82,26 @@ class QuerySplits:
 
 
 def query_splits(data: DataSection) -> QuerySplits:
-    """The splits that `data.queries` names in this prepared folder."""
-    if data.queries != "auto":
-        PreparedData(data.prepared_dir).require_complete("data.prepared_dir")
-        judged = data.queries == "judged"
-        return QuerySplits("train" if judged else PSEUDO_TRAIN, "dev" if judged else PSEUDO_DEV)
+    """The splits that `data.queries` names in this prepared folder; an error naming the key
+    where the training split has no group."""
     prepared = PreparedData(data.prepared_dir).require_complete("data.prepared_dir")
-    has_train = prepared.table(prepared.GROUPS, ["split"], pc.field("split") == "train").num_rows
-    has_dev = prepared.table(prepared.QUERIES, ["split"], pc.field("split") == "dev").num_rows
-    return QuerySplits("train" if has_train else PSEUDO_TRAIN, "dev" if has_dev else PSEUDO_DEV)
+    groups = set(prepared.table(prepared.GROUPS, ["split"]).column("split").to_pylist())
+    if data.queries == "auto":
+        has_dev = prepared.table(prepared.QUERIES, ["split"], pc.field("split") == "dev")
+        splits = QuerySplits(
+            "train" if "train" in groups else PSEUDO_TRAIN,
+            "dev" if has_dev.num_rows else PSEUDO_DEV,
+        )
+    else:
+        judged = data.queries == "judged"
+        splits = QuerySplits("train" if judged else PSEUDO_TRAIN, "dev" if judged else PSEUDO_DEV)
+    if splits.train not in groups:
+        raise ConfigError(
+            f"data.queries: {data.queries}, but {data.prepared_dir} has no training group of "
+            f"split {splits.train!r}: prepare judged training queries, or pseudo-queries "
+            "(prepare.pseudo_queries)"
+        )
+    return splits
 
 
 @dataclass

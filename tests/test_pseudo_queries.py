@@ -175,6 +175,8 @@ def test_pseudo_queries_from_a_corpus_without_judgments_resume_and_feed_training
     # Training picks the pseudo splits by itself: the folder has no judged query.
     splits = query_splits(DataSection(prepared_dir=str(out)))
     assert splits == QuerySplits(PSEUDO_TRAIN, PSEUDO_DEV)
+    with pytest.raises(ConfigError, match=r"data\.queries: judged, but .* no training group"):
+        query_splits(DataSection(prepared_dir=str(out), queries="judged"))
     dev = load_dev(prepared, TrainSettings(dev_depth=10), split=splits.dev)
     assert set(dev.qrels) == set(dev_ids)
     assert all(dev.qrels[q] == {kept[q]["doc_id"]: 1} for q in dev_ids)
