@@ -69,6 +69,7 @@ report() {
     --weights "${weights[@]}" --against supervised \
     --runs first_stage=$D/runs/zero_shot zero_shot=$D/runs/zero_shot \
     supervised=$D/runs/supervised title=$D/runs/title generate=$D/runs/generate both=$D/runs/both
+  python scripts/zero_label_report.py --study $D --kinds title generate both
 }
 
 # weight RUN [STEP]: the fusion weight the run's dev check chose for its kept adapter (or
