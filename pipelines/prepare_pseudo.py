@@ -154,7 +154,9 @@ def generate(
                 batch_format="pyarrow",
                 num_cpus=1,
             )
-            .iter_batches(batch_format="pyarrow", batch_size=None)
+            # Each shard is written as soon as it is generated: fetching ahead held shard 0
+            # back until shard 1 was done, so a kill lost a finished shard.
+            .iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
         )
         for batch in shards:
             for i in range(batch.num_rows):
@@ -308,8 +310,12 @@ def make_pseudo_queries(
     if config.generates:
         if model is None:
             raise ConfigError("model: prepare.pseudo_queries.kind generate needs a model to write")
+        from qpeft.lm.backbone import pin_model  # torch: only when there is an LM to run
+
+        # Converted once here, and read from this cache by the actors wherever they run.
+        pinned = pin_model(model)
         generated, cost = generate(
-            out, documents, config, model, template, first_stage.title_separator, log
+            out, documents, config, pinned, template, first_stage.title_separator, log
         )
     drafts = drafts_of(documents, config, generated, first_stage.title_separator)
     clash = next((d["query_id"] for d in drafts if d["query_id"] in judged), None)
