@@ -23,12 +23,19 @@ train() {
     --set train.dev_depth=20 --set train.checkpoint_every=50
 }
 
+# report: title_last is the training's last checkpoint, whatever its dev check said (a
+# diagnostic of the pseudo dev check's choice, as on NFCorpus).
 report() {
+  local last
+  last=$(ls -d $D/train/title/checkpoint_* | tail -1)
+  rm -rf $D/train/title/last_adapter && cp -r "$last/adapter" $D/train/title/last_adapter
   qpeft rerank --config $D/rerank-test.yaml
   python scripts/depth_study.py --prepared $P --split test --depths 20 --out $D/test \
     --weights "zero_shot=$(bash $W weight $D/train/title 0)" \
     "title=$(bash $W weight $D/train/title)" \
-    --runs first_stage=$D/runs/zero_shot zero_shot=$D/runs/zero_shot title=$D/runs/title
+    "title_last=$(bash $W weight $D/train/title last)" \
+    --runs first_stage=$D/runs/zero_shot zero_shot=$D/runs/zero_shot title=$D/runs/title \
+    title_last=$D/runs/title_last
   python scripts/zero_label_report.py --study $D --kinds title
 }
 

@@ -58,28 +58,39 @@ train() {
 
 # report: every system in one rerank job (rerank-test.yaml), then the report. Fusion weights
 # come from each adapter's own dev check (pseudo_dev; the supervised one: judged dev), and
-# zero-shot's from the step-0 check of the title run, which is zero-shot exactly.
+# zero-shot's from the step-0 check of the title run, which is zero-shot exactly. KIND_last
+# is each training's last checkpoint, whatever its dev check said: a diagnostic of the
+# pseudo dev check's choice, not a system chosen without test.
 report() {
+  local name last weights=()
+  for name in title generate both; do
+    last=$(ls -d $D/train/$name/checkpoint_* | tail -1)
+    rm -rf $D/train/$name/last_adapter && cp -r "$last/adapter" $D/train/$name/last_adapter
+  done
   qpeft rerank --config $D/rerank-test.yaml
-  local weights=()
   weights+=("zero_shot=$(weight $D/train/title 0)")
   weights+=("supervised=$(weight results/nfcorpus/recipe/train/best_qpeft_a-all)")
-  for name in title generate both; do weights+=("$name=$(weight $D/train/$name)"); done
+  for name in title generate both; do
+    weights+=("$name=$(weight $D/train/$name)" "${name}_last=$(weight $D/train/$name last)")
+  done
   python scripts/depth_study.py --prepared $P-title --split test --depths 20 --out $D/test \
     --weights "${weights[@]}" --against supervised \
     --runs first_stage=$D/runs/zero_shot zero_shot=$D/runs/zero_shot \
-    supervised=$D/runs/supervised title=$D/runs/title generate=$D/runs/generate both=$D/runs/both
+    supervised=$D/runs/supervised title=$D/runs/title generate=$D/runs/generate both=$D/runs/both \
+    title_last=$D/runs/title_last generate_last=$D/runs/generate_last both_last=$D/runs/both_last
   python scripts/zero_label_report.py --study $D --kinds title generate both
 }
 
-# weight RUN [STEP]: the fusion weight the run's dev check chose for its kept adapter (or
-# at STEP).
+# weight RUN [STEP | last]: the fusion weight the run's dev check chose for its kept adapter
+# (or at STEP, or at its last check).
 weight() {
   python - "$@" <<'PY'
 import json, sys
 metrics = json.load(open(f"{sys.argv[1]}/metrics.json"))
 history = metrics["history"]
-if len(sys.argv) > 2:
+if len(sys.argv) > 2 and sys.argv[2] == "last":
+    entry = history[-1]
+elif len(sys.argv) > 2:
     entry = next(h for h in history if h["step"] == int(sys.argv[2]))
 else:
     entry = next(h for h in history if h["epoch"] == metrics["best_epoch"])
