@@ -27,8 +27,8 @@ train() {
 # diagnostic of the pseudo dev check's choice, as on NFCorpus).
 report() {
   local last
-  last=$(ls -d $D/train/title/checkpoint_* | tail -1)
-  rm -rf $D/train/title/last_adapter && cp -r "$last/adapter" $D/train/title/last_adapter
+  last=$(ls -d $D/train/title/checkpoint_*/ | tail -1)
+  rm -rf $D/train/title/last_adapter && cp -r "${last}adapter" $D/train/title/last_adapter
   qpeft rerank --config $D/rerank-test.yaml
   python scripts/depth_study.py --prepared $P --split test --depths 20 --out $D/test \
     --weights "zero_shot=$(bash $W weight $D/train/title 0)" \

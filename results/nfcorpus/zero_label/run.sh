@@ -64,8 +64,8 @@ train() {
 report() {
   local name last weights=()
   for name in title generate both; do
-    last=$(ls -d $D/train/$name/checkpoint_* | tail -1)
-    rm -rf $D/train/$name/last_adapter && cp -r "$last/adapter" $D/train/$name/last_adapter
+    last=$(ls -d $D/train/$name/checkpoint_*/ | tail -1)
+    rm -rf $D/train/$name/last_adapter && cp -r "${last}adapter" $D/train/$name/last_adapter
   done
   qpeft rerank --config $D/rerank-test.yaml
   weights+=("zero_shot=$(weight $D/train/title 0)")
