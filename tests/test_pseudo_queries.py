@@ -18,6 +18,7 @@ from qpeft.data.pseudo_queries import (
     mark_duplicates,
     pseudo_split,
     title_drafts,
+    without_title,
 )
 
 TOPICS = [
@@ -33,11 +34,13 @@ TOPICS = [
     ("Panel flutter", "aeroelastic panels oscillate beyond a dynamic pressure limit"),
     ("Soy and breast cancer", "isoflavones in soy foods and tumour recurrence"),
     ("Ice accretion on rotors", "supercooled droplets freeze on helicopter blades"),
+    # A body that opens with its title, as Cranfield's do: title queries read it without.
+    ("Creep of hot turbine blades", "creep of hot turbine blades . blades elongate under load"),
 ]
 
 
 def corpus_file(tmp_path):
-    """Twelve titled documents, one without a title, and two with the same title."""
+    """Thirteen titled documents, one without a title, and two with the same title."""
     rows = [
         {"id": f"d{i}", "title": title, "text": f"{body} study number {i}"}
         for i, (title, body) in enumerate(TOPICS)
@@ -84,6 +87,14 @@ def test_checks_drop_blank_copied_and_repeated_drafts():
     assert reasons == ["duplicate", "duplicate", "no_title", ""]
 
 
+def test_a_title_that_opens_its_body_is_cut_from_it():
+    text = "Creep of hot\nturbine blades .\n  blades elongate under load"
+    assert without_title("creep of hot turbine blades.", text) == "blades elongate under load"
+    assert without_title("Creep", "Creeping flow") == "Creeping flow"
+    assert without_title("Same", "Same.") == ""
+    assert without_title("", " body ") == "body"
+
+
 def test_pseudo_split_is_a_seeded_share_of_documents():
     splits = [pseudo_split(f"doc{i}", 13, 0.1) for i in range(2000)]
     assert 150 < splits.count(PSEUDO_DEV) < 250
@@ -119,7 +130,7 @@ def test_config_errors_name_the_keys(tmp_path):
 def test_pseudo_queries_from_a_corpus_without_judgments_resume_and_feed_training(
     ray_session, tmp_path, capsys
 ):
-    """Titles and SmolLM2's queries for a corpus with no query file: checked, filtered,
+    """Titles and SmolLM2's queries for 16 documents and no query file: checked, filtered,
     split, and read by training's dev check. Then a "kill" (generation shard 1 and
     everything after generation gone): re-running writes shard 1 alone (greedy decoding
     gives it back as it was), and a marker left in shard 0 survives."""
@@ -141,22 +152,22 @@ def test_pseudo_queries_from_a_corpus_without_judgments_resume_and_feed_training
         max_new_tokens=6,
     )
     counts = prepare(cfg)
-    assert "docs is 100, the corpus has 15 documents: all of them are used" in (
+    assert "docs is 100, the corpus has 16 documents: all of them are used" in (
         capsys.readouterr().out
     )
     assert counts["queries"] == 0 and counts["judged_queries"] == 0
     pseudo = counts["pseudo_queries"]
     generation = pseudo["generation"]
     assert (generation["documents"], generation["shards"], generation["shards_this_run"]) == (
-        15,
-        3,
-        3,
+        16,
+        4,
+        4,
     )
     assert generation["new_tokens"] > 0 and generation["documents_per_second"] > 0
     titles = pseudo["by_kind"]["title"]
-    assert titles["drafted"] == 15 and pseudo["by_kind"]["generate"]["drafted"] == 15
+    assert titles["drafted"] == 16 and pseudo["by_kind"]["generate"]["drafted"] == 16
     assert titles["skipped"]["no_title"] == 1 and titles["skipped"]["duplicate"] == 2
-    assert titles["kept"] + titles["skipped"]["beyond_top_k"] == 12
+    assert titles["kept"] + titles["skipped"]["beyond_top_k"] == 13
     assert pseudo["kept"] == sum(pseudo["kept_by_split"].values()) > 0
     assert counts["pseudo_groups"][PSEUDO_TRAIN] + counts["pseudo_groups"][PSEUDO_DEV] > 0
 
@@ -167,7 +178,7 @@ def test_pseudo_queries_from_a_corpus_without_judgments_resume_and_feed_training
         source = kept[group["query_id"]]
         assert group["positive_id"] == source["doc_id"]
         if source["kind"] == "title":
-            assert group["query"] not in group["positive_text"]
+            assert group["query"].lower() not in group["positive_text"].lower()
             assert not any("\n" in t for t in group["negative_texts"])
     dev_ids = prepared.query_ids(PSEUDO_DEV)
     candidates = prepared.table(prepared.CANDIDATES, filter=pc.field("split") == PSEUDO_DEV)

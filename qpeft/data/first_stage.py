@@ -28,6 +28,7 @@ from qpeft.data.bm25 import BM25Index
 from qpeft.data.dense_index import HnswIndex, StoredEmbeddings, exact_search
 from qpeft.data.groups import choose_group
 from qpeft.data.hybrid import Hit, fuse
+from qpeft.data.pseudo_queries import without_title
 from qpeft.data.sources import full_text
 from qpeft.embedding import DenseConfig, Encoder
 
@@ -128,11 +129,19 @@ class FirstStage:
         return bm25, dense
 
     def bodies(self) -> tuple[dict[str, str], BM25Index]:
-        """Documents without their titles and a BM25 index of them, built on first use."""
+        """Documents without their titles (`without_title`) and a BM25 index of them, built
+        on first use."""
         if self._bodies is None:
-            corpus = PreparedData(self.root).table(PreparedData.CORPUS, ["doc_id", "text"])
+            corpus = PreparedData(self.root).table(PreparedData.CORPUS)
             ids = corpus.column("doc_id").to_pylist()
-            texts = [full_text("", x) for x in corpus.column("text").to_pylist()]
+            texts = [
+                without_title(title, text)
+                for title, text in zip(
+                    corpus.column("title").to_pylist(),
+                    corpus.column("text").to_pylist(),
+                    strict=True,
+                )
+            ]
             kept = [(d, t) for d, t in zip(ids, texts, strict=True) if t]
             index = BM25Index(
                 [d for d, _ in kept], [t for _, t in kept], self.config.bm25_k1, self.config.bm25_b

@@ -3,8 +3,9 @@
 Two kinds, after InPars, Promptagator and GPL:
 
 * `title`: a document's title is a query for its body. Wherever such a query's documents are
-  scored (the consistency filter, candidates, groups) they are read without their titles:
-  otherwise the source document would hold its own query word for word.
+  scored (the consistency filter, candidates, groups) they are read without their titles,
+  and without a copy of the title that opens the body (Cranfield's abstracts begin with
+  their title): otherwise the source document would hold its own query word for word.
 * `generate`: the packaged LM writes a query for a document, from the template that scores
   pairs (the passage, then its question label), see `qpeft/lm/query_writer.py`.
 
@@ -19,6 +20,7 @@ document falls on one side and no judged query ever shares a split with a pseudo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -102,6 +104,17 @@ _WORD = re.compile(r"\w+")
 
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
+
+
+def without_title(title: str, text: str) -> str:
+    """The body as title queries read it: `text` less a leading copy of `title` (word for
+    word, case and punctuation aside) and the punctuation after it."""
+    title_words = words(title)
+    if title_words:
+        opening = list(itertools.islice(_WORD.finditer(text), len(title_words)))
+        if [m.group().lower() for m in opening] == title_words:
+            text = text[opening[-1].end() :].lstrip(" \t\r\n.:;,-")
+    return text.strip()
 
 
 def first_check(query: str, document: str) -> str:
