@@ -56,29 +56,37 @@ train() {
     --set train.dev_depth=20 --set train.checkpoint_every=50
 }
 
-# report: every system in one rerank job (rerank-test.yaml), then the report. Fusion weights
-# come from each adapter's own dev check (pseudo_dev; the supervised one: judged dev), and
-# zero-shot's from the step-0 check of the title run, which is zero-shot exactly. KIND_last
-# is each training's last checkpoint, whatever its dev check said: a diagnostic of the
-# pseudo dev check's choice, not a system chosen without test.
+# report: the test rerank (rerank-test.yaml: zero-shot, the supervised adapter and both's last
+# checkpoint in one job), then the report. Fusion weights come from each adapter's own dev
+# check (pseudo_dev; the supervised one: judged dev), and zero-shot's from the step-0 check
+# of the title run, which is zero-shot exactly. A kind whose dev check kept the untrained
+# start is zero-shot exactly (the gate is shut), so its run is zero-shot's, fused with its
+# own weight; one that kept a trained adapter must be added to rerank-test.yaml.
 report() {
-  local name last weights=()
-  for name in title generate both; do
-    last=$(ls -d $D/train/$name/checkpoint_*/ | tail -1)
-    rm -rf $D/train/$name/last_adapter && cp -r "${last}adapter" $D/train/$name/last_adapter
-  done
+  local name last weights=() runs=()
+  last=$(ls -d $D/train/both/checkpoint_*/ | tail -1)
+  rm -rf $D/train/both/last_adapter && cp -r "${last}adapter" $D/train/both/last_adapter
   qpeft rerank --config $D/rerank-test.yaml
   weights+=("zero_shot=$(weight $D/train/title 0)")
   weights+=("supervised=$(weight results/nfcorpus/recipe/train/best_qpeft_a-all)")
+  weights+=("both_last=$(weight $D/train/both last)")
   for name in title generate both; do
-    weights+=("$name=$(weight $D/train/$name)" "${name}_last=$(weight $D/train/$name last)")
+    weights+=("$name=$(weight $D/train/$name)")
+    if [ "$(kept_epoch $D/train/$name)" = 0 ]; then
+      runs+=("$name=$D/runs/zero_shot")
+    else
+      runs+=("$name=$D/runs/$name")  # trained: rerank it in rerank-test.yaml first
+    fi
   done
   python scripts/depth_study.py --prepared $P-title --split test --depths 20 --out $D/test \
     --weights "${weights[@]}" --against supervised \
     --runs first_stage=$D/runs/zero_shot zero_shot=$D/runs/zero_shot \
-    supervised=$D/runs/supervised title=$D/runs/title generate=$D/runs/generate both=$D/runs/both \
-    title_last=$D/runs/title_last generate_last=$D/runs/generate_last both_last=$D/runs/both_last
+    supervised=$D/runs/supervised "${runs[@]}" both_last=$D/runs/both_last
   python scripts/zero_label_report.py --study $D --kinds title generate both
+}
+
+kept_epoch() {
+  python -c "import json,sys; print(json.load(open(sys.argv[1]))['best_epoch'])" "$1/metrics.json"
 }
 
 # weight RUN [STEP | last]: the fusion weight the run's dev check chose for its kept adapter
