@@ -42,7 +42,6 @@ from qpeft.data.pseudo_queries import (
     sample_documents,
     skip_counts,
     title_drafts,
-    without_title,
 )
 from qpeft.data.readers import DataError
 from qpeft.data.sources import full_text
@@ -266,9 +265,6 @@ def drafts_of(
     rows = []
     if "title" in config.kinds:
         rows += title_drafts(documents, config.seed, config.dev_fraction)
-        for row, doc in zip(rows, documents, strict=True):
-            if not row["skipped"] and not without_title(doc["title"], doc["text"]):
-                row["skipped"] = "no_body"
     for doc in documents:
         if doc["doc_id"] not in generated:  # kind title: nothing generated
             continue

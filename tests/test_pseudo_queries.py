@@ -79,12 +79,13 @@ def test_checks_drop_blank_copied_and_repeated_drafts():
             {"doc_id": "b", "title": " same ", "text": "y"},
             {"doc_id": "c", "title": "", "text": "z"},
             {"doc_id": "d", "title": "Other", "text": "w"},
+            {"doc_id": "e", "title": "Bare", "text": "Bare."},
         ],
         seed=1,
         dev_fraction=0.5,
     )
     reasons = [d["skipped"] for d in mark_duplicates(drafts)]
-    assert reasons == ["duplicate", "duplicate", "no_title", ""]
+    assert reasons == ["duplicate", "duplicate", "no_title", "", "no_body"]
 
 
 def test_a_title_that_opens_its_body_is_cut_from_it():

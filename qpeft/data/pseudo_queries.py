@@ -144,13 +144,13 @@ def duplicates(drafts: list[dict]) -> set[int]:
 
 
 def title_drafts(documents: list[dict], seed: int, dev_fraction: float) -> list[dict]:
-    """One draft a document (`documents`: doc_id, title, text): its title, or 'no_title'."""
+    """One draft a document (`documents`: doc_id, title, text): its title, or 'no_title', or
+    'no_body' where nothing is left of the text without the title."""
     drafts = []
     for doc in documents:
         title = " ".join(doc["title"].split())
-        drafts.append(
-            draft("title", doc["doc_id"], 0, title, seed, dev_fraction, "" if title else "no_title")
-        )
+        reason = "no_title" if not title else "" if without_title(title, doc["text"]) else "no_body"
+        drafts.append(draft("title", doc["doc_id"], 0, title, seed, dev_fraction, reason))
     return drafts
 
 
