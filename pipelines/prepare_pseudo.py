@@ -32,7 +32,7 @@ from qpeft.artifacts import PreparedData
 from qpeft.config import ConfigError, ModelConfig, TemplateConfig
 from qpeft.data import schemas
 from qpeft.data.dense_index import shard_name, stored_shards
-from qpeft.data.first_stage import FirstStage, FirstStageConfig
+from qpeft.data.first_stage import FirstStage, FirstStageConfig, title_queries
 from qpeft.data.pseudo_queries import (
     PSEUDO_SPLITS,
     PseudoQueriesConfig,
@@ -217,9 +217,7 @@ class RankSources:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         ranked = self.stage.ranked(
-            [r["query_id"] for r in rows],
-            [r["text"] for r in rows],
-            [r["kind"] == "title" for r in rows],
+            [r["query_id"] for r in rows], [r["text"] for r in rows], title_queries(batch)
         )
         for row, hits in zip(rows, ranked, strict=True):
             ids = [hit.doc_id for hit in hits]
