@@ -7,7 +7,9 @@ paper recipe's config (`--paper`). Each row gives the dev check at step 0 and at
 adapter, the fused dev figure, the dev loss, steps, wall time, training pairs/s, and what
 the dev checks measured of the adapter (tanh(g), E' delta against E, hint norm against word
 norm), and the paired t-test of its kept adapter's per-query dev NDCG@10 against the base
-run's, where both recorded them. Writes study.md, study.json and study.png into `--out`.
+run's, where both recorded them. A run whose dev check differs from the base run's (other
+prepared data, depth or number of dev queries) is not comparable on it and is left out, by
+name. Writes study.md, study.json and study.png into `--out`.
 
     python scripts/recipe_study.py --runs results/nfcorpus/recipe/train \\
         --paper results/nfcorpus/recipe/paper.yaml --out results/nfcorpus/recipe
@@ -26,6 +28,8 @@ from qpeft.metrics import paired_t_test
 # Where a run lives and what it is called: not part of the recipe.
 NOT_RECIPE = ("run.", "data.", "ray.", "model.cache_dir", "train.engine")
 DIAGNOSTICS = ("gate_tanh_mean", "embed_delta_rel_mean", "hint_to_word_norm")
+# What decides the dev check's figure: runs that differ here are not compared.
+DEV_CHECK = ("data.prepared_dir", "train.dev_depth", "train.dev_max_queries")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -50,6 +54,8 @@ def changes(config: dict, base: dict) -> dict:
 
 
 def run_row(metrics: dict, base: dict, paper: dict) -> dict:
+    """`paper` holds the authors' values where they differ from the base recipe's: other
+    keys a run changed (its data size, say) are the study's own, with no paper's value."""
     history = metrics["history"]
     start = history[0]
     kept = kept_check(metrics)
@@ -58,8 +64,10 @@ def run_row(metrics: dict, base: dict, paper: dict) -> dict:
     changed = changes(metrics["config"], base)
     return {
         "method": metrics["config"]["adapter"]["method"],
+        "train_queries": metrics.get("train_queries"),
+        "dev_queries": start.get("dev_queries"),
         "changes": changed,
-        "paper_values": {k: paper.get(k) for k in changed},
+        "paper_values": {k: paper[k] for k in changed if k in paper},
         "step0_dev_ndcg10": start["dev_ndcg10"],
         "best_dev_ndcg10": metrics["best_dev_ndcg10"],
         "last_dev_ndcg10": last["dev_ndcg10"],
@@ -93,17 +101,29 @@ def p_against(metrics: dict, base: dict) -> float | None:
     return paired_t_test([ours[q] for q in queries], [theirs[q] for q in queries])
 
 
-def study_rows(runs: Path, base_name: str, paper: dict) -> list[dict]:
-    """One row per finished run, the base run first, the rest by best dev NDCG@10."""
-    found = {p.parent.name: json.loads(p.read_text()) for p in runs.glob("*/metrics.json")}
+def dev_check(config: dict) -> dict:
+    flat = flatten(config)
+    return {key: flat.get(key) for key in DEV_CHECK}
+
+
+def study_rows(runs: Path, base_name: str, paper: dict) -> tuple[list[dict], list[str]]:
+    """One row per finished run with the base run's dev check, the base run first, the rest
+    by best dev NDCG@10; and the names of the runs left out for another dev check."""
+    found = {p.parent.name: json.loads(p.read_text()) for p in sorted(runs.glob("*/metrics.json"))}
     if base_name not in found:
         raise SystemExit(f"{runs}/{base_name}/metrics.json: the base run is not finished")
     base = found[base_name]
+    check = dev_check(base["config"])
+    left_out = [name for name, m in found.items() if dev_check(m["config"]) != check]
+    theirs = recipe(base["config"])
+    authors = {k: v for k, v in paper.items() if k in theirs and v != theirs[k]}
     rows = [
-        {"run": name, **run_row(m, base["config"], paper), "p_vs_base": p_against(m, base)}
+        {"run": name, **run_row(m, base["config"], authors), "p_vs_base": p_against(m, base)}
         for name, m in found.items()
+        if name not in left_out
     ]
-    return sorted(rows, key=lambda r: (r["run"] != base_name, -r["best_dev_ndcg10"]))
+    rows.sort(key=lambda r: (r["run"] != base_name, -r["best_dev_ndcg10"]))
+    return rows, left_out
 
 
 def cell(value, digits: int = 4) -> str:
@@ -116,22 +136,24 @@ def describe(changed: dict) -> str:
     return "; ".join(f"`{k}` {json.dumps(v)}" for k, v in changed.items()) or "(base recipe)"
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], left_out: list[str]) -> str:
     base = rows[0]["best_dev_ndcg10"]
     lines = [
-        "| run | method | change (ours) | paper's value | step 0 | best dev NDCG@10 | vs base "
-        "| p | fused | dev loss (each check) | steps | wall s | train pairs/s | tanh(g) "
-        "| E' delta / E | hint / word norm |",
-        "|" + "---|" * 16,
+        "| run | method | training queries | change (ours) | paper's value | step 0 "
+        "| best dev NDCG@10 | vs base | p | fused | dev loss (each check) | steps | wall s "
+        "| train pairs/s | tanh(g) | E' delta / E | hint / word norm |",
+        "|" + "---|" * 17,
     ]
     for r in rows:
-        paper = "; ".join(f"{json.dumps(v)}" for v in r["paper_values"].values())
+        authors = r["paper_values"]
+        paper = "; ".join(f"`{k}` {json.dumps(authors[k])}" for k in r["changes"] if k in authors)
         best = cell(r["best_dev_ndcg10"])
         if r["diverged_at_step"]:
             best += f" (NaN at step {r['diverged_at_step']})"
         cells = [
             r["run"],
             r["method"],
+            cell(r["train_queries"]),
             describe(r["changes"]),
             paper,
             cell(r["step0_dev_ndcg10"]),
@@ -154,33 +176,50 @@ def markdown(rows: list[dict]) -> str:
         "per-query dev NDCG@10 against the base run's (blank where a run did not record "
         "them). The dev loss is each run's own loss (listwise cross-entropy, or hinge plus "
         "likelihood): compare it between runs of one loss only. tanh(g), E' delta / E and "
-        "hint / word norm are read at the last dev check.",
+        "hint / word norm are read at the last dev check. The paper's value is given for the "
+        "keys where the authors' recipe differs from the base recipe.",
     ]
+    if left_out:
+        names = ", ".join(left_out)
+        lines += ["", f"Left out, as their dev check differs from the base run's: {names}."]
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Best dev NDCG@10 per run as bars, the base run and step 0 as lines; each bar
-    labelled with its figure, the axis around the data (no ticks outside it)."""
+    """Best dev NDCG@10 per run as bars (full-scale runs in their own colour), each run's
+    step 0 as a grey tick on its bar, the base run as a line; the figures in a column right
+    of the axes, where no line crosses them; the axis around the data (no ticks outside)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    names = [r["run"] for r in rows][::-1]
-    values = [r["best_dev_ndcg10"] for r in rows][::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.5))
-    ax.barh(names, values, color="tab:blue")
-    step0 = rows[0]["step0_dev_ndcg10"]
-    ax.axvline(rows[0]["best_dev_ndcg10"], color="black", linestyle="--", label="base run")
-    ax.axvline(step0, color="grey", linestyle=":", label="step 0 (zero-shot)")
-    low = min([*values, step0]) - 0.01
-    high = max([*values, step0]) + 0.01
-    ax.set_xlim(low, high)
-    for y, value in enumerate(values):
-        ax.text(value, y, f" {value:.4f}", va="center", fontsize=8)
-    ax.set_xlabel("dev NDCG@10 (80 NFCorpus dev queries, BM25 top 20)")
-    ax.legend(loc="lower right", fontsize=8)
+    rows = rows[::-1]
+    base_queries = rows[-1]["train_queries"]
+    y = range(len(rows))
+    values = [r["best_dev_ndcg10"] for r in rows]
+    starts = [r["step0_dev_ndcg10"] for r in rows]
+    full = [r["train_queries"] != base_queries for r in rows]
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(rows) + 2.2))
+    colours = ["tab:orange" if f else "tab:blue" for f in full]
+    ax.barh(y, values, color=colours)
+    ax.scatter(starts, y, marker="|", s=200, color="dimgrey", zorder=3, label="its step 0")
+    ax.axvline(rows[-1]["best_dev_ndcg10"], color="black", linestyle="--", label="base run")
+    ax.set_yticks(list(y), [r["run"] for r in rows])
+    ax.set_xlim(min([*values, *starts]) - 0.005, max([*values, *starts]) + 0.005)
+    beside = ax.get_yaxis_transform()  # x in axes units, y in data units
+    for i, value in enumerate(values):
+        ax.text(1.01, i, f"{value:.4f}", va="center", fontsize=8, transform=beside)
+    handles, _ = ax.get_legend_handles_labels()
+    handles.append(Patch(color="tab:blue", label=f"{base_queries} training queries"))
+    if any(full):
+        handles.append(Patch(color="tab:orange", label="all training queries"))
+    queries = rows[-1].get("dev_queries")
+    on = f"{queries} judged dev queries" if queries else "the dev check's queries"
+    ax.set_xlabel(f"best dev NDCG@10 ({on})")
+    # Below the axes, where it covers no bar.
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -199,9 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # Through the train config, so keys the paper's file leaves out read as their defaults.
     paper = flatten(to_dict(load_config(TrainRunConfig, args.paper)))
-    rows = study_rows(args.runs, args.base, paper)
+    rows, left_out = study_rows(args.runs, args.base, paper)
     args.out.mkdir(parents=True, exist_ok=True)
-    table = markdown(rows)
+    table = markdown(rows, left_out)
     (args.out / "study.md").write_text(table)
     (args.out / "study.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, args.out / "study.png")

@@ -159,7 +159,7 @@ def metrics(name, dev, config_changes=None, by_query=None, **extra):
     config = {
         "adapter": {"method": "qpeft_a", "hint_gate": True},
         "loss": {"kind": "listwise", "margin": None},
-        "train": {"lr": 1e-3},
+        "train": {"lr": 1e-3, "dev_depth": 20},
         "run": {"name": name},
     }
     for key, value in (config_changes or {}).items():
@@ -198,6 +198,8 @@ def test_the_study_report_reads_each_runs_change_from_its_config(tmp_path):
             "gate_off", 0.33, {"adapter.hint_gate": False}, {"a": 0.4, "b": 0.2, "c": 0.39}
         ),
         "worse": metrics("worse", 0.25, {"train.lr": 3e-2}, diverged_at_step=40),
+        # Checked on other candidates: its figure is not comparable, so it is left out.
+        "other_check": metrics("other_check", 0.40, {"train.dev_depth": 50}),
     }.items():
         (runs / name).mkdir(parents=True)
         (runs / name / "metrics.json").write_text(json.dumps(m))
@@ -213,4 +215,5 @@ def test_the_study_report_reads_each_runs_change_from_its_config(tmp_path):
     assert 0 < rows[1]["p_vs_base"] < 1 and rows[2]["p_vs_base"] is None
     table = (tmp_path / "out" / "study.md").read_text()
     assert "+0.0200" in table and "NaN at step 40" in table
+    assert "dev check differs from the base run's: other_check." in table
     assert (tmp_path / "out" / "study.png").read_bytes()[:4] == b"\x89PNG"
