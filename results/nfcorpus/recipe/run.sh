@@ -16,6 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 D=results/nfcorpus/recipe
 CONST=(--set train.warmup_ratio=0 --set train.decay=none --set train.embedding_lr=null)
 HINGE=(--set loss.kind=pairwise --set loss.pointwise_weight=1)
+H=runs/prepare/nfcorpus-hybrid
 
 # The study's runs, in the order `all` trains them: name, then the factor moved.
 NAMES=(base gate_off gate_fast lr_3e-3 lr_3e-2 hinge_m0 hinge_m0.5 neg7 doc160 query_label
@@ -44,6 +45,9 @@ flags() {
     best_qpeft_a) ;;  # = query_label: no other step toward the paper beat the base recipe
     best_qpeft_r) echo --set adapter.method=qpeft_r ;;  # k 10: k 20 tied it (0.3098 vs 0.3097)
     best_lora) echo --set adapter.method=lora ;;
+    # After the winners: Q-PEFT-R's winner on the candidates it is tested on (hybrid groups
+    # and a hybrid dev check, where the study used BM25's), for two epochs.
+    hybrid_2ep) echo --set adapter.method=qpeft_r --set data.prepared_dir=$H --set train.epochs=2 ;;
     *) echo "run.sh: no run named $1" >&2; return 1 ;;
   esac
 }
@@ -55,7 +59,7 @@ one() {
   [ "$name" = paper ] && config=paper
   [ "$name" = paper ] || read -r -a args <<<"$(flags "$name")"
   # "Query:" for title-like queries, in place of the template's "Question:" (YAML reads \n)
-  case $name in query_label | best_*) args+=(--set 'template.question="Query: \n"') ;; esac
+  case $name in query_label | best_* | hybrid_*) args+=(--set 'template.question="Query: \n"') ;; esac
   qpeft train --config $D/$config.yaml --set run.name="$name" "${args[@]}" "$@"
 }
 
@@ -70,7 +74,6 @@ full() {
 # (fusion weight chosen there) and every test query; scripts/depth_study.py then reports
 # raw and fused systems with paired t-tests, zero-shot's depth-100 dev rerank and depth-20
 # test rerank coming from results/nfcorpus/depth.
-H=runs/prepare/nfcorpus-hybrid
 Z=results/nfcorpus/depth/runs
 rerank_full() {
   local name=$1 split=$2 method
