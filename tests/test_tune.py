@@ -89,7 +89,7 @@ def test_the_ray_data_cpu_is_kept_on_every_node(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_four_trial_asha_sweep_stops_weak_trials_and_exports_the_best(ray_session, tmp_path):
+def test_three_trial_asha_sweep_stops_a_weak_trial_and_exports_the_best(ray_session, tmp_path):
     model = save_tiny_model(tmp_path / "tiny")
     data = write_prepared(tmp_path / "prepared", n_train=16, n_dev=6, n_test=4)
     base = {
@@ -115,9 +115,10 @@ def test_four_trial_asha_sweep_stops_weak_trials_and_exports_the_best(ray_sessio
             "storage_path": str(tmp_path / "tune"),
             "base_config": str(tmp_path / "base.yaml"),
             "fixed": {"run.max_failures": 0},
-            # One learning rate that learns and three that cannot move the adapter: ASHA
-            # must stop at least one of the weak ones after its first epoch.
-            "search_space": {"train.lr": {"type": "grid", "values": [0.03, 1e-9, 1e-9, 1e-9]}},
+            # One learning rate that learns and two that cannot move the adapter, 2 trials at
+            # a time: whichever of the first two reaches epoch 1 first, the third trial meets
+            # both at that rung and falls below their median, so ASHA stops it there.
+            "search_space": {"train.lr": {"type": "grid", "values": [0.03, 1e-9, 1e-9]}},
             "num_samples": 1,
             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
             "resources": {"workers": 1, "cpus_per_worker": 0.49},  # 2 trials at once
@@ -126,7 +127,7 @@ def test_four_trial_asha_sweep_stops_weak_trials_and_exports_the_best(ray_sessio
     }
     result = sweep(from_dict(TuneRunConfig, sweep_config))
     trials = result["trials"]
-    assert len(trials) == 4
+    assert len(trials) == 3
     assert all(not t["status"].startswith("error") for t in trials), trials
     assert any(t["status"] == "stopped early" and t["epochs"] < 2 for t in trials), trials
     best = result["best"]
