@@ -184,7 +184,7 @@ def run_demo_steps(cfg: DemoConfig, out: DemoFolder) -> dict:
     kind = cfg.first_stage.kind  # also the name of the first stage's own run
     progress.stage(f"prepare {source_name(cfg.source)} ({kind} candidates, splits, groups)")
     prepared = out.prepared
-    # The LM's one-time conversion from its GGUF (about a minute on a new machine) runs
+    # The LM's one-time conversion from its GGUF (about 35 s on 2 cores) runs
     # beside prepare, whose Ray tasks leave a core idle much of the time.
     with ThreadPoolExecutor(1) as pool:
         converting = pool.submit(pin_model, cfg.model)

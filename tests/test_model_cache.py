@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qpeft.config import ModelConfig
@@ -233,3 +234,25 @@ def test_a_killed_conversion_is_redone_and_its_leftovers_removed(tmp_path, fake_
     target = convert_packaged(ALIAS, cache)
     assert fake_conversion == [ALIAS] and is_complete_conversion(target)
     assert sorted(p.name for p in cache.iterdir()) == sorted([f".{ALIAS}.lock", ALIAS, other.name])
+
+
+def test_one_gguf_parse_gives_one_reader_per_file_and_restores_the_class(tmp_path):
+    """Within the context every `gguf.GGUFReader(path)` of one file is the first reader
+    (transformers would parse the metadata three times); after it, readers are new again."""
+    import gguf
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.name", "tiny")
+    writer.add_tensor("w", np.ones((2, 3), dtype="float32"))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    original = gguf.GGUFReader
+    with backbone_module.one_gguf_parse():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first
+        assert first.get_tensor(0).data.tolist() == [[1.0] * 3] * 2
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(path) is not first

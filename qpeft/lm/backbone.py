@@ -8,6 +8,7 @@ config and cache that as safetensors: later loads take about a second.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -17,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -177,10 +179,34 @@ def unpack_packaged(alias: str, folder: Path) -> None:
     dequantize_packaged(alias, folder)
 
 
+@contextlib.contextmanager
+def one_gguf_parse() -> Iterator[None]:
+    """transformers parses a GGUF's metadata once for the tokenizer, once for the config
+    and once for the weights, each a fresh `gguf.GGUFReader`: Gemma's 262,144-token
+    vocabulary makes each parse about 10 s on 2 cores. Within this context every reader
+    of one path is the first one (readers are only read from, their tensors memory-mapped)."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[str, gguf.GGUFReader] = {}
+
+    def reader(path, *args, **kwargs):
+        key = str(Path(path).resolve())
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def dequantize_packaged(alias: str, folder: Path) -> None:
     """Write the packaged GGUF into `folder` as a plain safetensors model and tokenizer."""
     packaged = PACKAGED_MODELS[alias]
-    with packaged.gguf() as source:
+    with packaged.gguf() as source, one_gguf_parse():
         gguf_file = packaged.gguf_file
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
         gguf_model = AutoModelForCausalLM.from_pretrained(
