@@ -35,11 +35,15 @@ def convert(alias: str, folder: Path, one_parse: bool) -> float:
         backbone.one_gguf_parse = original
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--model", default="gemma3-270m", help="a packaged LM's alias")
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     print(f"CPU: {detect().describe()}")
     seconds: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as tmp:
