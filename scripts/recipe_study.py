@@ -145,8 +145,7 @@ def markdown(rows: list[dict], left_out: list[str]) -> str:
         "|" + "---|" * 17,
     ]
     for r in rows:
-        authors = r["paper_values"]
-        paper = "; ".join(f"`{k}` {json.dumps(authors[k])}" for k in r["changes"] if k in authors)
+        paper = "; ".join(f"`{k}` {json.dumps(v)}" for k, v in r["paper_values"].items())
         best = cell(r["best_dev_ndcg10"])
         if r["diverged_at_step"]:
             best += f" (NaN at step {r['diverged_at_step']})"
